@@ -1,0 +1,8 @@
+#!/usr/bin/env bash
+# The whole test suite: sets up .venv (idempotent), then runs pytest. Extra arguments go to pytest.
+set -euo pipefail
+root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+"$root/scripts/setup.sh"
+cd "$root"
+export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 TOKENIZERS_PARALLELISM=false
+exec "$root/.venv/bin/python" -m pytest "$@"
