@@ -2,19 +2,19 @@
 
 The model library and the ROS node share this one representation, so an instruction
 that parses is one the model can run. The node reads a ``std_msgs/String`` with
-:func:`parse_instruction`: plain text ("the red mug") is one text entity; a JSON object
-is read as schema version 1::
+:func:`parse_instruction`: plain text ("the red mug") is one text entity spanning the
+stripped text; text that starts with ``{`` must be a JSON document of schema version 1::
 
-    {"schema_version": 1,                 # required, must be the integer 1
+    {"schema_version": 1,                 # required, the integer 1
      "id": "optional string",             # default: a short hash of the content
-     "text": "water the plant with <image>",
+     "text": "water the plant with <image> near the can",
      "entities": [                        # optional; missing or [] -> whole text is one text entity
-       {"start": 10, "end": 15, "kind": "text", "label": "optional"},
-       {"start": 21, "end": 28, "kind": "visual",
+       {"start": 10, "end": 15, "kind": "text", "label": "optional"},             # "plant"
+       {"start": 21, "end": 28, "kind": "visual",                                 # "<image>"
         "image": {"encoding": "png" | "jpeg", "data": "<base64>"},  # inline reference image
         "box": [x0, y0, x1, y1],                                    # optional, pixels of that image
         "mask": {"encoding": "png", "data": "<base64, 1-channel PNG, nonzero = inside>"}},  # optional
-       {"start": 30, "end": 37, "kind": "visual",
+       {"start": 34, "end": 41, "kind": "visual",                                 # "the can"
         "frame_stamp": 1700000000.25, "box": [x0, y0, x1, y1]}]}    # region of a frame already sent
 
 Rules: ``start``/``end`` are integer character offsets ``[start, end)`` into ``text``, counted in
@@ -23,8 +23,8 @@ entity gives exactly one of ``image`` or ``frame_stamp`` (seconds, the frame's h
 text entity gives neither, nor ``box``/``mask``. Images are at most 4096x4096 and any mode is
 converted to RGB. ``box`` needs ``x1 > x0``, ``y1 > y0`` and must lie inside an inline image; a
 ``mask`` must match the inline image's size and cover at least one pixel (for ``frame_stamp`` the
-node checks both against the buffered frame). Unknown keys are ignored everywhere, so newer
-senders stay readable. Bad input raises :class:`InstructionError` whose ``field`` is the dotted
+node checks both against the buffered frame). ``null`` equals a missing key. Unknown keys are
+ignored everywhere, so documents from newer senders stay readable. Bad input raises :class:`InstructionError` whose ``field`` is the dotted
 path of the offending value, e.g. ``entities[1].image.data``.
 """
 from __future__ import annotations
@@ -49,20 +49,26 @@ class InstructionError(ValueError):
     """An instruction that cannot be used; ``field`` is the dotted path of the bad value."""
 
     def __init__(self, field: str, message: str) -> None:
-        super().__init__(f"{field}: {message}")
+        super().__init__(field, message)  # both in args, so the error pickles across worker processes
         self.field, self.message = field, message
 
+    def __str__(self) -> str:
+        return f"{self.field}: {self.message}"
+
     def within(self, prefix: str) -> InstructionError:
+        """The same error seen from the enclosing object, e.g. ``box`` -> ``entities[1].box``."""
         return InstructionError(f"{prefix}.{self.field}" if self.field else prefix, self.message)
 
 
 def _check_array(arr: Any, name: str, ndim: int, dtype: type) -> None:
     if not isinstance(arr, np.ndarray) or arr.ndim != ndim or arr.dtype != dtype:
         raise InstructionError(name, f"must be a {ndim}-D {np.dtype(dtype).name} numpy array")
-    if arr.shape[0] == 0 or arr.shape[1] == 0:
-        raise InstructionError(name, f"is empty (shape {arr.shape})")
-    if arr.shape[0] > MAX_SIDE or arr.shape[1] > MAX_SIDE:
-        raise InstructionError(name, f"is {arr.shape[1]}x{arr.shape[0]}, larger than {MAX_SIDE}x{MAX_SIDE}")
+    if not (0 < arr.shape[0] <= MAX_SIDE and 0 < arr.shape[1] <= MAX_SIDE):
+        raise InstructionError(name, f"is {arr.shape[1]}x{arr.shape[0]}; need 1x1 to {MAX_SIDE}x{MAX_SIDE}")
+
+
+def _finite(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
 @dataclass(frozen=True, eq=False)
@@ -81,10 +87,9 @@ class VisualReference:
             _check_array(self.image, "image", 3, np.uint8)
             if self.image.shape[2] != 3:
                 raise InstructionError("image", f"must have 3 (RGB) channels, got {self.image.shape[2]}")
+        elif not _finite(self.frame_stamp):
+            raise InstructionError("frame_stamp", f"must be a finite number of seconds, got {self.frame_stamp!r}")
         else:
-            if isinstance(self.frame_stamp, bool) or not isinstance(self.frame_stamp, (int, float)) \
-                    or not math.isfinite(self.frame_stamp):
-                raise InstructionError("frame_stamp", f"must be a finite number of seconds, got {self.frame_stamp!r}")
             object.__setattr__(self, "frame_stamp", float(self.frame_stamp))
         if self.box is not None:
             object.__setattr__(self, "box", self._checked_box(self.box))
@@ -97,8 +102,7 @@ class VisualReference:
                 raise InstructionError("mask", "is empty (no pixel inside)")
 
     def _checked_box(self, box: Any) -> tuple[float, float, float, float]:
-        if not isinstance(box, (tuple, list)) or len(box) != 4 or not all(
-                isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in box):
+        if not isinstance(box, (tuple, list)) or len(box) != 4 or not all(_finite(v) for v in box):
             raise InstructionError("box", f"must be 4 finite numbers [x0, y0, x1, y1], got {box!r}")
         x0, y0, x1, y1 = (float(v) for v in box)
         if x1 <= x0 or y1 <= y0:
@@ -108,12 +112,15 @@ class VisualReference:
             raise InstructionError("box", f"{list(box)} lies outside the {w}x{h} image")
         return x0, y0, x1, y1
 
-    def __eq__(self, other: object) -> bool:
+    def __eq__(self, other: object) -> bool:  # arrays compare by value
         if not isinstance(other, VisualReference):
             return NotImplemented
-        same = lambda a, b: (a is None and b is None) or (a is not None and b is not None and np.array_equal(a, b))
-        return (same(self.image, other.image) and same(self.mask, other.mask)
+        return (_same(self.image, other.image) and _same(self.mask, other.mask)
                 and self.box == other.box and self.frame_stamp == other.frame_stamp)
+
+
+def _same(a: np.ndarray | None, b: np.ndarray | None) -> bool:
+    return a is b or (a is not None and b is not None and np.array_equal(a, b))
 
 
 @dataclass(frozen=True)
@@ -232,38 +239,36 @@ class Instruction:
         version = doc.get("schema_version")
         if type(version) is not int or version != SCHEMA_VERSION:
             raise InstructionError("schema_version", f"must be {SCHEMA_VERSION}, got {version!r}")
-        if not isinstance(doc.get("text"), str) or not doc["text"].strip():
+        if not isinstance(doc.get("text"), str) or not doc["text"].strip():  # before decoding any image
             raise InstructionError("text", f"must be a non-empty string, got {doc.get('text')!r}")
-        raw_entities = doc.get("entities")
-        raw_entities = [] if raw_entities is None else raw_entities
+        raw_entities = [] if doc.get("entities") is None else doc["entities"]
         if not isinstance(raw_entities, list):
             raise InstructionError("entities", f"must be a list, got {type(raw_entities).__name__}")
-        ident = doc.get("id")
-        if ident is not None and not isinstance(ident, str):
-            raise InstructionError("id", f"must be a string, got {ident!r}")
         entities = []
         for i, d in enumerate(raw_entities):
             try:
                 entities.append(_entity_from_dict(d))
             except InstructionError as err:
                 raise err.within(f"entities[{i}]") from None
-        return cls(text=doc["text"], entities=tuple(entities), id=ident or "")
+        return cls(text=doc["text"], entities=tuple(entities), id="" if doc.get("id") is None else doc["id"])
 
 
 def _entity_from_dict(d: Any) -> Entity:
     if not isinstance(d, dict):
         raise InstructionError("", f"must be a JSON object, got {type(d).__name__}")
-    ref_keys = [k for k in ("image", "frame_stamp", "box", "mask") if d.get(k) is not None]
+    image, box, mask, stamp = (d.get(k) for k in ("image", "box", "mask", "frame_stamp"))
     reference = None
-    if d.get("kind") == "text" and ref_keys:
-        raise InstructionError(ref_keys[0], "a text entity cannot carry a visual reference")
-    if d.get("kind") == "visual":
-        image = _decode_image(d["image"], "image", ("png", "jpeg")) if d.get("image") is not None else None
-        mask = _decode_image(d["mask"], "mask", ("png",)) if d.get("mask") is not None else None
+    if d.get("kind") == "text":
+        for key, value in (("image", image), ("frame_stamp", stamp), ("box", box), ("mask", mask)):
+            if value is not None:
+                raise InstructionError(key, "a text entity cannot carry a visual reference")
+    elif d.get("kind") == "visual":
+        if image is not None:
+            image = np.asarray(_decode_image(image, "image", ("png", "jpeg")).convert("RGB"))
         if mask is not None:
+            mask = _decode_image(mask, "mask", ("png",))
             mask = np.asarray(mask if mask.mode in ("1", "L", "I", "I;16", "F") else mask.convert("L")) != 0
-        reference = VisualReference(image=None if image is None else np.asarray(image.convert("RGB")),
-                                    box=d.get("box"), mask=mask, frame_stamp=d.get("frame_stamp"))
+        reference = VisualReference(image=image, box=box, mask=mask, frame_stamp=stamp)
     return Entity(start=d.get("start"), end=d.get("end"), kind=d.get("kind"), reference=reference,
                   label=d.get("label"))
 
@@ -278,19 +283,19 @@ def _decode_image(obj: Any, name: str, encodings: tuple[str, ...]) -> Image.Imag
         data = base64.b64decode(obj.get("data"), validate=True)
     except (binascii.Error, TypeError, ValueError) as err:
         raise InstructionError(f"{name}.data", f"invalid base64: {err}") from None
+    undecodable = (UnidentifiedImageError, OSError, ValueError, Image.DecompressionBombError)
     try:
-        img = Image.open(io.BytesIO(data))
-        w, h = img.size
-        if w * h == 0:
-            raise InstructionError(f"{name}.data", "image is empty (0 pixels)")
-        if w > MAX_SIDE or h > MAX_SIDE:
-            raise InstructionError(f"{name}.data", f"image is {w}x{h}, larger than {MAX_SIDE}x{MAX_SIDE}")
-        if (img.format or "").lower() != obj["encoding"]:
-            raise InstructionError(f"{name}.encoding", f"says {obj['encoding']} but the data is {img.format}")
+        img = Image.open(io.BytesIO(data))  # lazy: reads the header only
+    except undecodable as err:
+        raise InstructionError(f"{name}.data", f"cannot decode image: {err}") from None
+    if img.width * img.height == 0 or img.width > MAX_SIDE or img.height > MAX_SIDE:
+        raise InstructionError(f"{name}.data", f"image is {img.width}x{img.height}; "
+                                               f"need 1x1 to {MAX_SIDE}x{MAX_SIDE}")
+    if (img.format or "").lower() != obj["encoding"]:
+        raise InstructionError(f"{name}.encoding", f"says {obj['encoding']} but the data is {img.format}")
+    try:
         img.load()
-    except (UnidentifiedImageError, OSError, ValueError, Image.DecompressionBombError) as err:
-        if isinstance(err, InstructionError):
-            raise
+    except undecodable as err:
         raise InstructionError(f"{name}.data", f"cannot decode image: {err}") from None
     return img
 
@@ -308,7 +313,7 @@ def encode_image_png(array: np.ndarray) -> str:
 
 
 def parse_instruction(raw: str | bytes) -> Instruction:
-    """The ROS node's entry: a JSON object is schema v1; any other non-empty string is plain text."""
+    """The ROS node's entry: text starting with ``{`` is a schema-v1 document, other text is plain."""
     if isinstance(raw, bytes):
         try:
             raw = raw.decode("utf-8")
@@ -316,8 +321,6 @@ def parse_instruction(raw: str | bytes) -> Instruction:
             raise InstructionError("text", f"not UTF-8: {err}") from None
     if not isinstance(raw, str) or not raw.strip():
         raise InstructionError("text", "instruction is empty")
-    stripped = raw.strip()
-    if stripped.startswith("{") and stripped.endswith("}"):
-        # Looks like JSON: a broken document is an error, not a text query for "{...".
-        return Instruction.from_json(stripped)
+    if raw.lstrip().startswith("{"):  # meant as JSON: a broken document is an error, not a text query
+        return Instruction.from_json(raw)
     return Instruction.from_text(raw)

@@ -1,0 +1,87 @@
+"""Checkpoints: `model.safetensors` + `config.yaml` in one folder. Nothing is unpickled.
+
+A checkpoint holds every weight that cannot be re-read from where the config points: the interface,
+projections and heads always; a foundation model's weights only when they are trained or random.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from .config import ModelConfig
+from .model import FindModel
+
+WEIGHTS = "model.safetensors"
+CONFIG = "config.yaml"
+
+
+class CheckpointError(ValueError):
+    """A checkpoint is missing, unreadable, or does not fit the model's configuration."""
+
+
+def _external_prefixes(config: ModelConfig) -> tuple[str, ...]:
+    """Parameter prefixes whose weights come from pretrained files, not from the checkpoint."""
+    prefixes = []
+    if config.vision.random_config is None and config.vision.frozen:
+        prefixes.append("vision.model.")
+    if config.language.random_config is None and config.language.frozen:
+        prefixes.append("language.model.")
+    return tuple(prefixes)
+
+
+def checkpoint_state(model: FindModel) -> dict[str, torch.Tensor]:
+    skip = _external_prefixes(model.config)
+    return {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items() if not k.startswith(skip)}
+
+
+def save_checkpoint(model: FindModel, folder: str | Path) -> Path:
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    save_file(checkpoint_state(model), str(folder / WEIGHTS), metadata={"format": "find_ros/1"})
+    model.config.to_yaml(folder / CONFIG)
+    return folder
+
+
+def _weights_path(path: str | Path) -> Path:
+    path = Path(path).expanduser()
+    weights = path / WEIGHTS if path.is_dir() else path
+    if not weights.is_file():
+        raise CheckpointError(f"checkpoint not found: {weights}")
+    return weights
+
+
+def load_config_beside(path: str | Path) -> ModelConfig:
+    config = _weights_path(path).parent / CONFIG
+    if not config.is_file():
+        raise CheckpointError(f"no {CONFIG} beside the checkpoint {path}: pass the model config explicitly")
+    return ModelConfig.from_yaml(config)
+
+
+def load_weights(model: FindModel, path: str | Path) -> FindModel:
+    """Load a checkpoint into `model`, refusing any missing, unexpected or mis-shaped tensor."""
+    weights = _weights_path(path)
+    try:
+        state = load_file(str(weights))
+    except Exception as error:  # safetensors raises several types for truncated / corrupt files
+        raise CheckpointError(f"cannot read checkpoint {weights}: {error}") from error
+    expected = checkpoint_state(model)
+    missing = sorted(set(expected) - set(state))
+    unexpected = sorted(set(state) - set(expected))
+    shapes = sorted(f"{k}: checkpoint {tuple(state[k].shape)} vs model {tuple(expected[k].shape)}"
+                    for k in set(state) & set(expected) if state[k].shape != expected[k].shape)
+    if missing or unexpected or shapes:
+        lines = [f"checkpoint {weights} does not fit the model config '{model.config.name}':"]
+        for title, keys in (("missing", missing), ("unexpected", unexpected), ("shape mismatch", shapes)):
+            if keys:
+                lines.append(f"  {title} ({len(keys)}): " + ", ".join(keys[:20]) + (" ..." if len(keys) > 20 else ""))
+        raise CheckpointError("\n".join(lines))
+    model.load_state_dict(state, strict=False)
+    return model
+
+
+def load_checkpoint(path: str | Path, config: ModelConfig | None = None) -> FindModel:
+    """Build the model from `config` (default: the config.yaml beside the weights) and load the weights."""
+    config = config or load_config_beside(path)
+    return load_weights(FindModel(config), path)

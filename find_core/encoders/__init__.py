@@ -1,0 +1,1 @@
+"""Adapters from Hugging Face foundation models to the features FIND consumes."""

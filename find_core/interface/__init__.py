@@ -1,0 +1,1 @@
+"""The FIND interface: queries and prompts, per-task attention tables, layers and heads."""

@@ -1,0 +1,237 @@
+"""FindPipeline: the one inference API that ROS nodes, the 3D field, evaluation and users call.
+
+Images are numpy H×W×3 uint8 RGB; results are dataclasses at the original resolution.
+
+    pipe = FindPipeline.from_preset("tiny-test")
+    result = pipe.ground(image, ["the red disc"])
+"""
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from .checkpoint import load_config_beside, load_weights
+from .config import ModelConfig
+from .instructions import Instruction, parse_instruction
+from .interface.inputs import ImageFeatures, PredictionSet
+from .model import FindModel
+from .preprocess import Letterbox, letterbox
+from .presets import preset_path
+from .prompts import ClassPrompt, SpatialPrompt
+from .results import (EmbeddingMap, GroundingResult, LocalizationResult, RetrievalResult, Segment,
+                      SegmentationResult)
+from .tasks import generic, grounding, interactive, interleave_grounding, interleave_retrieval, retrieval
+from .tasks.common import best_queries
+
+PRECISIONS = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+
+
+def resolve_device(device: str) -> torch.device:
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise ValueError(f"device '{device}' requested but CUDA is not available")
+    return torch.device(device)
+
+
+class FindPipeline:
+    def __init__(self, model: FindModel, device: str = "auto", precision: str = "fp32", batch_size: int = 8):
+        if precision not in PRECISIONS:
+            raise ValueError(f"precision must be one of {sorted(PRECISIONS)}, got '{precision}'")
+        self.device = resolve_device(device)
+        self.model = model.to(self.device).eval()
+        self.precision = precision
+        self.batch_size = batch_size
+        self._class_cache: tuple[tuple, torch.Tensor] | None = None
+
+    # ---- construction -------------------------------------------------------------------------
+    @classmethod
+    def from_config(cls, path: str | Path | ModelConfig, checkpoint: str | Path | None = None,
+                    device: str = "auto", precision: str = "fp32") -> "FindPipeline":
+        config = path if isinstance(path, ModelConfig) else ModelConfig.from_yaml(path)
+        model = FindModel(config)
+        if checkpoint is not None:
+            load_weights(model, checkpoint)
+        return cls(model, device, precision)
+
+    @classmethod
+    def from_preset(cls, name: str, checkpoint: str | Path | None = None, device: str = "auto",
+                    precision: str = "fp32") -> "FindPipeline":
+        return cls.from_config(preset_path(name), checkpoint, device, precision)
+
+    @classmethod
+    def from_checkpoint(cls, checkpoint: str | Path, device: str = "auto", precision: str = "fp32") -> "FindPipeline":
+        """A checkpoint folder carries its own config.yaml."""
+        return cls.from_config(load_config_beside(checkpoint), checkpoint, device, precision)
+
+    # ---- shared steps --------------------------------------------------------------------------
+    def _autocast(self):
+        if self.precision == "fp32":
+            return contextlib.nullcontext()
+        return torch.autocast(self.device.type, dtype=PRECISIONS[self.precision])
+
+    def _encode(self, images: Sequence[np.ndarray]) -> tuple[ImageFeatures, list[Letterbox]]:
+        tensor, boxes = letterbox(list(images), self.model.config.vision.input_size)
+        parts = [self.model.encode_images(tensor[i:i + self.batch_size])
+                 for i in range(0, len(tensor), self.batch_size)]
+        return ImageFeatures.cat(parts), boxes
+
+    def _image_sets(self, features: ImageFeatures) -> PredictionSet:
+        """Last prediction set of the image-only forward (object masks, object and image embeddings)."""
+        outputs = [self.model.run_interface(features.select(slice(i, i + self.batch_size)),
+                                            [generic.SampleInputs()] * len(features.select(slice(i, i + self.batch_size))),
+                                            generic.TASK)[-1]
+                   for i in range(0, len(features), self.batch_size)]
+        return PredictionSet(torch.cat([o.object_semantic for o in outputs]),
+                             torch.cat([o.object_masks for o in outputs]),
+                             torch.cat([o.image_semantic for o in outputs]),
+                             torch.cat([o.source_semantic for o in outputs]),
+                             torch.cat([o.source_valid for o in outputs]))
+
+    def _pick_masks(self, sets: PredictionSet, b: int, box: Letterbox, labels: list[str],
+                    kinds: list[str] | None = None) -> list[Segment]:
+        count = int(sets.source_valid[b].sum())
+        best, scores = best_queries(self.model, sets.source_semantic[b, :count], sets.object_semantic[b])
+        masks = box.to_original(sets.object_masks[b, best]) > 0
+        return [Segment(labels[i], float(scores[i]), masks[i].cpu().numpy(), i, i + 1,
+                        kind=kinds[i] if kinds else "text")
+                for i in range(count)]
+
+    # ---- tasks ---------------------------------------------------------------------------------
+    @torch.inference_mode()
+    def segment(self, image: np.ndarray, classes: Sequence[str | ClassPrompt], mode: str = "panoptic",
+                object_threshold: float = 0.5) -> SegmentationResult:
+        """Generic segmentation; classes as names, descriptions or ClassPrompt(example=...)."""
+        prompts = [c if isinstance(c, ClassPrompt) else ClassPrompt(text=c) for c in classes]
+        with self._autocast():
+            class_embeddings = self._class_embeddings(prompts)
+            features, boxes = self._encode([image])
+            sets = self._image_sets(features)
+            logits = generic.class_logits(self.model, sets.object_semantic[0], class_embeddings)
+            masks = boxes[0].to_original(sets.object_masks[0])
+        return generic.decode(mode, logits, masks, prompts, object_threshold)
+
+    def _class_embeddings(self, prompts: list[ClassPrompt]) -> torch.Tensor:
+        """Class embeddings do not depend on the image: cache them for a repeated text class list."""
+        key = tuple(p.text for p in prompts) if all(p.example is None for p in prompts) else None
+        if key is not None and self._class_cache is not None and self._class_cache[0] == key:
+            return self._class_cache[1]
+        embeddings = generic.class_embeddings(self.model, prompts)
+        if key is not None:
+            self._class_cache = (key, embeddings)
+        return embeddings
+
+    @torch.inference_mode()
+    def ground(self, image: np.ndarray, phrases: Sequence[str]) -> GroundingResult:
+        """Referring / grounded segmentation: one mask per phrase."""
+        with self._autocast():
+            features, boxes = self._encode([image])
+            sets = self.model.run_interface(features, grounding.samples(self.model, [list(phrases)]), grounding.TASK)[-1]
+            return GroundingResult(self._pick_masks(sets, 0, boxes[0], list(phrases)))
+
+    @torch.inference_mode()
+    def interactive(self, image: np.ndarray, objects: Sequence[Sequence[SpatialPrompt]]) -> GroundingResult:
+        """Interactive segmentation: objects[i] holds the clicks / boxes / scribbles of object i."""
+        with self._autocast():
+            features, boxes = self._encode([image])
+            height, width = image.shape[:2]
+            regions = [[(boxes[0].to_input(p.rasterize(height, width), self.model.device), p.positive) for p in prompts]
+                       for prompts in objects]
+            samples = interactive.samples(self.model, features, [regions])
+            sets = self.model.run_interface(features, samples, interactive.TASK)[-1]
+            return GroundingResult(self._pick_masks(sets, 0, boxes[0], [f"object {i}" for i in range(len(objects))]))
+
+    @torch.inference_mode()
+    def embed_pixels(self, image: np.ndarray) -> EmbeddingMap:
+        """Per-pixel embeddings in the semantic space text is embedded in: each pixel mixes the
+        semantic embeddings of the object queries by their mask probabilities there."""
+        with self._autocast():
+            features, boxes = self._encode([image])
+            sets = self._image_sets(features)
+            weights = sets.object_masks[0].float().softmax(dim=0)               # [Q, h, w]
+            semantic = F.normalize(sets.object_semantic[0].float(), dim=-1)   # [Q, C]
+            pixels = F.normalize(torch.einsum("qhw,qc->hwc", weights, semantic), dim=-1)
+        box = boxes[0]
+        stride = box.size // features.mask_features.shape[-1]   # 4 for every pixel decoder here
+        rows, cols = box.valid_cells(stride)
+        return EmbeddingMap(pixels[:rows, :cols].cpu().numpy().astype(np.float32), stride / box.scale)
+
+    @torch.inference_mode()
+    def embed_text(self, texts: Sequence[str]) -> np.ndarray:
+        """[N, C] normalised text embeddings, comparable with embed_pixels and embed_images."""
+        with self._autocast():
+            embeddings = generic.class_embeddings(self.model, [ClassPrompt(text=t) for t in texts])
+        return F.normalize(embeddings.float(), dim=-1).cpu().numpy()
+
+    @torch.inference_mode()
+    def embed_images(self, images: Sequence[np.ndarray]) -> np.ndarray:
+        """[N, C] normalised image-level embeddings (the image query), for retrieval and frame buffers."""
+        with self._autocast():
+            features, _ = self._encode(images)
+            embeddings = self._image_sets(features).image_semantic
+        return F.normalize(embeddings.float(), dim=-1).cpu().numpy()
+
+    @torch.inference_mode()
+    def embed_instruction(self, instruction: Instruction | str,
+                          frames: Mapping[float, np.ndarray] | None = None) -> np.ndarray:
+        """[C] normalised embedding of an (interleaved) instruction, comparable with embed_images."""
+        instruction = instruction if isinstance(instruction, Instruction) else parse_instruction(instruction)
+        with self._autocast():
+            embedding = interleave_retrieval.entry_embeddings(self.model, [instruction], frames)[0]
+        return F.normalize(embedding.float(), dim=-1).cpu().numpy()
+
+    def _scores(self, queries: np.ndarray, gallery: np.ndarray) -> np.ndarray:
+        scale = float(self.model.logit_scale.exp().clamp(max=100.0))
+        return scale * queries @ gallery.T
+
+    @torch.inference_mode()
+    def retrieve(self, images: Sequence[np.ndarray], captions: Sequence[str]) -> RetrievalResult:
+        """Image–text retrieval: similarity of every caption to every image."""
+        with self._autocast():
+            text = F.normalize(retrieval.caption_embeddings(self.model, list(captions)).float(), dim=-1).cpu().numpy()
+        return RetrievalResult(self._scores(text, self.embed_images(images)))
+
+    @torch.inference_mode()
+    def interleave_retrieve(self, instruction: Instruction | str, images: Sequence[np.ndarray] | None = None,
+                            image_embeddings: np.ndarray | None = None,
+                            frames: Mapping[float, np.ndarray] | None = None) -> RetrievalResult:
+        """Rank images (or precomputed embed_images rows) against an interleaved instruction."""
+        if (images is None) == (image_embeddings is None):
+            raise ValueError("give either images or image_embeddings")
+        gallery = self.embed_images(images) if images is not None else np.asarray(image_embeddings, dtype=np.float32)
+        return RetrievalResult(self._scores(self.embed_instruction(instruction, frames)[None], gallery))
+
+    @torch.inference_mode()
+    def interleave_ground(self, image: np.ndarray, instruction: Instruction | str,
+                          frames: Mapping[float, np.ndarray] | None = None) -> GroundingResult:
+        """One mask per entity of the instruction (text or visual) in `image`."""
+        instruction = instruction if isinstance(instruction, Instruction) else parse_instruction(instruction)
+        with self._autocast():
+            features, boxes = self._encode([image])
+            samples = interleave_grounding.samples(self.model, [instruction], frames)
+            sets = self.model.run_interface(features, samples, interleave_grounding.TASK)[-1]
+            labels = [e.label or instruction.phrase(i) for i, e in enumerate(instruction.entities)]
+            return GroundingResult(self._pick_masks(sets, 0, boxes[0], labels,
+                                                    [e.kind for e in instruction.entities]))
+
+    @torch.inference_mode()
+    def localize(self, frames: Sequence[np.ndarray], instruction: Instruction | str,
+                 frame_embeddings: np.ndarray | None = None,
+                 stamps: Sequence[float] | None = None) -> LocalizationResult:
+        """Rank `frames` against the instruction, then ground its entities in the best one.
+        `frame_embeddings` (embed_images of the same frames) skips re-encoding a live buffer;
+        `stamps` lets visual entities refer to buffered frames by stamp."""
+        if not frames:
+            raise ValueError("localize needs at least one frame")
+        instruction = instruction if isinstance(instruction, Instruction) else parse_instruction(instruction)
+        lookup = dict(zip(stamps, frames)) if stamps is not None else None
+        ranking = self.interleave_retrieve(instruction, None if frame_embeddings is not None else frames,
+                                           frame_embeddings, lookup)
+        scores = ranking.similarity[0]
+        best = int(np.argmax(scores))
+        return LocalizationResult(scores, best, self.interleave_ground(frames[best], instruction, lookup))

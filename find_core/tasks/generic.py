@@ -1,0 +1,107 @@
+"""Generic segmentation (panoptic / instance / semantic) with classes given as names, descriptions
+or visual examples. Class queries never see the image (see the "generic" table), so class
+embeddings are computed once per class list and reused for every frame."""
+from __future__ import annotations
+
+import torch
+
+from ..interface.groups import Group
+from ..interface.inputs import PromptBlock, SampleInputs, SourceQuery
+from ..model import FindModel
+from ..prompts import ClassPrompt
+from ..results import Segment, SegmentationResult
+from .common import encode_references, text_items
+
+TASK = "generic"
+MODES = ("panoptic", "instance", "semantic")
+
+
+def class_samples(model: FindModel, classes: list[ClassPrompt]) -> list[SampleInputs]:
+    """One text-only sample per class: its query and its prompt tokens (words or example points)."""
+    if not classes:
+        raise ValueError("generic segmentation needs at least one class")
+    samples: list[SampleInputs | None] = [None] * len(classes)
+    texts = [(i, c.text) for i, c in enumerate(classes) if c.text is not None]
+    if texts:
+        items = text_items(model, [t for _, t in texts], Group.CLASS, Group.CLASS_TOKENS)
+        for (index, _), (query, prompt) in zip(texts, items):
+            samples[index] = SampleInputs([query], [prompt])
+    examples = [(i, c.example) for i, c in enumerate(classes) if c.example is not None]
+    if examples:
+        features, regions = encode_references(model, [e.image for _, e in examples], [e for _, e in examples])
+        for row, ((index, _), region) in enumerate(zip(examples, regions)):
+            tokens = model.region_tokens(features, row, region)
+            samples[index] = SampleInputs([SourceQuery(Group.CLASS, 0, tokens.mean(dim=0))],
+                                          [PromptBlock(Group.CLASS_TOKENS, 0, tokens)])
+    return samples
+
+
+def class_embeddings(model: FindModel, classes: list[ClassPrompt]) -> torch.Tensor:
+    """[K, C] semantic embeddings of the classes (last prediction set)."""
+    sets = model.run_interface(None, class_samples(model, classes), TASK)
+    return sets[-1].source_semantic[:, 0]
+
+
+def class_logits(model: FindModel, object_semantic: torch.Tensor, classes: torch.Tensor) -> torch.Tensor:
+    """[..., Q, K + 1] logits over the classes plus "no object" (last column)."""
+    targets = torch.cat([classes, model.no_object[None].to(classes.dtype)])
+    return model.similarity(object_semantic, targets)
+
+
+def decode(mode: str, logits: torch.Tensor, masks: torch.Tensor, classes: list[ClassPrompt],
+           object_threshold: float = 0.5, overlap_threshold: float = 0.8) -> SegmentationResult:
+    """One image: logits [Q, K+1], mask logits [Q, H, W] at output resolution → labelled segments."""
+    if mode not in MODES:
+        raise ValueError(f"unknown segmentation mode '{mode}'; use one of {MODES}")
+    probs = logits.float().softmax(dim=-1)
+    mask_probs = masks.float().sigmoid()
+    height, width = masks.shape[-2:]
+    if mode == "semantic":
+        per_class = torch.einsum("qk,qhw->khw", probs[:, :-1], mask_probs)
+        label_map = per_class.argmax(dim=0).int() + 1
+        segments = []
+        for k in label_map.unique().tolist():
+            mask = (label_map == k).cpu().numpy()
+            score = float(per_class[k - 1][label_map == k].mean())
+            segments.append(Segment(classes[k - 1].name, score, mask, k - 1, k, classes[k - 1].isthing))
+        return SegmentationResult(mode, label_map.cpu().numpy(), segments)
+    scores, labels = probs[:, :-1].max(dim=-1)
+    keep = (probs.argmax(dim=-1) != probs.shape[-1] - 1) & (scores > object_threshold)
+    label_map = torch.zeros(height, width, dtype=torch.int32)
+    segments: list[Segment] = []
+    if not bool(keep.any()):
+        return SegmentationResult(mode, label_map.numpy(), segments)
+    kept_scores, kept_labels, kept_masks = scores[keep], labels[keep], mask_probs[keep]
+    if mode == "instance":
+        order = kept_scores.argsort(descending=True)
+        for rank, q in enumerate(order.tolist(), start=1):
+            mask = kept_masks[q] > 0.5
+            if not bool(mask.any()):
+                continue
+            score = float(kept_scores[q] * kept_masks[q][mask].mean())
+            k = int(kept_labels[q])
+            label_map[mask & (label_map == 0)] = rank
+            segments.append(Segment(classes[k].name, score, mask.cpu().numpy(), k, rank, classes[k].isthing))
+        return SegmentationResult(mode, label_map.numpy(), segments)
+    # panoptic merge (Mask2Former): each pixel goes to the most confident query; stuff merges by class
+    owner = (kept_scores[:, None, None] * kept_masks).argmax(dim=0)
+    stuff_ids: dict[int, int] = {}
+    for q in range(kept_masks.shape[0]):
+        k = int(kept_labels[q])
+        mask = (owner == q) & (kept_masks[q] >= 0.5)
+        original = kept_masks[q] >= 0.5
+        if not bool(mask.any()) or mask.sum() < overlap_threshold * original.sum():
+            continue
+        if not classes[k].isthing and k in stuff_ids:
+            segment_id = stuff_ids[k]
+            label_map[mask.cpu()] = segment_id
+            existing = next(s for s in segments if s.segment_id == segment_id)
+            existing.mask = existing.mask | mask.cpu().numpy()
+            continue
+        segment_id = len(segments) + 1
+        if not classes[k].isthing:
+            stuff_ids[k] = segment_id
+        label_map[mask.cpu()] = segment_id
+        segments.append(Segment(classes[k].name, float(kept_scores[q]), mask.cpu().numpy(), k, segment_id,
+                                classes[k].isthing))
+    return SegmentationResult(mode, label_map.numpy(), segments)

@@ -1,0 +1,78 @@
+"""Interleaved entries: one token sequence where visual entities' tokens carry image features.
+
+The text (with stand-in words for visual entities) goes through the language model; the tokens
+inside a visual entity's span are then replaced by that reference's pooled, projected features.
+Shared by interleave grounding (one query per entity) and interleave retrieval (one per entry)."""
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import numpy as np
+import torch
+
+from ..encoders.language import TokenFeatures
+from ..instructions import Instruction, VisualReference
+from ..interface.groups import Group
+from ..interface.inputs import PromptBlock, SampleInputs, SourceQuery
+from ..model import FindModel
+from .common import encode_references
+
+FRAME_STAMP_TOLERANCE = 1e-3  # seconds
+
+
+def reference_image(reference: VisualReference, frames: Mapping[float, np.ndarray] | None) -> np.ndarray:
+    """The image a visual reference points at: inline, or a buffered frame found by its stamp."""
+    if reference.image is not None:
+        return reference.image
+    if not frames:
+        raise ValueError(f"visual entity refers to frame stamp {reference.frame_stamp} but no frames are buffered")
+    stamp = min(frames, key=lambda s: abs(s - reference.frame_stamp))
+    if abs(stamp - reference.frame_stamp) > FRAME_STAMP_TOLERANCE:
+        raise ValueError(f"no buffered frame with stamp {reference.frame_stamp:.3f} (nearest {stamp:.3f})")
+    return frames[stamp]
+
+
+def visual_tokens(model: FindModel, instructions: list[Instruction],
+                  frames: Mapping[float, np.ndarray] | None = None,
+                  generator: torch.Generator | None = None) -> list[dict[int, torch.Tensor]]:
+    """For each instruction, entity index → the [C] embedding that replaces its tokens."""
+    wanted = [(n, e, entity.reference) for n, inst in enumerate(instructions)
+              for e, entity in enumerate(inst.entities) if entity.kind == "visual"]
+    result: list[dict[int, torch.Tensor]] = [{} for _ in instructions]
+    if not wanted:
+        return result
+    images = [reference_image(ref, frames) for _, _, ref in wanted]
+    features, regions = encode_references(model, images, [ref for _, _, ref in wanted])
+    for row, ((n, e, _), region) in enumerate(zip(wanted, regions)):
+        result[n][e] = model.visual_entity_tokens(features, row, region, generator)
+    return result
+
+
+def entry_sample(instruction: Instruction, tokens: TokenFeatures, row: int, visual: dict[int, torch.Tensor],
+                 query_group: Group) -> SampleInputs:
+    """The entry's tokens as one prompt block, with ENTITY queries (one per entity) or one ENTRY query."""
+    features = tokens.features[row].clone()
+    spans = []
+    for index, entity in enumerate(instruction.entities):
+        span = tokens.tokens_in_span(row, entity.start, entity.end)
+        if span.numel() == 0:
+            raise ValueError(f"entity {index} ('{instruction.phrase(index)}') maps to no token "
+                             f"(cut off beyond the language model's max_length?)")
+        if index in visual:
+            features[span] = visual[index].to(features.dtype)
+        spans.append(span)
+    valid = tokens.valid[row]
+    prompt = PromptBlock(Group.ENTRY_TOKENS, 0, features[valid])
+    if query_group == Group.ENTRY:
+        queries = [SourceQuery(Group.ENTRY, 0, features[valid].mean(dim=0))]
+    else:
+        queries = [SourceQuery(Group.ENTITY, 0, features[span].mean(dim=0)) for span in spans]
+    return SampleInputs(queries, [prompt])
+
+
+def entry_samples(model: FindModel, instructions: list[Instruction], query_group: Group,
+                  frames: Mapping[float, np.ndarray] | None = None,
+                  generator: torch.Generator | None = None) -> list[SampleInputs]:
+    visual = visual_tokens(model, instructions, frames, generator)
+    tokens = model.encode_texts([inst.text for inst in instructions])
+    return [entry_sample(inst, tokens, row, visual[row], query_group) for row, inst in enumerate(instructions)]
