@@ -182,7 +182,8 @@ def test_refs_pickle_is_read_safely(root: Path, tmp_path: Path) -> None:
 
 def test_captions(root: Path) -> None:
     attrs = {**scene_attributes(root, "train"), **scene_attributes(root, "val")}
-    train, both = CocoCaptions(root, Path("dataset_coco.json"), "train"), CocoCaptions(root, Path("dataset_coco.json"), SPLITS)
+    train = CocoCaptions(root, Path("dataset_coco.json"), "train")
+    both = CocoCaptions(root, Path("dataset_coco.json"), SPLITS)
     assert len(both) == CONFIG.images and len(train) == CONFIG.images - len(CocoPanoptic(root, "val"))
     for sample in both:
         assert sample.image.shape == (128, 128, 3) and len(sample.captions) >= 2

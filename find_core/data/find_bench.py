@@ -1,0 +1,147 @@
+"""FIND-Bench entity files (COCO-Entity): interleaved grounding and retrieval data.
+
+Entity file format (as released with FIND)::
+
+    {"images": [{"id", "file_name"}],
+     "annotations": [{"image_id", "sentence",
+                      "phrase": [{"phrase", "start_idx", "end_idx", "annotation_id"}]}]}
+
+``sentence[start_idx:end_idx] == phrase`` (end exclusive) and ``annotation_id`` is the COCO panoptic
+segment id of the entity in that image.
+
+Visual-reference extension (ours): a phrase may carry
+``"visual": {"image_id": <other image>, "annotation_id": <segment id there>}``. The entity is then
+given to the model as a crop of that segment in the other image instead of as words (upstream FIND
+instead draws a random shape inside the entity's own segment). The sentence keeps the entity's words,
+so the same entry also serves text-only grounding; the consumer swaps the span for the image.
+The referenced image must be listed in the same panoptic JSON.
+
+Retrieval split file (ours, for interleave retrieval): ``{"split": str, "entity_file": str,
+"gallery_image_ids": [int]}`` — the images a query entry is ranked against; an entry's target is
+its own ``image_id``.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from .coco_panoptic import CocoPanoptic
+from .samples import EntityPhrase, EntitySample, load_json, require_keys
+
+__all__ = ["FindBenchEntities", "load_retrieval_gallery", "segment_crop"]
+
+
+def segment_crop(image: np.ndarray, mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Tight bounding-box crop of ``image`` around ``mask`` and the mask inside it."""
+    ys, xs = np.nonzero(mask)
+    if ys.size == 0:
+        raise ValueError("cannot crop an empty mask")
+    y0, y1, x0, x1 = ys.min(), ys.max() + 1, xs.min(), xs.max() + 1
+    return image[y0:y1, x0:x1].copy(), mask[y0:y1, x0:x1].copy()
+
+
+class FindBenchEntities:
+    """Interleaved entity entries, one :class:`EntitySample` per annotation of the entity file.
+
+    Directory layout (FIND's COCO-Entity; ``split`` e.g. ``val2017``)::
+
+        root/
+          {split}/                          images
+          annotations/
+            entity_{split}.json             FIND-Bench entities (``entity_val2017_long.json`` too)
+            panoptic_{split}.json           COCO panoptic annotations
+            panoptic_{split}/               panoptic PNGs
+
+    Each of ``entity_json``, ``panoptic_json``, ``image_dir`` and ``panoptic_dir`` overrides one
+    path (relative paths are taken under ``root``). All spans and segment ids are checked when the
+    reader is built, so a broken file fails at once rather than mid-training.
+    """
+
+    def __init__(
+        self,
+        root: Path,
+        split: str,
+        *,
+        entity_json: Path | None = None,
+        panoptic_json: Path | None = None,
+        image_dir: Path | None = None,
+        panoptic_dir: Path | None = None,
+    ) -> None:
+        root = Path(root)
+        self.entity_json = root / (entity_json or Path("annotations") / f"entity_{split}.json")
+        self.panoptic = CocoPanoptic(root, split, annotation_json=panoptic_json, png_dir=panoptic_dir,
+                                     image_dir=image_dir)
+        data = load_json(self.entity_json, "FIND-Bench entity file")
+        if not isinstance(data, dict) or "annotations" not in data:
+            raise ValueError(f"{self.entity_json} lacks the top-level key 'annotations'")
+        self.entries: list[dict] = data["annotations"]
+        for n, entry in enumerate(self.entries):
+            self._validate(n, entry)
+
+    def _segment_ids(self, image_id: int, where: str) -> set[int]:
+        try:
+            return {int(s["id"]) for s in self.panoptic.segments_info(image_id)}
+        except KeyError:
+            raise ValueError(f"{where}: image {image_id} has no panoptic annotation in "
+                             f"{self.panoptic.annotation_json}") from None
+
+    def _validate(self, n: int, entry: dict) -> None:
+        where = f"{self.entity_json} annotation {n}"
+        require_keys(entry, ("image_id", "sentence", "phrase"), where)
+        sentence = entry["sentence"]
+        own_ids = self._segment_ids(int(entry["image_id"]), where)
+        for p in entry["phrase"]:
+            require_keys(p, ("phrase", "start_idx", "end_idx", "annotation_id"), f"phrase of {where}")
+            if sentence[p["start_idx"]:p["end_idx"]] != p["phrase"]:
+                raise ValueError(f"{where}: span [{p['start_idx']}, {p['end_idx']}) of {sentence!r} is "
+                                 f"{sentence[p['start_idx']:p['end_idx']]!r}, not {p['phrase']!r}")
+            if int(p["annotation_id"]) not in own_ids:
+                raise ValueError(f"{where}: phrase {p['phrase']!r} points at segment {p['annotation_id']}, "
+                                 f"not a segment of image {entry['image_id']}")
+            if "visual" in p:
+                v = p["visual"]
+                require_keys(v, ("image_id", "annotation_id"), f"visual reference of {p['phrase']!r} in {where}")
+                if int(v["annotation_id"]) not in self._segment_ids(int(v["image_id"]), where):
+                    raise ValueError(f"{where}: visual reference of {p['phrase']!r} points at segment "
+                                     f"{v['annotation_id']}, not a segment of image {v['image_id']}")
+
+    def __len__(self) -> int:
+        return len(self.entries)
+
+    def __getitem__(self, index: int) -> EntitySample:
+        if not -len(self) <= index < len(self):
+            raise IndexError(f"index {index} out of range for {len(self)} entity entries")
+        entry = self.entries[index]
+        sample = self.panoptic.sample(int(entry["image_id"]))
+        masks = {s.id: s.mask for s in sample.segments}
+        phrases = []
+        for p in entry["phrase"]:
+            crop = crop_mask = None
+            if "visual" in p:
+                crop, crop_mask = self._visual_crop(int(p["visual"]["image_id"]), int(p["visual"]["annotation_id"]))
+            phrases.append(EntityPhrase(int(p["start_idx"]), int(p["end_idx"]), p["phrase"],
+                                        masks[int(p["annotation_id"])], crop, crop_mask))
+        return EntitySample(sample.image_id, sample.image, entry["sentence"], phrases)
+
+    def _visual_crop(self, image_id: int, segment_id: int) -> tuple[np.ndarray, np.ndarray]:
+        ids = self.panoptic.load_id_map(image_id)
+        image = self.panoptic.load_image(image_id)
+        if ids.shape != image.shape[:2]:
+            raise ValueError(f"panoptic PNG of image {image_id} is {ids.shape}, image is {image.shape[:2]}")
+        mask = ids == segment_id
+        if not mask.any():
+            raise ValueError(f"visual reference segment {segment_id} has no pixels in image {image_id}")
+        return segment_crop(image, mask)
+
+
+def load_retrieval_gallery(path: Path) -> list[int]:
+    """Gallery image ids of an interleave-retrieval split file (see the module docstring)."""
+    data = load_json(Path(path), "retrieval split file")
+    require_keys(data, ("gallery_image_ids",), f"retrieval split file {path}")
+    ids = [int(i) for i in data["gallery_image_ids"]]
+    if not ids:
+        raise ValueError(f"retrieval split file {path} has an empty gallery")
+    if len(set(ids)) != len(ids):
+        raise ValueError(f"retrieval split file {path} lists some gallery image ids twice")
+    return ids
