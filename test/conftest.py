@@ -1,0 +1,40 @@
+"""Shared fixtures: the tiny random model (built once per session) and small generated images."""
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import pytest
+import torch
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+torch.set_num_threads(min(2, torch.get_num_threads()))
+
+
+@pytest.fixture(scope="session")
+def tiny_pipeline():
+    from find_core import FindPipeline
+    torch.manual_seed(0)
+    return FindPipeline.from_preset("tiny-test", device="cpu")
+
+
+@pytest.fixture
+def tiny_model():
+    """A fresh tiny model per test (tests may train it)."""
+    from find_core.config import ModelConfig
+    from find_core.model import FindModel
+    from find_core.presets import preset_path
+    torch.manual_seed(0)
+    return FindModel(ModelConfig.from_yaml(preset_path("tiny-test")))
+
+
+@pytest.fixture
+def scene_image() -> np.ndarray:
+    """A 48×80 RGB frame with a red square and a blue disc on grey."""
+    image = np.full((48, 80, 3), 128, dtype=np.uint8)
+    image[8:24, 8:24] = (220, 30, 30)
+    yy, xx = np.mgrid[:48, :80]
+    image[(yy - 30) ** 2 + (xx - 56) ** 2 < 100] = (30, 30, 220)
+    return image
