@@ -10,6 +10,8 @@ ROOT = Path(__file__).parent
 def tree(folder: str) -> list[tuple[str, list[str]]]:
     """data_files entries that mirror `folder` under share/find_ros/."""
     entries = []
+    if not (ROOT / folder).is_dir():
+        return entries
     for directory in sorted(p for p in (ROOT / folder).rglob("*") if p.is_dir()) + [ROOT / folder]:
         files = sorted(str(f.relative_to(ROOT)) for f in directory.iterdir() if f.is_file())
         if files:
