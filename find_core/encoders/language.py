@@ -7,7 +7,9 @@ character offsets of every token are kept so entity spans of an instruction map 
 from __future__ import annotations
 
 import hashlib
+import inspect
 import logging
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -16,14 +18,20 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from ..config import LanguageConfig
-from .hf import freeze, load_model, load_tokenizer
+from .hf import freeze, load_model, load_tokenizer, resolve_source
 
 log = logging.getLogger(__name__)
+
+_MODEL_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
 
 
 @dataclass
 class TokenFeatures:
-    """Token features of a batch of texts, padded: features [B,T,C], valid [B,T], offsets [B,T,2]."""
+    """Token features of a batch of texts, padded: features [B,T,C], valid [B,T], offsets [B,T,2].
+
+    `valid` is False on padding and on the tokens the tokenizer adds ([CLS], [SEP], <s>, ...);
+    `offsets` are each token's [start, end) characters in its text.
+    """
 
     features: torch.Tensor
     valid: torch.Tensor
@@ -37,6 +45,8 @@ class TokenFeatures:
 
 
 class LanguageAdapter(nn.Module):
+    """A (frozen) HF text model read at hidden state `layer`, with a per-text on-disk feature cache."""
+
     def __init__(self, config: LanguageConfig):
         super().__init__()
         self.config = config
@@ -44,66 +54,112 @@ class LanguageAdapter(nn.Module):
         if not tokenizer_source:
             raise ValueError("language model: set tokenizer (needed with random_config) or name_or_path")
         self.tokenizer = load_tokenizer(tokenizer_source, "language model")
-        if self.tokenizer.pad_token is None:
+        if not getattr(self.tokenizer, "is_fast", False):
+            raise ValueError(f"language model: tokenizer '{tokenizer_source}' is not a fast tokenizer; "
+                             "character offsets (entity spans → tokens) need one")
+        if self.tokenizer.pad_token is None:  # GPT-2 / LLaMA tokenizers ship without one
             self.tokenizer.pad_token = self.tokenizer.eos_token or self.tokenizer.unk_token
+        if self.tokenizer.pad_token is None:
+            raise ValueError(f"language model: tokenizer '{tokenizer_source}' has no pad, eos or unk token to pad with")
+        # Decoder-only models number positions by index: left padding would shift them, making a
+        # text's features depend on the batch it came in (and the cache order-dependent).
+        self.tokenizer.padding_side = "right"
         self.model = load_model(config.name_or_path, config.random_config, "language model")
+        parameters = inspect.signature(self.model.forward).parameters
+        self._inputs = tuple(name for name in _MODEL_INPUTS if name in parameters) or _MODEL_INPUTS[:2]
         self.width = int(self.model.config.hidden_size)
         self.layer = self._clip_layer(config.layer, int(self.model.config.num_hidden_layers))
         if config.frozen:
             freeze(self.model)
-        self._identity = f"{config.name_or_path or config.random_config}|{self.layer}|{config.max_length}"
+        self._identity = self._cache_identity(tokenizer_source)
 
     @staticmethod
     def _clip_layer(layer: int, depth: int) -> int:
-        """Index into hidden_states (depth + 1 entries; 0 = embeddings). Too deep → first layer's output."""
+        """Index into hidden_states (depth + 1 entries; 0 = embeddings).
+
+        Negative layers count from the last (-1 = last layer). A layer outside 1..depth is clipped:
+        too deep (e.g. LLaMA-7B's -12 on a 6-layer model) → the first layer's output, too high → the
+        last; the embeddings (index 0) are never used since they carry no context.
+        """
         index = layer if layer >= 0 else depth + 1 + layer
         clipped = min(max(index, 1), depth)
         if clipped != index:
-            log.info("language layer %d clipped to hidden state %d (model has %d layers)", layer, clipped, depth)
+            log.warning("language layer %d clipped to hidden state %d (model has %d layers)", layer, clipped, depth)
         return clipped
 
-    def forward(self, texts: list[str]) -> TokenFeatures:
-        if self.config.cache_dir and self.config.frozen:
-            return self._cached(texts)
-        return self._encode(texts)
+    def _cache_identity(self, tokenizer_source: str) -> str:
+        """What the cached features depend on. Random weights differ per build, so a fingerprint of
+        the weights (a few values of every tensor) is part of it, as is the resolved weight folder."""
+        source = resolve_source(self.config.name_or_path) if self.config.name_or_path else "random"
+        sample = torch.cat([p.detach().flatten()[:8].float().cpu() for p in self.model.parameters()])
+        fingerprint = hashlib.sha256(sample.numpy().tobytes()).hexdigest()[:16]
+        return (f"{source}|{self.config.random_config}|{tokenizer_source}|{type(self.model).__name__}|"
+                f"{fingerprint}|{self.layer}|{self.config.max_length}")
 
-    def _encode(self, texts: list[str]) -> TokenFeatures:
+    def cache_key(self, text: str) -> str:
+        """File name stem of `text`'s cached features under cache_dir."""
+        return hashlib.sha256(f"{self._identity}|{text}".encode()).hexdigest()[:32]
+
+    def forward(self, texts: list[str]) -> TokenFeatures:
+        if isinstance(texts, str) or not texts:
+            raise ValueError("language model: expected a non-empty list of texts")
+        if self.config.cache_dir and self.config.frozen:
+            return self._cached(list(texts))
+        return self._encode(list(texts))[0]
+
+    def _encode(self, texts: list[str]) -> tuple[TokenFeatures, torch.Tensor]:
+        """Token features of a padded batch, and each text's token count (padding excluded)."""
         device = next(self.model.parameters()).device
-        batch = self.tokenizer(list(texts), padding=True, truncation=True, max_length=self.config.max_length,
-                               return_offsets_mapping=True, return_tensors="pt")
-        offsets = batch.pop("offset_mapping")
-        batch = {k: v.to(device) for k, v in batch.items() if k in ("input_ids", "attention_mask", "token_type_ids")}
+        batch = self.tokenizer(texts, padding=True, truncation=True, max_length=self.config.max_length,
+                               return_offsets_mapping=True, return_special_tokens_mask=True, return_tensors="pt")
+        offsets = batch["offset_mapping"]
+        attention = batch["attention_mask"].bool()
+        # The special-tokens mask marks added tokens ([CLS], <s>, padding) but not [UNK], which
+        # stands for real characters of the text.
+        valid = attention & ~batch["special_tokens_mask"].bool()
+        self._warn_truncated(texts, offsets, valid)
+        inputs = {name: batch[name].to(device) for name in self._inputs if name in batch}
         with torch.set_grad_enabled(torch.is_grad_enabled() and not self.config.frozen):
-            output = self.model(**batch, output_hidden_states=True)
-        features = output.hidden_states[self.layer]
-        valid = batch["attention_mask"].bool()
-        special = torch.tensor(
-            [[tok in self.tokenizer.all_special_ids for tok in row] for row in batch["input_ids"].tolist()],
-            device=device)
-        return TokenFeatures(features.float(), valid & ~special, offsets.to(device))
+            output = self.model(**inputs, output_hidden_states=True)
+        features = output.hidden_states[self.layer].float()
+        features = features * attention.to(device).unsqueeze(-1)  # padding: zeros, as in the cache
+        return TokenFeatures(features, valid.to(device), offsets.to(device)), attention.sum(dim=1)
+
+    def _warn_truncated(self, texts: list[str], offsets: torch.Tensor, valid: torch.Tensor) -> None:
+        """Entities past max_length would silently get no tokens: say which text was cut."""
+        for row, text in enumerate(texts):
+            ends = offsets[row, :, 1][valid[row]]
+            covered = int(ends.max()) if ends.numel() else 0
+            if covered < len(text.rstrip()):
+                log.warning("text truncated to %d tokens; characters from %d on are not encoded: %r",
+                            self.config.max_length, covered, text)
 
     def _cached(self, texts: list[str]) -> TokenFeatures:
-        """Per-text cache keyed by model + layer + text, so re-encoding the same prompts is free."""
+        """Per-text cache keyed by model + weights + layer + text, so re-encoding the same prompts is free."""
         folder = Path(self.config.cache_dir).expanduser()
         folder.mkdir(parents=True, exist_ok=True)
-        rows = []
-        for text in texts:
-            key = hashlib.sha256(f"{self._identity}|{text}".encode()).hexdigest()[:32]
-            path = folder / f"{key}.safetensors"
-            if path.is_file():
-                rows.append(load_file(str(path)))
-            else:
-                single = self._encode([text])
-                row = {"features": single.features[0].cpu(), "valid": single.valid[0].cpu(),
-                       "offsets": single.offsets[0].cpu()}
-                save_file(row, str(path))
-                rows.append(row)
+        paths = [folder / f"{self.cache_key(text)}.safetensors" for text in texts]
+        rows: dict[Path, dict[str, torch.Tensor]] = {}
+        missing = list(dict.fromkeys(text for text, path in zip(texts, paths) if not path.is_file()))
+        if missing:
+            encoded, lengths = self._encode(missing)
+            for i, text in enumerate(missing):
+                n = int(lengths[i])
+                row = {"features": encoded.features[i, :n].cpu().contiguous(),
+                       "valid": encoded.valid[i, :n].cpu().contiguous(),
+                       "offsets": encoded.offsets[i, :n].cpu().contiguous()}
+                path = folder / f"{self.cache_key(text)}.safetensors"
+                partial = path.with_suffix(f".{os.getpid()}.tmp")
+                save_file(row, str(partial))
+                os.replace(partial, path)  # readers never see a half-written file
+                rows[path] = row
+        loaded = [rows[path] if path in rows else load_file(str(path)) for path in paths]
         device = next(self.model.parameters()).device
-        length = max(row["features"].shape[0] for row in rows)
-        features = torch.zeros(len(rows), length, self.width)
-        valid = torch.zeros(len(rows), length, dtype=torch.bool)
-        offsets = torch.zeros(len(rows), length, 2, dtype=torch.long)
-        for i, row in enumerate(rows):
+        length = max(row["features"].shape[0] for row in loaded)
+        features = torch.zeros(len(loaded), length, self.width)
+        valid = torch.zeros(len(loaded), length, dtype=torch.bool)
+        offsets = torch.zeros(len(loaded), length, 2, dtype=torch.long)
+        for i, row in enumerate(loaded):
             n = row["features"].shape[0]
             features[i, :n], valid[i, :n], offsets[i, :n] = row["features"], row["valid"], row["offsets"]
         return TokenFeatures(features.to(device), valid.to(device), offsets.to(device))
