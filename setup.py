@@ -54,6 +54,13 @@ setup(
     entry_points={
         "console_scripts": [
             "find_demo = find_core.demo:main",
+            "find_perception = find_ros.perception_node:main",
+            "find_replay = find_ros.replay_node:main",
+            "find-field-export = find_core.field.export:main",
+            "find-field = find_core.field.__main__:main",
+        ],
+        "nerfstudio.method_configs": [
+            "find-field = find_core.field.nerf.config:find_field_method",
         ],
     },
 )

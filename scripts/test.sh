@@ -5,4 +5,6 @@ root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 "$root/scripts/setup.sh"
 cd "$root"
 export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 TOKENIZERS_PARALLELISM=false
+# tiny models run fastest on one thread each (tests also start several node processes at once)
+export OMP_NUM_THREADS="${OMP_NUM_THREADS:-1}"
 exec "$root/.venv/bin/python" -m pytest "$@"

@@ -249,6 +249,7 @@ def _dist_worker(rank: int, world: int, port: int, out_dir: str) -> None:
         local_only = contrastive_loss(a_local.detach(), b_local.detach(), scale, gather=False)
         torch.save({"loss": loss.detach(), "local_only": local_only, "ga": a_local.grad, "gb": b_local.grad},
                    Path(out_dir) / f"rank{rank}.pt")
+        dist.barrier()  # no rank tears gloo down while the other is still inside a collective
     finally:
         dist.destroy_process_group()
 

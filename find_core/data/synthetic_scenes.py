@@ -54,7 +54,7 @@ SIZES = ("small", "large")
 # Backgrounds: the stuff regions of a scene (top to bottom) and how a caption places things in them.
 _LAYOUTS = (("sky", "grass"), ("wall", "floor"), ("wall",), ("floor",))
 _PLACE = {"sky": "under the sky", "wall": "in front of the wall", "floor": "on the floor", "grass": "on the grass"}
-_STUFF_BASE = {"sky": ((120, 175, 230),), "wall": ((205, 192, 170), (165, 165, 172), (186, 200, 190)),
+STUFF_BASE = {"sky": ((120, 175, 230),), "wall": ((205, 192, 170), (165, 165, 172), (186, 200, 190)),
                "floor": ((140, 100, 62), (112, 110, 106)), "grass": ((78, 128, 48), (96, 140, 60))}
 _RELATIONS = ("to the left of", "to the right of", "above", "below")
 _ATTRS = ("size", "colour", "texture")
@@ -146,7 +146,7 @@ def _rotated(points: np.ndarray, angle: float) -> np.ndarray:
     return points @ np.array([[c, s], [-s, c]])
 
 
-def _shape_mask(category: str, cx: float, cy: float, r: float, angle: float, size: int) -> np.ndarray:
+def shape_mask(category: str, cx: float, cy: float, r: float, angle: float, size: int) -> np.ndarray:
     """Full (unoccluded) mask of one thing, rasterised with PIL."""
     canvas = Image.new("L", (size, size), 0)
     draw = ImageDraw.Draw(canvas)
@@ -177,7 +177,7 @@ def _shape_mask(category: str, cx: float, cy: float, r: float, angle: float, siz
     return np.asarray(canvas, dtype=bool)
 
 
-def _texture_pattern(texture: str, cx: float, cy: float, r: float, angle: float, size: int) -> np.ndarray:
+def texture_pattern(texture: str, cx: float, cy: float, r: float, angle: float, size: int) -> np.ndarray:
     """Where the secondary shade goes, in the object's own rotated frame."""
     if texture == "plain":
         return np.zeros((size, size), bool)
@@ -197,7 +197,7 @@ def _texture_pattern(texture: str, cx: float, cy: float, r: float, angle: float,
     raise ValueError(f"unknown texture {texture!r}")
 
 
-def _shade(rgb: tuple[int, int, int]) -> np.ndarray:
+def shade(rgb: tuple[int, int, int]) -> np.ndarray:
     """Secondary colour of a texture: lighter for dark colours, darker for light ones."""
     base = np.array(rgb, np.float32)
     luma = base @ np.array([0.299, 0.587, 0.114], np.float32)
@@ -216,7 +216,7 @@ def _background(layout: tuple[str, ...], rng: np.random.Generator, size: int) ->
             region[:horizon] = True
         else:
             region[horizon:] = True
-        palette = _STUFF_BASE[name]
+        palette = STUFF_BASE[name]
         base = np.array(palette[rng.integers(len(palette))], np.float32) + rng.uniform(-6, 6, 3) + rng.uniform(-20, 20)
         tone = base + (y / size - 0.5) * rng.uniform(-40, 40)  # vertical gradient
         if name == "floor":
@@ -267,7 +267,7 @@ def sample_scene(rng: np.random.Generator, image_id: int, size: int, n_things: i
             r = size * (rng.uniform(0.13, 0.17) if size_name == "large" else rng.uniform(0.06, 0.085))
             cx, cy = rng.uniform(r + 1, size - r - 1, 2)
             angle = float(rng.uniform(0, 2 * np.pi))
-            shapes.append((cx, cy, r, angle, _shape_mask(category, cx, cy, r, angle, size)))
+            shapes.append((cx, cy, r, angle, shape_mask(category, cx, cy, r, angle, size)))
         visible = [m.copy() for *_, m in shapes]
         for i in range(len(shapes)):
             for later in shapes[i + 1:]:
@@ -282,8 +282,8 @@ def sample_scene(rng: np.random.Generator, image_id: int, size: int, n_things: i
     things = []
     for (category, colour, size_name, texture), (cx, cy, r, angle, full), vis, sid in zip(attrs, shapes, visible, ids):
         rgb = np.array(COLOURS[colour], np.float32) + rng.uniform(-10, 10)
-        pattern = _texture_pattern(texture, cx, cy, r, angle, size)
-        paint = np.where(pattern[..., None], _shade(COLOURS[colour]), rgb)
+        pattern = texture_pattern(texture, cx, cy, r, angle, size)
+        paint = np.where(pattern[..., None], shade(COLOURS[colour]), rgb)
         image[full] = paint[full]
         things.append(SceneObject(sid, category, vis, colour, size_name, texture))
     occupied = np.zeros((size, size), bool)

@@ -1,0 +1,279 @@
+"""Training and evaluation configuration: dataclasses read from one YAML file with strict keys.
+
+    model: tiny-test                  # preset name, a model YAML path, or an inline model mapping
+    init_checkpoint: null             # optional weights to start from (a checkpoint folder)
+    data: {root: data/synthetic, split: train}
+    tasks:                            # weight = how often a step trains that task; 0 / absent = off
+      generic: {weight: 1, batch_size: 4}
+      retrieval: {weight: 1, batch_size: 8, split: train}
+    interactive: {max_objects: 4}     # how training clicks / boxes / scribbles are drawn
+    loss: {num_points: 1024}          # find_core.losses.LossConfig overrides
+    optim: {lr: 1.0e-4, warmup_steps: 10}
+    train: {steps: 100, seed: 0, precision: bf16, checkpoint_every: 50}
+    eval: {split: val, max_images: 50}
+
+Relative paths are taken from the current directory. A typo anywhere raises `ConfigError` naming
+the dotted key, so a misspelt option never silently falls back to its default.
+"""
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from ..config import ConfigError, ModelConfig
+from ..losses import LossConfig
+from ..presets import preset_path
+
+TASKS = ("generic", "grounding", "interactive", "retrieval", "interleave_grounding", "interleave_retrieval")
+PRECISIONS = ("fp32", "bf16", "fp16")
+
+
+@dataclass
+class TaskConfig:
+    """One task of the multi-task mix."""
+
+    weight: float = 0.0            # relative probability that a step trains this task (0 = off)
+    batch_size: int = 2            # GLOBAL batch: split evenly over the processes of a torchrun
+    root: str | None = None        # dataset root; default data.root
+    split: str | None = None       # dataset split; default data.split
+
+    def __post_init__(self) -> None:
+        if isinstance(self.weight, bool) or not isinstance(self.weight, (int, float)) or self.weight < 0:
+            raise ConfigError(f"task weight must be a number >= 0, got {self.weight!r}")
+        if isinstance(self.batch_size, bool) or not isinstance(self.batch_size, int) or self.batch_size < 1:
+            raise ConfigError(f"task batch_size must be an integer >= 1, got {self.batch_size!r}")
+        self.weight = float(self.weight)
+
+
+@dataclass
+class TasksConfig:
+    generic: TaskConfig = field(default_factory=TaskConfig)
+    grounding: TaskConfig = field(default_factory=TaskConfig)
+    interactive: TaskConfig = field(default_factory=TaskConfig)
+    retrieval: TaskConfig = field(default_factory=TaskConfig)
+    interleave_grounding: TaskConfig = field(default_factory=TaskConfig)
+    interleave_retrieval: TaskConfig = field(default_factory=TaskConfig)
+
+    def enabled(self) -> dict[str, TaskConfig]:
+        """Tasks with a positive weight, in the fixed order of TASKS (the order draws index into)."""
+        return {name: getattr(self, name) for name in TASKS if getattr(self, name).weight > 0}
+
+
+@dataclass
+class DataConfig:
+    """Where the training data lives (layouts: see find_core.data)."""
+
+    root: str = "data/synthetic"
+    split: str = "train"
+    captions_file: str = "dataset_coco.json"   # Karpathy captions, relative to the retrieval root
+    refcoco_image_dir: str | None = None       # RefCOCOg images when not under its root (COCO train2014/)
+
+
+@dataclass
+class InteractiveConfig:
+    """Training prompts for interactive segmentation, drawn from ground-truth masks.
+
+    Each object gets one positive prompt of a kind drawn with the three probabilities, up to
+    `max_extra_clicks` further positive clicks, and with `negative_prob` one negative click outside it.
+    """
+
+    max_objects: int = 4           # objects prompted per image (segments drawn at random)
+    point_prob: float = 0.6
+    box_prob: float = 0.2
+    scribble_prob: float = 0.2
+    max_extra_clicks: int = 2
+    negative_prob: float = 0.3
+    radius: int = 3                # clicks and scribbles are drawn this thick at image resolution
+
+    def __post_init__(self) -> None:
+        probs = (self.point_prob, self.box_prob, self.scribble_prob, self.negative_prob)
+        if any(not 0.0 <= p <= 1.0 for p in probs):
+            raise ConfigError(f"interactive probabilities must lie in [0, 1], got {probs}")
+        if self.point_prob + self.box_prob + self.scribble_prob <= 0:
+            raise ConfigError("interactive: point_prob + box_prob + scribble_prob must be > 0")
+        if self.max_objects < 1 or self.max_extra_clicks < 0 or self.radius < 0:
+            raise ConfigError("interactive: need max_objects >= 1, max_extra_clicks >= 0, radius >= 0")
+
+
+@dataclass
+class OptimConfig:
+    """AdamW (FIND: lr 1e-4, weight decay 0.05) with linear warm-up and step decay."""
+
+    name: str = "adamw"            # "adamw", or "sgd" (momentum) for experiments and gradient checks
+    lr: float = 1e-4
+    weight_decay: float = 0.05     # not applied to norms, biases, embeddings and logit_scale
+    betas: tuple[float, float] = (0.9, 0.999)
+    momentum: float = 0.9          # sgd only
+    warmup_steps: int = 10
+    warmup_factor: float = 0.001   # lr starts at warmup_factor * lr and grows linearly
+    milestones: tuple[float, ...] = (0.89, 0.96)  # fractions of train.steps where lr *= gamma
+    gamma: float = 0.1
+    clip_grad_norm: float | None = 1.0  # max global L2 norm of the gradients; null = no clipping
+
+    def __post_init__(self) -> None:
+        if self.name not in ("adamw", "sgd"):
+            raise ConfigError(f"optim.name must be 'adamw' or 'sgd', got {self.name!r}")
+        if self.lr <= 0 or self.weight_decay < 0 or self.warmup_steps < 0 or not 0 < self.warmup_factor <= 1:
+            raise ConfigError("optim: need lr > 0, weight_decay >= 0, warmup_steps >= 0, 0 < warmup_factor <= 1")
+        if any(not 0 <= m <= 1 for m in self.milestones):
+            raise ConfigError(f"optim.milestones are fractions of train.steps in [0, 1], got {self.milestones}")
+        if self.clip_grad_norm is not None and self.clip_grad_norm <= 0:
+            raise ConfigError(f"optim.clip_grad_norm must be > 0 or null, got {self.clip_grad_norm}")
+
+
+@dataclass
+class RunConfig:
+    steps: int = 100
+    seed: int = 0
+    device: str = "auto"           # "auto", "cpu", "cuda", "cuda:1" (torchrun: each rank its LOCAL_RANK GPU)
+    precision: str = "fp32"        # "bf16" / "fp16" autocast on GPU; CPU always runs fp32
+    checkpoint_every: int = 50
+    keep_checkpoints: int = 0      # keep only the newest N step checkpoints (0 = keep all)
+    log_every: int = 10
+    out_dir: str = "runs/find"
+    cpu_threads: int | None = None # torch intra-op threads; null = torch's default (1 is best on a busy machine)
+    cache_features: bool = False   # cache frozen image features by image id (vision + pixel decoder frozen)
+    feature_cache_dir: str | None = None  # on-disk cache folder; null = in memory
+
+    def __post_init__(self) -> None:
+        if self.precision not in PRECISIONS:
+            raise ConfigError(f"train.precision must be one of {PRECISIONS}, got {self.precision!r}")
+        if self.cpu_threads is not None and self.cpu_threads < 1:
+            raise ConfigError(f"train.cpu_threads must be >= 1 or null, got {self.cpu_threads}")
+        if self.steps < 1 or self.checkpoint_every < 1 or self.log_every < 1 or self.keep_checkpoints < 0:
+            raise ConfigError("train: need steps, checkpoint_every, log_every >= 1 and keep_checkpoints >= 0")
+
+
+@dataclass
+class EvalConfig:
+    """What `training.evaluate` measures; per-dataset splits default to `split`."""
+
+    split: str = "val"
+    panoptic_split: str | None = None       # COCO: val2017
+    refcoco_split: str | None = None        # RefCOCOg umd: val
+    captions_split: str | None = None       # Karpathy: test
+    entity_split: str | None = None         # FIND-Bench: val2017
+    captions_file: str = "dataset_coco.json"
+    refcoco_image_dir: str | None = None    # RefCOCOg images when not under the data root
+    max_images: int | None = None           # evaluate at most this many samples per dataset
+    max_clicks: int = 10                    # interactive click simulation (NoC counts up to this)
+    max_interactive_objects: int = 4        # objects per image in the click simulation
+    device: str = "auto"
+    precision: str = "fp32"
+
+    def __post_init__(self) -> None:
+        if self.max_clicks < 1 or self.max_interactive_objects < 1:
+            raise ConfigError("eval: need max_clicks >= 1 and max_interactive_objects >= 1")
+        if self.max_images is not None and self.max_images < 1:
+            raise ConfigError(f"eval.max_images must be >= 1 or null, got {self.max_images}")
+        if self.precision not in PRECISIONS:
+            raise ConfigError(f"eval.precision must be one of {PRECISIONS}, got {self.precision!r}")
+
+
+@dataclass
+class TrainConfig:
+    model: str | dict = "tiny-test"
+    init_checkpoint: str | None = None
+    data: DataConfig = field(default_factory=DataConfig)
+    tasks: TasksConfig = field(default_factory=TasksConfig)
+    interactive: InteractiveConfig = field(default_factory=InteractiveConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    train: RunConfig = field(default_factory=RunConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+
+    def __post_init__(self) -> None:
+        if not self.tasks.enabled():
+            raise ConfigError(f"no task has a weight > 0; set tasks.<name>.weight for one of {TASKS}")
+
+    def model_config(self) -> ModelConfig:
+        """The model: inline mapping, a YAML file, or a preset name (config/models/<name>.yaml)."""
+        if isinstance(self.model, dict):
+            return ModelConfig.from_dict(self.model.get("model", self.model))
+        path = Path(self.model).expanduser()
+        if path.suffix in (".yaml", ".yml") or path.is_file():
+            return ModelConfig.from_yaml(path)
+        return ModelConfig.from_yaml(preset_path(self.model))
+
+    def task_root(self, task: str) -> Path:
+        return Path(getattr(self.tasks, task).root or self.data.root).expanduser()
+
+    def task_split(self, task: str) -> str:
+        return getattr(self.tasks, task).split or self.data.split
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "TrainConfig":
+        return _build(cls, data, "config")
+
+    @classmethod
+    def from_yaml(cls, path: str | Path) -> "TrainConfig":
+        path = Path(path)
+        if not path.is_file():
+            raise ConfigError(f"training config not found: {path}")
+        data = yaml.safe_load(path.read_text()) or {}
+        if not isinstance(data, dict):
+            raise ConfigError(f"{path}: expected a mapping at the top level")
+        try:
+            return cls.from_dict(data)
+        except (ConfigError, ValueError, TypeError) as error:
+            raise ConfigError(f"{path}: {error}") from error
+
+    def to_dict(self) -> dict[str, Any]:
+        return _plain(dataclasses.asdict(self))
+
+    def to_yaml(self, path: str | Path) -> None:
+        Path(path).write_text(yaml.safe_dump(self.to_dict(), sort_keys=False))
+
+
+def _plain(value: Any) -> Any:
+    """Tuples → lists, so the YAML dump stays plain (safe_load can read it back)."""
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    return value
+
+
+def _build(cls: type, data: Any, where: str) -> Any:
+    """Build dataclass `cls` from a mapping, refusing unknown keys with their dotted path."""
+    if data is None:
+        return cls()
+    if cls is LossConfig:
+        try:
+            return LossConfig.from_dict(data)
+        except ValueError as error:
+            raise ConfigError(f"{where}: {error}") from error
+    if not isinstance(data, dict):
+        raise ConfigError(f"{where}: expected a mapping, got {type(data).__name__}")
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - set(fields))
+    if unknown:
+        raise ConfigError(f"{where}: unknown keys {unknown}; allowed: {sorted(fields)}")
+    kwargs = {}
+    for name, value in data.items():
+        hint = hints[name]
+        if dataclasses.is_dataclass(hint):
+            kwargs[name] = _build(hint, value, f"{where}.{name}")
+        elif _is_tuple(hint) and isinstance(value, list):
+            kwargs[name] = tuple(value)
+        else:
+            kwargs[name] = value
+    try:
+        return cls(**kwargs)
+    except ConfigError as error:
+        raise ConfigError(f"{where}: {error}") from error
+
+
+def _is_tuple(hint: Any) -> bool:
+    if typing.get_origin(hint) is tuple:
+        return True
+    if isinstance(hint, types.UnionType) or typing.get_origin(hint) is typing.Union:
+        return any(_is_tuple(arg) for arg in typing.get_args(hint))
+    return False

@@ -1,0 +1,261 @@
+"""Evaluation of a FIND model on every dataset found under a data root.
+
+Each task's data is looked for in its usual place (see find_core.data); what is absent is reported
+under "skipped" instead of failing. Results are in percent (NoC in clicks) and come from the
+metrics of find_core.metrics. Generic and interactive segmentation run the model directly so that an
+image is encoded once for its three segmentation modes / all its clicks; everything else goes
+through the public FindPipeline calls, so it measures what users get.
+"""
+from __future__ import annotations
+
+import contextlib
+import math
+import sys
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from ..data import CocoCaptions, CocoPanoptic, FindBenchEntities, RefCocoG, load_retrieval_gallery
+from ..data.samples import PanopticSample
+from ..interface.inputs import SampleInputs
+from ..metrics import (GroundingEvaluator, InteractiveEvaluator, MaskAPEvaluator, PanopticEvaluator, PanopticSegment,
+                       SemanticEvaluator, image_text_retrieval, interleave_retrieval, mask_iou, next_click)
+from ..pipeline import PRECISIONS, FindPipeline
+from ..preprocess import letterbox
+from ..prompts import ClassPrompt, SpatialPrompt
+from ..tasks import generic, interactive, retrieval
+from ..tasks.common import best_queries
+from .batches import entity_instruction
+from .config import EvalConfig
+
+IGNORE = 255
+CHUNK = 16
+
+
+def _log_stderr(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+def evaluate(pipeline: FindPipeline, root: str | Path, config: EvalConfig | None = None,
+             log: Callable[[str], None] = _log_stderr) -> dict[str, Any]:
+    """Every metric the data under `root` allows, as one JSON-ready dict (NaN → None)."""
+    config = config or EvalConfig()
+    root = Path(root).expanduser()
+    if not root.is_dir():
+        raise FileNotFoundError(f"data folder not found: {root}")
+    runner = _Runner(pipeline, root, config, log)
+    results: dict[str, Any] = {}
+    skipped: dict[str, str] = {}
+    for task, available, run in runner.plan():
+        if available is not True:
+            skipped[task] = available
+            continue
+        log(f"evaluating {task} ...")
+        results[task] = run()
+    results["skipped"] = skipped
+    results["meta"] = {"data": str(root), "device": str(pipeline.device), "precision": pipeline.precision}
+    return _json_ready(results)
+
+
+def _json_ready(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: _json_ready(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_json_ready(v) for v in value]
+    if isinstance(value, (float, np.floating)):
+        return None if not math.isfinite(float(value)) else float(value)
+    if isinstance(value, np.integer):
+        return int(value)
+    return value
+
+
+def _limit(count: int, config: EvalConfig) -> range:
+    return range(count if config.max_images is None else min(count, config.max_images))
+
+
+class _Runner:
+    def __init__(self, pipeline: FindPipeline, root: Path, config: EvalConfig, log: Callable[[str], None]):
+        self.pipe, self.model, self.root, self.config, self.log = pipeline, pipeline.model, root, config, log
+
+    def _split(self, specific: str | None) -> str:
+        return specific or self.config.split
+
+    def plan(self) -> list[tuple[str, str | bool, Callable[[], dict[str, Any]]]]:
+        """(task, True or why it is skipped, how to run it) for every task."""
+        c = self.config
+        panoptic = self.root / "annotations" / f"panoptic_{self._split(c.panoptic_split)}.json"
+        refcoco = self.root / "refcocog" / "instances.json"
+        captions = self.root / c.captions_file
+        entity = self.root / "annotations" / f"entity_{self._split(c.entity_split)}.json"
+        gallery = self.root / "annotations" / f"retrieval_{self._split(c.entity_split)}.json"
+
+        def have(*paths: Path) -> str | bool:
+            missing = [str(p) for p in paths if not p.is_file()]
+            return True if not missing else f"not found: {', '.join(missing)}"
+
+        return [
+            ("generic", have(panoptic), self.generic),
+            ("interactive", have(panoptic), self.interactive),
+            ("grounding", have(refcoco), self.grounding),
+            ("retrieval", have(captions), self.retrieval),
+            ("interleave_grounding", have(entity), self.interleave_grounding),
+            ("interleave_retrieval", have(entity, gallery), self.interleave_retrieval),
+        ]
+
+    @contextlib.contextmanager
+    def _inference(self) -> Iterator[None]:
+        autocast = contextlib.nullcontext() if self.pipe.precision == "fp32" else \
+            torch.autocast(self.pipe.device.type, dtype=PRECISIONS[self.pipe.precision])
+        with torch.inference_mode(), autocast:
+            yield
+
+    # ---- generic segmentation: PQ, mask AP, mIoU from one forward per image ------------------------
+    def generic(self) -> dict[str, Any]:
+        data = CocoPanoptic(self.root, self._split(self.config.panoptic_split))
+        prompts = [ClassPrompt(text=c.name, isthing=c.isthing) for c in data.categories]
+        category_ids = [c.id for c in data.categories]
+        index = {c.id: i for i, c in enumerate(data.categories)}
+        panoptic = PanopticEvaluator({c.id: c.isthing for c in data.categories})
+        things = [c.id for c in data.categories if c.isthing]
+        mask_ap = MaskAPEvaluator(things) if things else None
+        semantic = SemanticEvaluator(len(prompts), IGNORE)
+        with self._inference():
+            class_embeddings = generic.class_embeddings(self.model, prompts)
+        count = 0
+        for i in _limit(len(data), self.config):
+            sample = data[i]
+            outputs = self._segment(sample, prompts, class_embeddings)
+            gt_ids = data.load_id_map(sample.image_id)
+            gt_segments = [PanopticSegment(s.id, s.category_id, s.iscrowd) for s in sample.segments]
+            pan = outputs["panoptic"]
+            panoptic.add(pan.label_map.astype(np.int64),
+                         [PanopticSegment(s.segment_id, category_ids[s.class_index]) for s in pan.segments],
+                         gt_ids, gt_segments)
+            if mask_ap is not None:
+                gt_things = [s for s in sample.segments if s.category_id in things]
+                mask_ap.add_ground_truth(sample.image_id, [s.mask for s in gt_things],
+                                         [s.category_id for s in gt_things], [s.iscrowd for s in gt_things])
+                predicted = [s for s in outputs["instance"].segments if category_ids[s.class_index] in things]
+                mask_ap.add_predictions(sample.image_id, [s.mask.astype(bool) for s in predicted],
+                                        [category_ids[s.class_index] for s in predicted], [s.score for s in predicted])
+            truth = np.full(gt_ids.shape, IGNORE, dtype=np.int64)
+            for segment in sample.segments:
+                if not segment.iscrowd:
+                    truth[segment.mask] = index[segment.category_id]
+            semantic.add(outputs["semantic"].label_map.astype(np.int64) - 1, truth)
+            count += 1
+        result = {**panoptic.result().as_dict()}
+        if mask_ap is not None:
+            result.update(mask_ap.result().as_dict())
+        result.update(semantic.result().as_dict())
+        result["images"] = count
+        return result
+
+    def _segment(self, sample: PanopticSample, prompts: list[ClassPrompt], class_embeddings: torch.Tensor) -> dict:
+        with self._inference():
+            tensor, boxes = letterbox([sample.image], self.model.config.vision.input_size)
+            features = self.model.encode_images(tensor)
+            sets = self.model.run_interface(features, [SampleInputs()], generic.TASK)[-1]
+            logits = generic.class_logits(self.model, sets.object_semantic[0], class_embeddings)
+            masks = boxes[0].to_original(sets.object_masks[0])
+            return {mode: generic.decode(mode, logits, masks, prompts) for mode in generic.MODES}
+
+    # ---- interactive: simulated clicks (next_click), IoU@1 and NoC@85/90 ---------------------------
+    def interactive(self) -> dict[str, Any]:
+        data = CocoPanoptic(self.root, self._split(self.config.panoptic_split))
+        evaluator = InteractiveEvaluator(self.config.max_clicks)
+        for i in _limit(len(data), self.config):
+            sample = data[i]
+            objects = [s for s in sample.segments if not s.iscrowd][: self.config.max_interactive_objects]
+            if not objects:
+                continue
+            with self._inference():
+                tensor, boxes = letterbox([sample.image], self.model.config.vision.input_size)
+                features = self.model.encode_images(tensor)
+            height, width = sample.image.shape[:2]
+            for segment in objects:
+                prediction = np.zeros_like(segment.mask)
+                regions, ious = [], []
+                for _ in range(self.config.max_clicks):
+                    y, x, positive = next_click(prediction, segment.mask)
+                    click = SpatialPrompt.point(x, y, positive)
+                    regions.append((boxes[0].to_input(click.rasterize(height, width), self.model.device), positive))
+                    with self._inference():
+                        samples = interactive.samples(self.model, features, [[regions]])
+                        sets = self.model.run_interface(features, samples, interactive.TASK)[-1]
+                        best, _ = best_queries(self.model, sets.source_semantic[0, :1], sets.object_semantic[0])
+                        prediction = (boxes[0].to_original(sets.object_masks[0, best]) > 0)[0].cpu().numpy()
+                    ious.append(mask_iou(prediction, segment.mask))
+                    if ious[-1] >= 0.9:
+                        break
+                evaluator.add(ious)
+        if not len(evaluator):
+            return {"objects": 0}
+        return {**evaluator.result().as_dict(), "objects": len(evaluator)}
+
+    # ---- referring segmentation (RefCOCOg): cIoU / mIoU --------------------------------------------
+    def grounding(self) -> dict[str, Any]:
+        image_dir = Path(self.config.refcoco_image_dir).expanduser() if self.config.refcoco_image_dir else None
+        data = RefCocoG(self.root, self._split(self.config.refcoco_split), image_dir=image_dir)
+        evaluator = GroundingEvaluator()
+        for i in _limit(len(data), self.config):
+            sample = data[i]
+            result = self.pipe.ground(sample.image, [sample.sentence])
+            evaluator.add(result.segments[0].mask.astype(bool), sample.mask)
+        return {**evaluator.result().as_dict(), "samples": len(evaluator)}
+
+    # ---- image-text retrieval (Karpathy captions): IR@K / TR@K -------------------------------------
+    def retrieval(self) -> dict[str, Any]:
+        data = CocoCaptions(self.root, Path(self.config.captions_file), self._split(self.config.captions_split))
+        image_embeddings, captions, owners = [], [], []
+        indices = list(_limit(len(data), self.config))
+        for start in range(0, len(indices), CHUNK):
+            samples = [data[i] for i in indices[start:start + CHUNK]]
+            image_embeddings.append(self.pipe.embed_images([s.image for s in samples]))
+            for offset, s in enumerate(samples):
+                owners += [start + offset] * len(s.captions)
+                captions += s.captions
+        text = []
+        for start in range(0, len(captions), CHUNK):
+            with self._inference():
+                chunk = retrieval.caption_embeddings(self.model, captions[start:start + CHUNK])
+            text.append(F.normalize(chunk.float(), dim=-1).cpu().numpy())
+        similarity = np.concatenate(text) @ np.concatenate(image_embeddings).T
+        return {**image_text_retrieval(similarity, owners).as_dict(), "images": len(indices),
+                "captions": len(captions)}
+
+    # ---- FIND-Bench interleave grounding and retrieval ---------------------------------------------
+    def interleave_grounding(self) -> dict[str, Any]:
+        data = FindBenchEntities(self.root, self._split(self.config.entity_split))
+        evaluator = GroundingEvaluator()
+        for i in _limit(len(data), self.config):
+            sample = data[i]
+            result = self.pipe.interleave_ground(sample.image, entity_instruction(sample, f"entry-{i}"))
+            for segment, phrase in zip(result.segments, sample.phrases, strict=True):
+                evaluator.add(segment.mask.astype(bool), phrase.mask)
+        return {**evaluator.result().as_dict(), "entities": len(evaluator)}
+
+    def interleave_retrieval(self) -> dict[str, Any]:
+        split = self._split(self.config.entity_split)
+        data = FindBenchEntities(self.root, split)
+        gallery = load_retrieval_gallery(self.root / "annotations" / f"retrieval_{split}.json")
+        position = {image_id: k for k, image_id in enumerate(gallery)}
+        embeddings = []
+        for start in range(0, len(gallery), CHUNK):
+            images = [data.panoptic.load_image(image_id) for image_id in gallery[start:start + CHUNK]]
+            embeddings.append(self.pipe.embed_images(images))
+        entries, targets = [], []
+        for i in _limit(len(data), self.config):
+            sample = data[i]
+            if sample.image_id not in position:
+                continue
+            entries.append(self.pipe.embed_instruction(entity_instruction(sample, f"entry-{i}")))
+            targets.append(position[sample.image_id])
+        if not entries:
+            raise ValueError(f"no entry of the {split} entity file has its image in the retrieval gallery")
+        similarity = np.stack(entries) @ np.concatenate(embeddings).T
+        return {**interleave_retrieval(similarity, targets), "entries": len(entries), "gallery": len(gallery)}

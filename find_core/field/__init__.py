@@ -1,0 +1,22 @@
+"""3D feature fields: FIND's per-pixel embeddings fused (TSDF + voxel averaging) or distilled
+(nerfstudio ``find-field``) into 3D, and queried there by text, interleaved instruction or image.
+
+    fusion = FeatureFusion(FusionConfig(voxel_size=0.02))
+    fusion.integrate(depth, pose, K, emb.embeddings, emb.stride, rgb=rgb)   # per frame
+    fmap = fusion.to_map()
+    query = query_from_pipeline(pipeline, text="the red disc")
+    relevancy, objects = locate(fmap, query)
+
+The nerfstudio method lives in :mod:`find_core.field.nerf` (imported on demand: it needs nerfstudio).
+"""
+from .fusion import FeatureFusion, FusionConfig, FusionStats, grid_from_geometry
+from .io import TsdfBlocks, VoxelFeatureMap, load_map, save_map, write_color_ply, write_relevancy_ply
+from .objects import FieldObject, ObjectConfig, find_objects, locate
+from .query import CANONICAL_NEGATIVES, Embedder, FieldQuery, query_from_pipeline, relevancy
+
+__all__ = [
+    "FeatureFusion", "FusionConfig", "FusionStats", "grid_from_geometry",
+    "TsdfBlocks", "VoxelFeatureMap", "load_map", "save_map", "write_color_ply", "write_relevancy_ply",
+    "FieldObject", "ObjectConfig", "find_objects", "locate",
+    "CANONICAL_NEGATIVES", "Embedder", "FieldQuery", "query_from_pipeline", "relevancy",
+]

@@ -1,0 +1,108 @@
+"""Relevancy of a query embedding against 3D features, relative to generic "canonical" negatives.
+
+Raw cosine similarity is hard to threshold: its range shifts with the query and the model. LERF
+scores a feature ``f`` against the query ``q`` relative to a few generic phrases ``n_k`` instead::
+
+    relevancy(f) = min_k softmax([f·q, f·n_k] / T)[0] = min_k sigmoid((f·q - f·n_k) / T)
+
+so 0.5 means "no more like the query than like a generic thing" and values near 1 mean clearly the
+query. T = 0.1 is LERF's scale of 10.
+
+The field never holds a model: a :class:`FieldQuery` carries the query and negative embeddings, and
+:func:`query_from_pipeline` builds one with anything that has FindPipeline's ``embed_text`` /
+``embed_instruction`` / ``embed_images``.
+"""
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import numpy as np
+
+from ..instructions import parse_instruction
+
+CANONICAL_NEGATIVES = ("object", "things", "stuff", "texture")
+
+
+class Embedder(Protocol):
+    """What the field needs of a model: query embeddings in the space of its pixel embeddings."""
+
+    def embed_text(self, texts: Sequence[str]) -> np.ndarray: ...
+    def embed_instruction(self, instruction: Any) -> np.ndarray: ...
+    def embed_images(self, images: Sequence[np.ndarray]) -> np.ndarray: ...
+
+
+def _unit(x: np.ndarray, what: str) -> np.ndarray:
+    x = np.asarray(x, np.float32)
+    if not np.isfinite(x).all():
+        raise ValueError(f"{what} is not finite")
+    norm = np.linalg.norm(x, axis=-1, keepdims=True)
+    if (norm < 1e-8).any():
+        raise ValueError(f"{what} has an all-zero embedding")
+    return x / norm
+
+
+@dataclass
+class FieldQuery:
+    """A query embedding ``positive`` (D) scored against ``negatives`` (K×D, K >= 1); both are
+    normalised on construction."""
+
+    positive: np.ndarray
+    negatives: np.ndarray
+    label: str = ""
+    temperature: float = 0.1
+
+    def __post_init__(self) -> None:
+        positive = np.asarray(self.positive)
+        if positive.ndim != 1:
+            raise ValueError(f"the query embedding must be one vector (D,), got shape {positive.shape}")
+        negatives = np.asarray(self.negatives)
+        if negatives.ndim != 2 or len(negatives) == 0 or negatives.shape[1] != positive.shape[0]:
+            raise ValueError(f"negatives must be K×{positive.shape[0]} with K >= 1, got shape {negatives.shape}")
+        if not self.temperature > 0:
+            raise ValueError(f"temperature must be positive, got {self.temperature}")
+        self.positive = _unit(positive, "query embedding")
+        self.negatives = _unit(negatives, "negative embeddings")
+
+    @property
+    def dim(self) -> int:
+        return int(self.positive.shape[0])
+
+
+def relevancy(features: np.ndarray, query: FieldQuery, chunk: int = 65536) -> np.ndarray:
+    """N relevancy values in [0, 1] for N×D features (normalised here; zero rows score 0.5)."""
+    features = np.asarray(features, np.float32)
+    if features.ndim != 2 or features.shape[1] != query.dim:
+        raise ValueError(f"features must be N×{query.dim} to match the query, got shape {features.shape}")
+    out = np.empty(len(features), np.float32)
+    for start in range(0, len(features), chunk):
+        f = features[start:start + chunk]
+        norm = np.linalg.norm(f, axis=1, keepdims=True)
+        f = np.divide(f, norm, out=np.zeros_like(f), where=norm > 0)
+        gap = (f @ query.positive)[:, None] - f @ query.negatives.T        # n×K
+        out[start:start + chunk] = (1.0 / (1.0 + np.exp(-gap / query.temperature))).min(axis=1)
+    return out
+
+
+def query_from_pipeline(embedder: Embedder, text: str | None = None, instruction: Any = None,
+                        images: Sequence[np.ndarray] | None = None,
+                        negatives: Sequence[str] = CANONICAL_NEGATIVES, temperature: float = 0.1) -> FieldQuery:
+    """A FieldQuery from exactly one of ``text``, an (interleaved) ``instruction`` (an Instruction or
+    its JSON/plain-text form) or exemplar ``images`` (their embeddings are averaged)."""
+    given = [x is not None for x in (text, instruction, images)]
+    if sum(given) != 1:
+        raise ValueError("give exactly one of text, instruction or images")
+    if not negatives:
+        raise ValueError("relevancy needs at least one negative phrase")
+    if text is not None:
+        positive, label = embedder.embed_text([text])[0], text
+    elif instruction is not None:
+        if isinstance(instruction, str):
+            instruction = parse_instruction(instruction)   # InstructionError names a bad field
+        positive, label = embedder.embed_instruction(instruction), instruction.text
+    else:
+        if len(images) == 0:
+            raise ValueError("images is empty")
+        positive, label = _unit(embedder.embed_images(list(images)), "image embeddings").mean(0), "exemplar"
+    return FieldQuery(np.asarray(positive), np.asarray(embedder.embed_text(list(negatives))), str(label), temperature)

@@ -1,0 +1,124 @@
+"""A ring buffer of the last N frames with their image-level embeddings (no rclpy here).
+
+Why: localizing an instruction means ranking recent frames. Embedding each frame once, as it
+arrives, makes an instruction cost one text encoding and an [N, C] dot product instead of N image
+encodings. Frames are kept at processing resolution together with what the node needs to answer
+for them later: the original header (stamp, frame_id), the camera image size, and an optional
+registered depth image with intrinsics.
+"""
+from __future__ import annotations
+
+import threading
+from collections import deque
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class DepthFrame:
+    """Registered depth for a colour frame: metres (NaN = invalid) with intrinsics for *this* size."""
+
+    meters: np.ndarray          # h x w float32
+    K: np.ndarray               # 3x3 intrinsics in depth pixels (pixel centres at integer coordinates)
+    frame_id: str
+
+    def __post_init__(self) -> None:
+        if self.meters.ndim != 2 or self.meters.dtype != np.float32:
+            raise ValueError(f"depth must be H x W float32 metres, got {self.meters.dtype} {self.meters.shape}")
+        if self.K.shape != (3, 3) or not np.isfinite(self.K).all() or self.K[0, 0] <= 0 or self.K[1, 1] <= 0:
+            raise ValueError(f"K must be a finite 3x3 matrix with positive focal lengths, got {self.K.tolist()}")
+
+
+@dataclass(frozen=True)
+class BufferedFrame:
+    """One frame as the node keeps it."""
+
+    stamp: float                # header stamp, seconds
+    sec: int
+    nanosec: int
+    frame_id: str
+    rgb: np.ndarray             # H x W x 3 uint8, processing resolution
+    embedding: np.ndarray       # [C] float32, L2-normalised image embedding
+    source_size: tuple[int, int]  # (height, width) of the camera image
+    depth: DepthFrame | None = None
+
+    def __post_init__(self) -> None:
+        if self.rgb.ndim != 3 or self.rgb.shape[2] != 3 or self.rgb.dtype != np.uint8:
+            raise ValueError(f"rgb must be H x W x 3 uint8, got {self.rgb.dtype} {self.rgb.shape}")
+        if self.embedding.ndim != 1:
+            raise ValueError(f"embedding must be 1-D, got shape {self.embedding.shape}")
+
+    @property
+    def size(self) -> tuple[int, int]:
+        """(height, width) at processing resolution."""
+        return self.rgb.shape[0], self.rgb.shape[1]
+
+
+class FrameBuffer:
+    """The newest ``capacity`` frames, oldest first; thread-safe.
+
+    Stamps must increase: a frame older than the newest buffered one means time jumped back (a
+    replayed bag looping, a restarted simulator), so the buffer is cleared rather than mixing two
+    timelines; a frame with the newest stamp again replaces it.
+    """
+
+    def __init__(self, capacity: int) -> None:
+        if not isinstance(capacity, int) or capacity < 1:
+            raise ValueError(f"capacity must be a positive integer, got {capacity!r}")
+        self.capacity = capacity
+        self._frames: deque[BufferedFrame] = deque(maxlen=capacity)
+        self._lock = threading.Lock()
+
+    def push(self, frame: BufferedFrame) -> bool:
+        """Add ``frame``; returns True when it cleared the buffer because time went backwards."""
+        with self._lock:
+            cleared = False
+            if self._frames:
+                newest = self._frames[-1]
+                if frame.embedding.shape != newest.embedding.shape:
+                    raise ValueError(f"embedding shape {frame.embedding.shape} differs from the buffer's "
+                                     f"{newest.embedding.shape}")
+                if frame.stamp < newest.stamp:
+                    self._frames.clear()
+                    cleared = True
+                elif frame.stamp == newest.stamp:
+                    self._frames.pop()
+            self._frames.append(frame)
+            return cleared
+
+    def snapshot(self) -> list[BufferedFrame]:
+        """The buffered frames, oldest first, as a list that later pushes do not change."""
+        with self._lock:
+            return list(self._frames)
+
+    def embeddings(self, frames: list[BufferedFrame] | None = None) -> np.ndarray:
+        """[N, C] image embeddings of ``frames`` (default: the whole buffer), oldest first."""
+        frames = self.snapshot() if frames is None else frames
+        if not frames:
+            raise ValueError("the frame buffer is empty")
+        return np.stack([f.embedding for f in frames]).astype(np.float32, copy=False)
+
+    def find(self, stamp: float, tolerance: float = 1e-3) -> BufferedFrame | None:
+        """The buffered frame nearest to ``stamp`` if within ``tolerance`` seconds."""
+        with self._lock:
+            if not self._frames:
+                return None
+            best = min(self._frames, key=lambda f: abs(f.stamp - stamp))
+        return best if abs(best.stamp - stamp) <= tolerance else None
+
+    def latest(self) -> BufferedFrame | None:
+        with self._lock:
+            return self._frames[-1] if self._frames else None
+
+    def clear(self) -> None:
+        with self._lock:
+            self._frames.clear()
+
+    def __len__(self) -> int:
+        with self._lock:
+            return len(self._frames)
+
+    def __iter__(self) -> Iterator[BufferedFrame]:
+        return iter(self.snapshot())

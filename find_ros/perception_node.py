@@ -1,0 +1,720 @@
+"""find_perception: camera frames + (interleaved) instructions in; masks, embeddings, results out.
+
+A thin adapter from topics to :class:`find_core.pipeline.FindPipeline` (see docs/ros_interface.md):
+
+* Never a backlog: every camera subscription has depth 1 and the callback only parks the message in
+  a one-slot mailbox; a worker thread always takes the *newest* frame. A frame replaced before the
+  worker got to it counts as ``frames_dropped``; a gap in a publisher's sequence numbers (a frame DDS
+  never delivered) as ``frames_missed``.
+* Each processed frame is embedded once (``embed_images``) into a ring buffer, so an instruction
+  ranks the buffer with one text encoding (``localize`` with ``frame_embeddings``).
+* Bad input of any kind becomes an ``error`` result on ``~/results`` and a log line; the node keeps
+  serving.
+
+Run: ``python -m find_ros.perception_node --ros-args --params-file config/find_perception.yaml``.
+"""
+from __future__ import annotations
+
+import colorsys
+import dataclasses
+import json
+import sys
+import threading
+import time
+import traceback
+from collections import deque
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import rclpy
+from PIL import Image as PILImage
+from PIL import ImageDraw
+from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
+from rclpy.expand_topic_name import expand_topic_name
+from rclpy.node import Node
+from rclpy.subscription import Subscription
+from sensor_msgs.msg import CameraInfo, CompressedImage, Image
+from std_msgs.msg import Header, String
+from visualization_msgs.msg import Marker, MarkerArray
+
+from find_core.instructions import Instruction, InstructionError, VisualReference, parse_instruction
+from find_core.pipeline import FindPipeline
+
+from .frame_buffer import BufferedFrame, DepthFrame, FrameBuffer
+from .image_conversion import (ImageConversionError, compressed_to_rgb, depth_to_meters, embeddings_to_image,
+                               image_to_rgb, labels_to_image, rgb_to_image)
+from .params import ParameterError, PerceptionParams, declare_params
+from .qos import camera_qos, image_output_qos, instruction_qos, results_qos
+from .results_schema import (EmbeddingInfo, EntityInfo, FrameInfo, LocalizationInfo, Result, error_result,
+                             projection_matrix, stamp_seconds)
+
+FRAME_STAMP_TOLERANCE = 1e-3  # seconds; how close an instruction's frame_stamp must be to a buffered frame
+
+
+# --------------------------------------------------------------------------- pure helpers
+
+
+class ReferenceProblem(Exception):
+    """A visual entity's frame reference cannot be resolved against the buffer."""
+
+    def __init__(self, code: str, field: str, message: str) -> None:
+        super().__init__(message)
+        self.code, self.field, self.message = code, field, message
+
+
+def resize_max_side(rgb: np.ndarray, max_side: int) -> np.ndarray:
+    """Downscale so the longer side is at most ``max_side`` (0 = unchanged); never upscales."""
+    height, width = rgb.shape[:2]
+    if max_side <= 0 or max(height, width) <= max_side:
+        return rgb
+    scale = max_side / max(height, width)
+    size = (max(1, round(width * scale)), max(1, round(height * scale)))
+    return np.asarray(PILImage.fromarray(rgb).resize(size, PILImage.BILINEAR, reducing_gap=2.0))
+
+
+def resize_mask(mask: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """Nearest-neighbour resize of a bool mask to (height, width), keeping at least one pixel."""
+    height, width = size
+    rows = np.minimum(((np.arange(height) + 0.5) * mask.shape[0] / height).astype(int), mask.shape[0] - 1)
+    cols = np.minimum(((np.arange(width) + 0.5) * mask.shape[1] / width).astype(int), mask.shape[1] - 1)
+    out = mask[rows[:, None], cols[None, :]]
+    if mask.any() and not out.any():
+        ys, xs = np.nonzero(mask)
+        out[min(int(ys.mean() * height / mask.shape[0]), height - 1),
+            min(int(xs.mean() * width / mask.shape[1]), width - 1)] = True
+    return out
+
+
+def is_clear(raw: str) -> bool:
+    """An empty instruction, or a JSON object with ``"clear": true``, clears the standing instruction."""
+    if not raw.strip():
+        return True
+    if raw.lstrip().startswith("{"):
+        try:
+            doc = json.loads(raw)
+        except ValueError:
+            return False
+        return isinstance(doc, dict) and doc.get("clear") is True
+    return False
+
+
+def resolve_frame_references(instruction: Instruction, buffer: FrameBuffer,
+                             tolerance: float = FRAME_STAMP_TOLERANCE) -> Instruction:
+    """Replace every ``frame_stamp`` reference by the buffered frame's pixels (an inline image).
+
+    Box and mask are given in camera pixels; they are checked against the camera image size and
+    scaled to the processing size. Inline references keep working after the frame leaves the
+    buffer, which standing instructions need."""
+    entities = []
+    for i, entity in enumerate(instruction.entities):
+        ref = entity.reference
+        if ref is None or ref.frame_stamp is None:
+            entities.append(entity)
+            continue
+        frame = buffer.find(ref.frame_stamp, tolerance)
+        if frame is None:
+            stamps = [f.stamp for f in buffer.snapshot()]
+            span = f"{min(stamps):.3f}..{max(stamps):.3f}" if stamps else "nothing"
+            raise ReferenceProblem("unknown_frame_stamp", f"entities[{i}].frame_stamp",
+                                   f"no buffered frame with stamp {ref.frame_stamp:.6f} (buffer holds {span})")
+        src_h, src_w = frame.source_size
+        height, width = frame.size
+        box = None
+        if ref.box is not None:
+            x0, y0, x1, y1 = ref.box
+            if x1 > src_w or y1 > src_h:
+                raise ReferenceProblem("invalid_reference", f"entities[{i}].box",
+                                       f"{list(ref.box)} lies outside the {src_w}x{src_h} frame")
+            sx, sy = width / src_w, height / src_h
+            box = (x0 * sx, y0 * sy, min(x1 * sx, width), min(y1 * sy, height))
+        mask = None
+        if ref.mask is not None:
+            if ref.mask.shape != (src_h, src_w):
+                raise ReferenceProblem("invalid_reference", f"entities[{i}].mask",
+                                       f"is {ref.mask.shape[1]}x{ref.mask.shape[0]} but the frame is {src_w}x{src_h}")
+            mask = resize_mask(ref.mask, (height, width))
+        try:
+            inline = VisualReference(image=frame.rgb, box=box, mask=mask)
+        except InstructionError as err:
+            raise ReferenceProblem("invalid_reference", f"entities[{i}].{err.field}", err.message) from None
+        entities.append(dataclasses.replace(entity, reference=inline))
+    return Instruction(text=instruction.text, entities=tuple(entities), id=instruction.id)
+
+
+def label_map(masks: list[tuple[int, float, np.ndarray]], size: tuple[int, int]) -> np.ndarray:
+    """(label_id, score, H x W bool) -> uint16 label image; where masks overlap the higher score wins."""
+    labels = np.zeros(size, dtype=np.uint16)
+    for label_id, _, mask in sorted(masks, key=lambda m: (np.nan_to_num(m[1], nan=-np.inf), -m[0])):
+        labels[mask] = label_id
+    return labels
+
+
+def region_stats(labels: np.ndarray, label_id: int) -> tuple[int, list[int] | None]:
+    """Pixel area and tight [x0, y0, x1, y1] (exclusive) box of ``label_id`` in a label image."""
+    ys, xs = np.nonzero(labels == label_id)
+    if ys.size == 0:
+        return 0, None
+    return int(ys.size), [int(xs.min()), int(ys.min()), int(xs.max()) + 1, int(ys.max()) + 1]
+
+
+def scale_intrinsics(K: np.ndarray, from_size: tuple[int, int], to_size: tuple[int, int]) -> np.ndarray:
+    """Intrinsics of an image of (height, width) ``from_size`` resized to ``to_size`` (pixel centres
+    at integer coordinates: u' + 0.5 = (u + 0.5) * s)."""
+    sy, sx = to_size[0] / from_size[0], to_size[1] / from_size[1]
+    out = np.array(K, dtype=np.float64)
+    out[0, 0] *= sx
+    out[0, 2] = (out[0, 2] + 0.5) * sx - 0.5
+    out[1, 1] *= sy
+    out[1, 2] = (out[1, 2] + 0.5) * sy - 0.5
+    return out
+
+
+def entity_points(labels: np.ndarray, depth: DepthFrame, label_id: int) -> np.ndarray:
+    """[M, 3] camera-frame points (metres) of the depth pixels whose label is ``label_id``.
+
+    Depth is registered to the colour image but may have another resolution: each depth pixel
+    reads the label at the same relative position."""
+    dh, dw = depth.meters.shape
+    lh, lw = labels.shape
+    rows = np.minimum(((np.arange(dh) + 0.5) * lh / dh).astype(int), lh - 1)
+    cols = np.minimum(((np.arange(dw) + 0.5) * lw / dw).astype(int), lw - 1)
+    selected = (labels[rows[:, None], cols[None, :]] == label_id) & np.isfinite(depth.meters)
+    vs, us = np.nonzero(selected)
+    z = depth.meters[selected].astype(np.float64)
+    K = depth.K
+    x = (us - K[0, 2]) * z / K[0, 0]
+    y = (vs - K[1, 2]) * z / K[1, 1]
+    return np.stack([x, y, z], axis=1)
+
+
+def box_3d(points: np.ndarray, percentile: float) -> tuple[np.ndarray, np.ndarray]:
+    """Axis-aligned (center, extent) spanning the [p, 100 - p] percentiles of ``points``."""
+    low = np.percentile(points, percentile, axis=0)
+    high = np.percentile(points, 100.0 - percentile, axis=0)
+    return (low + high) / 2.0, high - low
+
+
+def colour(label_id: int) -> tuple[int, int, int]:
+    """A distinct, stable colour per label id (golden-ratio hue steps)."""
+    r, g, b = colorsys.hsv_to_rgb((label_id * 0.618033988749895) % 1.0, 0.75, 1.0)
+    return int(r * 255), int(g * 255), int(b * 255)
+
+
+def overlay_image(rgb: np.ndarray, labels: np.ndarray, entities: list[EntityInfo]) -> np.ndarray:
+    """The frame with each label's pixels tinted in its colour, its box outlined and its label written."""
+    out = rgb.astype(np.float32)
+    for entity in entities:
+        selected = labels == entity.label_id
+        out[selected] = 0.5 * out[selected] + 0.5 * np.array(colour(entity.label_id), np.float32)
+    image = PILImage.fromarray(out.round().astype(np.uint8))
+    draw = ImageDraw.Draw(image)
+    for entity in entities:
+        if entity.box is not None:
+            x0, y0, x1, y1 = entity.box
+            draw.rectangle([x0, y0, x1 - 1, y1 - 1], outline=colour(entity.label_id))
+            draw.text((x0 + 2, y0 + 1), f"{entity.label_id}:{entity.label} {entity.score:.2f}", fill=(255, 255, 255))
+    return np.asarray(image)
+
+
+class _Stopwatch:
+    """Per-stage milliseconds: ``mark(stage)`` adds the time since the previous mark to ``stage``."""
+
+    def __init__(self) -> None:
+        self.start = self._last = time.perf_counter()
+        self.ms: dict[str, float] = {}
+
+    def mark(self, stage: str) -> None:
+        now = time.perf_counter()
+        self.ms[stage] = self.ms.get(stage, 0.0) + (now - self._last) * 1000.0
+        self._last = now
+
+    def total(self) -> dict[str, float]:
+        return {**{k: round(v, 3) for k, v in self.ms.items()},
+                "total": round((time.perf_counter() - self.start) * 1000.0, 3)}
+
+
+def load_pipeline(params: PerceptionParams) -> FindPipeline:
+    """The model, loaded once at start-up. A checkpoint with its own config.yaml wins over the preset."""
+    if params.checkpoint:
+        path = Path(params.checkpoint).expanduser()
+        folder = path if path.is_dir() else path.parent
+        if (folder / "config.yaml").is_file():
+            return FindPipeline.from_checkpoint(path, params.device, params.precision)
+        return FindPipeline.from_preset(params.model_preset, path, params.device, params.precision)
+    return FindPipeline.from_preset(params.model_preset, None, params.device, params.precision)
+
+
+class StartupError(RuntimeError):
+    """The node cannot start (bad parameters, model not loadable); the message says why."""
+
+
+# --------------------------------------------------------------------------- the node
+
+
+class FindPerceptionNode(Node):
+    """See the module docstring and docs/ros_interface.md."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__("find_perception", **kwargs)
+        try:
+            self.params = declare_params(self, PerceptionParams)
+        except ParameterError as err:
+            raise StartupError(str(err)) from None
+        p = self.params
+        self._log = self.get_logger()
+        started = time.perf_counter()
+        try:
+            self.pipeline = load_pipeline(p)
+        except Exception as err:  # unknown preset, missing weights, CUDA absent, ...: one clear line
+            raise StartupError(f"cannot load the model (model_preset={p.model_preset!r}, "
+                               f"checkpoint={p.checkpoint!r}, device={p.device!r}): {err}") from None
+        self._embedding_dims = self._warm_up()
+        self._projection = None
+        if 0 < p.embeddings.dims < self._embedding_dims:
+            self._projection = projection_matrix(self._embedding_dims, p.embeddings.dims, p.embeddings.projection_seed)
+        elif p.embeddings.dims > self._embedding_dims:
+            raise StartupError(f"'embeddings.dims' is {p.embeddings.dims} but the model's embeddings have only "
+                               f"{self._embedding_dims} channels")
+        self._log.info(f"model {p.model_preset!r} checkpoint={p.checkpoint or '-'} on {self.pipeline.device} "
+                       f"({p.precision}) ready in {time.perf_counter() - started:.1f} s; embedding width "
+                       f"{self._embedding_dims}")
+
+        self._buffer = FrameBuffer(p.buffer_size)
+        self._cond = threading.Condition()
+        self._pending_frame: tuple[Any, str, float] | None = None
+        self._instructions: deque[tuple[str, float]] = deque()
+        self._standing: Instruction | None = None
+        self._depths: deque[tuple[float, Image]] = deque(maxlen=16)
+        self._bad_depths: deque[Image] = deque(maxlen=16)
+        self._camera_info: CameraInfo | None = None
+        self._sequence: dict[tuple, int] = {}
+        self._counts = dict(frames_received=0, frames_processed=0, frames_dropped=0, frames_missed=0, errors=0)
+        self._processed_times: deque[float] = deque(maxlen=120)
+        self._latencies: deque[float] = deque(maxlen=60)
+        self._last_processed_stamp: float | None = None
+        self._stop = threading.Event()
+
+        out = image_output_qos()
+        self._pub_masks = self.create_publisher(Image, "~/masks", out)
+        self._pub_embeddings = self.create_publisher(Image, "~/embeddings", out)
+        self._pub_overlay = self.create_publisher(Image, "~/overlay", out)
+        self._pub_localized = self.create_publisher(Image, "~/localized_frame", out)
+        self._pub_entities = self.create_publisher(MarkerArray, "~/entities", out)
+        self._pub_results = self.create_publisher(String, "~/results", results_qos())
+        self._pub_status = self.create_publisher(String, "~/status", results_qos())
+
+        cam = camera_qos(p.camera_reliability)
+        if p.image_transport == "compressed":
+            topic = self._resolve("image") + "/compressed"
+            self.create_subscription(CompressedImage, topic, self._frame_callback("compressed"), cam)
+        else:
+            topic = self._resolve("image")
+            self.create_subscription(Image, "image", self._frame_callback("raw"), cam)
+        if p.depth.enabled:
+            self.create_subscription(Image, "depth", self._on_depth, cam)
+            self.create_subscription(CameraInfo, "camera_info", self._on_camera_info, cam)
+        self.create_subscription(String, "instruction", self._on_instruction, instruction_qos())
+        if p.stats_period > 0:
+            self.create_timer(p.stats_period, self._report)
+        self._worker = threading.Thread(target=self._work, name="find_perception_worker", daemon=True)
+        self._worker.start()
+        self._log.info(f"listening on {topic} ({p.image_transport}, {p.camera_reliability}), mode={p.mode}, "
+                       f"standing={p.standing}, buffer_size={p.buffer_size}")
+
+    # ---- start-up ------------------------------------------------------------------------------
+    def _resolve(self, name: str) -> str:
+        """The remapped, fully qualified topic name (plain expansion where rclpy cannot remap-resolve)."""
+        if hasattr(self, "resolve_topic_name"):
+            return self.resolve_topic_name(name)
+        return expand_topic_name(name, self.get_name(), self.get_namespace())
+
+    def _warm_up(self) -> int:
+        """One pass through every stage on a dummy frame, so the first real frame is not slow."""
+        dummy = np.full((64, 64, 3), 127, np.uint8)
+        try:
+            width = int(self.pipeline.embed_images([dummy]).shape[1])
+            self.pipeline.embed_pixels(dummy)
+            self.pipeline.interleave_ground(dummy, "warm up")
+            if self.params.mode == "segment":
+                self.pipeline.segment(dummy, self.params.classes, self.params.segment_mode,
+                                      self.params.object_threshold)
+        except Exception as err:
+            raise StartupError(f"the model fails on a dummy frame: {type(err).__name__}: {err}") from None
+        return width
+
+    def shutdown(self) -> None:
+        self._stop.set()
+        with self._cond:
+            self._cond.notify_all()
+        self._worker.join(timeout=5.0)
+
+    # ---- callbacks (executor thread): park the message, never compute ---------------------------
+    def _count_missed(self, info: Any) -> None:
+        """Sequence gaps per publisher: frames DDS never delivered to us (depth-1 queue, best effort)."""
+        try:
+            sequence = info["publication_sequence_number"]
+            gid = info["publisher_gid"]
+            key = tuple(gid["data"]) if isinstance(gid, dict) else tuple(gid)
+        except (KeyError, TypeError):
+            return
+        if not sequence:
+            return
+        last = self._sequence.get(key)
+        self._sequence[key] = sequence
+        if last is not None and sequence > last + 1:
+            with self._cond:
+                self._counts["frames_missed"] += sequence - last - 1
+
+    def _park(self, msg: Any, kind: str) -> None:
+        with self._cond:
+            self._counts["frames_received"] += 1
+            if self._pending_frame is not None:
+                self._counts["frames_dropped"] += 1
+            self._pending_frame = (msg, kind, time.perf_counter())
+            self._cond.notify()
+
+    def _frame_callback(self, kind: str) -> Any:
+        """rclpy >= Iron hands a MessageInfo (sequence numbers) to two-argument callbacks; older
+        distros call with the message only, and then missed frames are not counted."""
+        if hasattr(Subscription, "CallbackType"):
+            def with_info(msg: Any, info: Any) -> None:
+                self._count_missed(info)
+                self._park(msg, kind)
+            return with_info
+        return lambda msg: self._park(msg, kind)
+
+    def _on_depth(self, msg: Image) -> None:
+        with self._cond:
+            self._depths.append((stamp_seconds(msg.header.stamp.sec, msg.header.stamp.nanosec), msg))
+
+    def _on_camera_info(self, msg: CameraInfo) -> None:
+        self._camera_info = msg
+
+    def _on_instruction(self, msg: String) -> None:
+        with self._cond:
+            if len(self._instructions) >= 32:
+                self._instructions.popleft()
+                self._log.warning("more than 32 instructions waiting; the oldest was dropped")
+            self._instructions.append((msg.data, time.perf_counter()))
+            self._cond.notify()
+
+    # ---- worker thread ----------------------------------------------------------------------------
+    def _work(self) -> None:
+        while not self._stop.is_set():
+            with self._cond:
+                self._cond.wait_for(lambda: self._stop.is_set() or self._pending_frame is not None
+                                    or bool(self._instructions), timeout=0.5)
+                frame, self._pending_frame = self._pending_frame, None
+                instruction = self._instructions.popleft() if self._instructions else None
+            # the frame first: it arrived before the instruction was taken, so localization sees it
+            for job, item in ((self._process_frame, frame), (self._process_instruction, instruction)):
+                if item is None or self._stop.is_set():
+                    continue
+                try:
+                    job(*item)
+                except Exception as err:  # a bug must not kill the node: report it and keep serving
+                    self._log.error(f"internal error: {err}\n{traceback.format_exc()}")
+                    self._publish_error("internal_error", f"{type(err).__name__}: {err}")
+
+    def _stats(self) -> dict[str, float]:
+        return self._stats_and_stamp()[0]
+
+    def _stats_and_stamp(self) -> tuple[dict[str, float], float | None]:
+        with self._cond:
+            stats: dict[str, float] = dict(self._counts)
+            last_stamp = self._last_processed_stamp
+        times = list(self._processed_times)
+        recent = [t for t in times if t > time.perf_counter() - 10.0]
+        stats["fps"] = round((len(recent) - 1) / (recent[-1] - recent[0]), 3) if len(recent) > 1 \
+            and recent[-1] > recent[0] else 0.0
+        stats["buffered"] = len(self._buffer)
+        return stats, last_stamp
+
+    def _publish_error(self, code: str, message: str, field: str | None = None, frame: FrameInfo | None = None,
+                       instruction: Instruction | None = None) -> None:
+        with self._cond:
+            self._counts["errors"] += 1
+        where = f" ({field})" if field else ""
+        self._log.warning(f"{code}{where}: {message}", throttle_duration_sec=1.0)
+        result = error_result(self.get_fully_qualified_name(), code, message, field,
+                              instruction_id=instruction.id if instruction else None,
+                              instruction_text=instruction.text if instruction else None,
+                              frame=frame, stats=self._stats())
+        self._pub_results.publish(String(data=result.to_json()))
+
+    @staticmethod
+    def _frame_info(frame: BufferedFrame) -> FrameInfo:
+        return FrameInfo(frame.stamp, frame.sec, frame.nanosec, frame.frame_id, frame.size[1], frame.size[0],
+                         frame.source_size[1], frame.source_size[0])
+
+    def _process_frame(self, msg: Any, kind: str, received: float) -> None:
+        watch = _Stopwatch()
+        p = self.params
+        stamp = msg.header.stamp
+        seconds = stamp_seconds(stamp.sec, stamp.nanosec)
+        try:
+            rgb = image_to_rgb(msg, p.max_image_pixels) if kind == "raw" else compressed_to_rgb(msg, p.max_image_pixels)
+        except ImageConversionError as err:
+            height, width = (int(msg.height), int(msg.width)) if kind == "raw" else (0, 0)
+            info = FrameInfo(seconds, stamp.sec, stamp.nanosec, msg.header.frame_id, width, height, width, height)
+            self._publish_error("bad_image", str(err), frame=info)
+            return
+        source_size = rgb.shape[:2]
+        rgb = resize_max_side(rgb, p.processing_max_side)
+        watch.mark("decode")
+        try:
+            embedding = self.pipeline.embed_images([rgb])[0]
+        except Exception as err:
+            self._model_error(err)
+            return
+        watch.mark("embed_image")
+        frame = BufferedFrame(seconds, stamp.sec, stamp.nanosec, msg.header.frame_id, rgb, embedding,
+                              (int(source_size[0]), int(source_size[1])), self._pair_depth(seconds, msg.header.frame_id))
+        watch.mark("depth")
+        if self._buffer.push(frame):
+            self._log.warning(f"frame stamp {seconds:.3f} is older than the newest buffered frame: time jumped "
+                              "back (looping bag?), the frame buffer was cleared")
+        with self._cond:  # counts and the stamp change together, so ~/status never shows one without the other
+            self._counts["frames_processed"] += 1
+            self._last_processed_stamp = seconds
+        self._processed_times.append(time.perf_counter())
+
+        if p.mode == "segment":
+            self._segment(frame, watch, received)
+        elif p.standing and self._standing is not None:
+            self._ground_standing(frame, watch, received)
+        elif p.embeddings.enabled and p.embeddings.every_frame:
+            self._publish_embeddings(frame)
+
+    def _model_error(self, err: Exception, instruction: Instruction | None = None,
+                     frame: FrameInfo | None = None) -> None:
+        self._log.error(f"model error: {err}\n{traceback.format_exc()}", throttle_duration_sec=1.0)
+        self._publish_error("model_error", f"{type(err).__name__}: {err}", frame=frame, instruction=instruction)
+
+    def _segment(self, frame: BufferedFrame, watch: _Stopwatch, received: float) -> None:
+        p = self.params
+        try:
+            result = self.pipeline.segment(frame.rgb, p.classes, p.segment_mode, p.object_threshold)
+        except Exception as err:
+            self._model_error(err, frame=self._frame_info(frame))
+            return
+        watch.mark("segment")
+        labels = result.label_map.astype(np.uint16)
+        regions = [(s.segment_id, i, s.label, "class", s.score, s.class_index) for i, s in enumerate(result.segments)]
+        self._publish_outputs("segmentation", frame, labels, regions, watch, received)
+
+    def _ground_standing(self, frame: BufferedFrame, watch: _Stopwatch, received: float) -> None:
+        instruction = self._standing
+        try:
+            grounding = self.pipeline.interleave_ground(frame.rgb, instruction)
+        except Exception as err:
+            self._model_error(err, instruction, self._frame_info(frame))
+            return
+        watch.mark("ground")
+        labels, regions = self._grounding_regions(grounding.segments, frame.size)
+        self._publish_outputs("grounding", frame, labels, regions, watch, received, instruction)
+
+    @staticmethod
+    def _grounding_regions(segments: list, size: tuple[int, int]) -> tuple[np.ndarray, list[tuple]]:
+        labels = label_map([(i + 1, s.score, s.mask) for i, s in enumerate(segments)], size)
+        return labels, [(i + 1, i, s.label, s.kind or "text", s.score, None) for i, s in enumerate(segments)]
+
+    def _process_instruction(self, raw: str, received: float) -> None:
+        watch = _Stopwatch()
+        if is_clear(raw):
+            had = self._standing
+            self._standing = None
+            self._log.info("instruction cleared" if had else "clear received (no standing instruction)")
+            self._pub_results.publish(String(data=Result(
+                "cleared", self.get_fully_qualified_name(), had.id if had else None, had.text if had else None,
+                stats=self._stats()).to_json()))
+            return
+        try:
+            instruction = parse_instruction(raw)
+        except InstructionError as err:
+            self._publish_error("invalid_json" if err.field == "json" else "invalid_instruction", err.message,
+                                err.field or None)
+            return
+        frames = self._buffer.snapshot()
+        if not frames:
+            self._publish_error("no_frames", "no frame has been received yet; publish images on "
+                                f"{self._resolve('image')} first", instruction=instruction)
+            return
+        try:
+            resolved = resolve_frame_references(instruction, self._buffer)
+        except ReferenceProblem as err:
+            self._publish_error(err.code, err.message, err.field, instruction=instruction)
+            return
+        watch.mark("parse")
+        try:
+            located = self.pipeline.localize([f.rgb for f in frames], resolved,
+                                             frame_embeddings=self._buffer.embeddings(frames))
+        except Exception as err:
+            self._model_error(err, instruction)
+            return
+        watch.mark("localize")
+        best = frames[located.best_index]
+        localization = LocalizationInfo([f.stamp for f in frames], [float(s) for s in located.frame_scores],
+                                        located.best_index, best.stamp)
+        labels, regions = self._grounding_regions(located.grounding.segments, best.size)
+        self._pub_localized.publish(rgb_to_image(best.rgb, self._header(best)))
+        self._publish_outputs("localization", best, labels, regions, watch, received, resolved, localization)
+        if self.params.standing and self.params.mode == "localize":
+            self._standing = resolved
+            self._log.info(f"standing instruction {resolved.id}: {resolved.text!r}")
+
+    # ---- depth ------------------------------------------------------------------------------------
+    def _pair_depth(self, stamp: float, image_frame_id: str) -> DepthFrame | None:
+        """The depth image nearest in time (within depth.sync_tolerance) with the latest camera_info."""
+        p = self.params.depth
+        if not p.enabled:
+            return None
+        with self._cond:
+            candidates = [c for c in self._depths if not any(c[1] is bad for bad in self._bad_depths)]
+        info = self._camera_info
+        if not candidates or info is None:
+            return None
+        depth_stamp, msg = min(candidates, key=lambda c: abs(c[0] - stamp))
+        if abs(depth_stamp - stamp) > p.sync_tolerance:
+            return None
+        K = np.asarray(info.k, dtype=np.float64).reshape(3, 3)
+        try:
+            meters = depth_to_meters(msg, self.params.max_image_pixels)
+            if K[0, 0] <= 0 or K[1, 1] <= 0 or not np.isfinite(K).all():
+                raise ImageConversionError(f"camera_info K has no positive focal lengths: {K.ravel().tolist()}")
+        except ImageConversionError as err:
+            self._bad_depths.append(msg)  # reported once, not again when a result for this frame looks for depth
+            self._publish_error("bad_depth", str(err))
+            return None
+        if info.width and info.height and (info.height, info.width) != meters.shape:
+            K = scale_intrinsics(K, (info.height, info.width), meters.shape)
+        return DepthFrame(meters, K, msg.header.frame_id or info.header.frame_id or image_frame_id)
+
+    # ---- publishing --------------------------------------------------------------------------------
+    @staticmethod
+    def _header(frame: BufferedFrame) -> Header:
+        header = Header(frame_id=frame.frame_id)
+        header.stamp.sec, header.stamp.nanosec = frame.sec, frame.nanosec
+        return header
+
+    def _publish_embeddings(self, frame: BufferedFrame) -> EmbeddingInfo | None:
+        p = self.params.embeddings
+        try:
+            result = self.pipeline.embed_pixels(frame.rgb)
+        except Exception as err:
+            self._model_error(err, frame=self._frame_info(frame))
+            return None
+        values = result.embeddings if self._projection is None else result.embeddings @ self._projection
+        try:
+            msg = embeddings_to_image(values, self._header(frame), p.dtype)
+        except ImageConversionError as err:
+            self._model_error(err, frame=self._frame_info(frame))
+            return None
+        self._pub_embeddings.publish(msg)
+        return EmbeddingInfo(msg.encoding, int(values.shape[2]), int(result.embeddings.shape[2]),
+                             int(values.shape[1]), int(values.shape[0]), float(result.stride),
+                             p.projection_seed if self._projection is not None else None)
+
+    def _publish_outputs(self, kind: str, frame: BufferedFrame, labels: np.ndarray, regions: list[tuple],
+                         watch: _Stopwatch, received: float, instruction: Instruction | None = None,
+                         localization: LocalizationInfo | None = None) -> None:
+        """masks, embeddings, overlay, 3D markers and the result for one frame's labelled regions."""
+        header = self._header(frame)
+        entities = []
+        for label_id, index, label, entity_kind, score, class_id in regions:
+            area, box = region_stats(labels, label_id)
+            entities.append(EntityInfo(int(label_id), int(index), str(label), entity_kind, float(score), area, box,
+                                       None if class_id is None else int(class_id)))
+        self._pub_masks.publish(labels_to_image(labels, header))
+        embedding_info = None
+        if self.params.embeddings.enabled:
+            embedding_info = self._publish_embeddings(frame)
+            watch.mark("embed_pixels")
+        depth = frame.depth or self._pair_depth(frame.stamp, frame.frame_id)
+        if depth is not None:
+            self._publish_markers(header, depth, labels, entities)
+            watch.mark("depth")
+        if self.params.publish_overlay:
+            self._pub_overlay.publish(rgb_to_image(overlay_image(frame.rgb, labels, entities), header))
+        watch.mark("publish")
+        timings = watch.total()
+        timings["latency"] = round((time.perf_counter() - received) * 1000.0, 3)
+        self._latencies.append(timings["latency"])
+        result = Result(kind, self.get_fully_qualified_name(), instruction.id if instruction else None,
+                        instruction.text if instruction else None, self._frame_info(frame), localization,
+                        entities, embedding_info, timings, self._stats())
+        self._pub_results.publish(String(data=result.to_json()))
+
+    def _publish_markers(self, header: Header, depth: DepthFrame, labels: np.ndarray,
+                         entities: list[EntityInfo]) -> None:
+        markers = MarkerArray()
+        markers.markers.append(Marker(action=Marker.DELETEALL))
+        marker_header = Header(stamp=header.stamp, frame_id=depth.frame_id)
+        for entity in entities:
+            points = entity_points(labels, depth, entity.label_id)
+            if len(points) == 0:
+                continue
+            centroid = points.mean(axis=0)
+            center, extent = box_3d(points, self.params.depth.box_percentile)
+            entity.position = [float(v) for v in centroid]
+            entity.box_3d = {"center": [float(v) for v in center], "extent": [float(v) for v in extent]}
+            r, g, b = (c / 255.0 for c in colour(entity.label_id))
+            for ns, shape, position, scale, alpha in (
+                    ("find/box", Marker.CUBE, center, np.maximum(extent, 0.005), 0.35),
+                    ("find/centroid", Marker.SPHERE, centroid, np.full(3, 0.04), 1.0),
+                    ("find/label", Marker.TEXT_VIEW_FACING, center - [0.0, extent[1] / 2 + 0.05, 0.0],
+                     np.full(3, 0.06), 1.0)):
+                marker = Marker(header=marker_header, ns=ns, id=entity.label_id, type=shape, action=Marker.ADD)
+                marker.pose.position.x, marker.pose.position.y, marker.pose.position.z = (float(v) for v in position)
+                marker.pose.orientation.w = 1.0
+                marker.scale.x, marker.scale.y, marker.scale.z = (float(v) for v in scale)
+                marker.color.r, marker.color.g, marker.color.b, marker.color.a = r, g, b, alpha
+                if shape == Marker.TEXT_VIEW_FACING:
+                    marker.text = f"{entity.label} {entity.score:.2f}"
+                markers.markers.append(marker)
+        self._pub_entities.publish(markers)
+
+    def _report(self) -> None:
+        """Periodic FPS / latency log line and ~/status message."""
+        stats, last_stamp = self._stats_and_stamp()
+        latency = float(np.mean(self._latencies)) if self._latencies else 0.0
+        newest = self._buffer.latest()
+        self._log.info(f"fps={stats['fps']:.1f} latency={latency:.0f}ms received={stats['frames_received']} "
+                       f"processed={stats['frames_processed']} dropped={stats['frames_dropped']} "
+                       f"missed={stats['frames_missed']} errors={stats['errors']} buffered={stats['buffered']}")
+        status = {"schema_version": 1, "node": self.get_fully_qualified_name(), "stats": stats,
+                  "mean_latency_ms": round(latency, 3),
+                  "last_processed_stamp": last_stamp,
+                  "newest_buffered_stamp": newest.stamp if newest else None,
+                  "standing_instruction_id": self._standing.id if self._standing else None}
+        self._pub_status.publish(String(data=json.dumps(status)))
+
+
+def main(argv: list[str] | None = None) -> int:
+    rclpy.init(args=argv)
+    try:
+        node = FindPerceptionNode()
+    except StartupError as err:
+        rclpy.logging.get_logger("find_perception").fatal(str(err))
+        rclpy.try_shutdown()
+        return 2
+    except Exception:
+        if rclpy.ok():
+            raise
+        return 0  # Ctrl-C during start-up shut the context down under us: a normal stop
+    executor = SingleThreadedExecutor()
+    executor.add_node(node)
+    try:
+        executor.spin()
+    except (KeyboardInterrupt, ExternalShutdownException):
+        pass
+    finally:
+        node.shutdown()
+        node.destroy_node()
+        rclpy.try_shutdown()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,152 @@
+"""training.train / training.evaluate command lines: a short run writes a checkpoint FindPipeline
+loads; evaluation prints one JSON object whose numbers agree with the pipeline's own answers."""
+from __future__ import annotations
+
+import contextlib
+import csv
+import io
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from find_core.data import CocoCaptions, CocoPanoptic, RefCocoG, SyntheticConfig, generate
+from find_core.engine import EvalConfig, TrainConfig, latest_checkpoint
+from find_core.engine.evaluation import evaluate as run_evaluation
+from find_core.metrics import GroundingEvaluator, PanopticEvaluator, PanopticSegment, image_text_retrieval
+from find_core.pipeline import FindPipeline
+from find_core.prompts import ClassPrompt
+from training import evaluate, train
+
+ROOT = Path(__file__).resolve().parents[1]
+TEST_CONFIG = ROOT / "training" / "configs" / "test_tiny.yaml"
+EXPECTED = {
+    "generic": {"pq", "sq", "rq", "pq_things", "pq_stuff", "ap", "ap50", "miou", "pixel_acc"},
+    "grounding": {"ciou", "miou"},
+    "interactive": {"iou_at_1", "noc85", "noc90"},
+    "retrieval": {"ir1", "ir5", "ir10", "tr1", "tr5", "tr10"},
+    "interleave_grounding": {"ciou", "miou"},
+    "interleave_retrieval": {"ir5", "ir10"},
+}
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def data_root(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("synthetic")
+    generate(out, SyntheticConfig(images=8, size=64, seed=1))
+    return out
+
+
+@pytest.fixture(scope="module")
+def trained(data_root, tmp_path_factory) -> tuple[Path, str]:
+    out = tmp_path_factory.mktemp("run")
+    printed = io.StringIO()
+    with contextlib.redirect_stdout(printed):
+        code = train.main(["--config", str(TEST_CONFIG), "--data", str(data_root), "--out", str(out), "--steps", "3"])
+    assert code == 0, printed.getvalue()
+    return out, printed.getvalue()
+
+
+@pytest.fixture(scope="module")
+def run_dir(trained) -> Path:
+    return trained[0]
+
+
+def test_train_cli_writes_a_checkpoint_the_pipeline_loads(trained, data_root):
+    run_dir, printed = trained
+    assert "step 3/3" in printed and "ETA" in printed and "running:" in printed
+    assert f"checkpoint: {run_dir / 'checkpoints' / 'step_0000003'}" in printed
+    assert list((run_dir / "tensorboard").glob("events.out.tfevents.*"))
+    checkpoint = latest_checkpoint(run_dir)
+    assert checkpoint is not None and checkpoint.name == "step_0000003"
+    with (run_dir / "train_log.csv").open() as handle:
+        rows = list(csv.DictReader(handle))
+    assert [int(r["step"]) for r in rows] == [1, 2, 3] and all(np.isfinite(float(r["loss"])) for r in rows)
+    assert TrainConfig.from_yaml(checkpoint / "train_config.yaml").data.root == str(data_root)
+
+    pipe = FindPipeline.from_checkpoint(checkpoint, device="cpu")
+    saved, state = load_file(str(checkpoint / "model.safetensors")), pipe.model.state_dict()
+    assert all(torch.equal(saved[k], state[k]) for k in saved)
+    sample = CocoPanoptic(data_root, "val")[0]
+    result = pipe.ground(sample.image, ["the red disc"])
+    assert len(result.segments) == 1 and result.segments[0].mask.shape == sample.image.shape[:2]
+
+
+def test_evaluate_cli_prints_one_json_object(run_dir, data_root, tmp_path, capsys):
+    capsys.readouterr()
+    out = tmp_path / "metrics.json"
+    assert evaluate.main(["--config", str(TEST_CONFIG), "--checkpoint", str(run_dir), "--data", str(data_root),
+                          "--out", str(out)]) == 0
+    metrics = json.loads(capsys.readouterr().out)                 # stdout is the JSON alone
+    assert metrics == json.loads(out.read_text())
+    assert metrics["skipped"] == {} and metrics["meta"]["checkpoint"].endswith("step_0000003")
+    for task, keys in EXPECTED.items():
+        assert keys <= set(metrics[task]), task
+        for key in keys:
+            value = metrics[task][key]
+            assert value is None or (0.0 <= value <= 100.0), (task, key, value)
+    assert 1.0 <= metrics["interactive"]["noc90"] <= 2.0           # test_tiny.yaml: at most 2 clicks
+    assert metrics["generic"]["images"] == 2 and metrics["retrieval"]["captions"] == 6
+
+
+def test_evaluation_agrees_with_the_pipeline_calls(run_dir, data_root):
+    """The evaluator's numbers recomputed independently through FindPipeline's public calls."""
+    pipe = FindPipeline.from_checkpoint(latest_checkpoint(run_dir), device="cpu")
+    metrics = run_evaluation(pipe, data_root, EvalConfig(split="val", max_images=2, max_clicks=1), log=lambda m: None)
+
+    captions = CocoCaptions(data_root, split="val")
+    images = [captions[i].image for i in range(len(captions))]
+    texts = [c for i in range(len(captions)) for c in captions[i].captions]
+    owners = [i for i in range(len(captions)) for _ in captions[i].captions]
+    expected = image_text_retrieval(pipe.retrieve(images, texts).similarity, owners).as_dict()
+    assert {k: metrics["retrieval"][k] for k in expected} == pytest.approx(expected)
+
+    refs, grounding = RefCocoG(data_root, "val"), GroundingEvaluator()
+    for i in range(2):
+        grounding.add(pipe.ground(refs[i].image, [refs[i].sentence]).segments[0].mask, refs[i].mask)
+    assert metrics["grounding"]["ciou"] == pytest.approx(grounding.result().ciou)
+
+    panoptic_data = CocoPanoptic(data_root, "val")
+    categories = panoptic_data.categories
+    panoptic = PanopticEvaluator({c.id: c.isthing for c in categories})
+    prompts = [ClassPrompt(text=c.name, isthing=c.isthing) for c in categories]
+    for i in range(2):
+        sample = panoptic_data[i]
+        result = pipe.segment(sample.image, prompts, "panoptic")
+        predicted = [PanopticSegment(s.segment_id, categories[s.class_index].id) for s in result.segments]
+        truth = [PanopticSegment(s.id, s.category_id, s.iscrowd) for s in sample.segments]
+        panoptic.add(result.label_map.astype(np.int64), predicted, panoptic_data.load_id_map(sample.image_id), truth)
+    assert metrics["generic"]["pq"] == pytest.approx(panoptic.result().pq)
+
+
+def test_evaluation_skips_what_the_data_lacks(run_dir, data_root, tmp_path):
+    partial = tmp_path / "captions_only"
+    partial.mkdir()
+    shutil.copy(data_root / "dataset_coco.json", partial / "dataset_coco.json")
+    shutil.copytree(data_root / "val", partial / "val")
+    pipe = FindPipeline.from_checkpoint(latest_checkpoint(run_dir), device="cpu")
+    metrics = run_evaluation(pipe, partial, EvalConfig(split="val"), log=lambda m: None)
+    assert set(metrics) == {"retrieval", "skipped", "meta"}
+    assert set(metrics["skipped"]) == set(EXPECTED) - {"retrieval"}
+    assert "panoptic_val.json" in metrics["skipped"]["generic"]
+
+
+def test_cli_errors_are_clear(tmp_path, capsys):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("model: tiny-test\ntasks: {generic: {weight: 1}}\ntrain: {stepz: 3}\n")
+    assert train.main(["--config", str(bad), "--out", str(tmp_path / "x")]) == 2
+    assert "stepz" in capsys.readouterr().err
+    assert evaluate.main(["--config", str(TEST_CONFIG), "--checkpoint", str(tmp_path), "--data", str(tmp_path)]) == 2
+    assert "no checkpoint" in capsys.readouterr().err

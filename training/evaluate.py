@@ -1,0 +1,70 @@
+"""Evaluate a FIND checkpoint on a data folder; prints ONE JSON object with every metric it can compute.
+
+    python -m training.evaluate --config training/configs/synthetic_tiny.yaml \
+        --checkpoint runs/tiny --data data/synthetic [--out metrics.json]
+
+--checkpoint is a checkpoint folder (model.safetensors + config.yaml) or a run folder (its newest
+checkpoint is used). Which metrics appear depends on the files under --data: COCO panoptic → PQ /
+mask AP / mIoU and interactive NoC; refcocog/ → grounding cIoU; Karpathy captions → IR@K / TR@K;
+FIND-Bench entity files (+ retrieval gallery) → interleave grounding and retrieval. Progress goes
+to stderr, so stdout is the JSON alone.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from find_core.checkpoint import CheckpointError
+from find_core.config import ConfigError
+from find_core.engine import TrainConfig, latest_checkpoint
+from find_core.engine.evaluation import evaluate
+from find_core.pipeline import FindPipeline
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--config", type=Path, required=True, help="training YAML; its eval: section is used")
+    parser.add_argument("--checkpoint", type=Path, required=True, help="checkpoint folder or run folder")
+    parser.add_argument("--data", type=Path, required=True, help="dataset root")
+    parser.add_argument("--out", type=Path, help="also write the JSON here")
+    parser.add_argument("--split", help="override eval.split")
+    parser.add_argument("--max-images", type=int, help="override eval.max_images")
+    return parser.parse_args(argv)
+
+
+def resolve_checkpoint(path: Path) -> Path:
+    if (path / "model.safetensors").is_file() or path.is_file():
+        return path
+    newest = latest_checkpoint(path)
+    if newest is None:
+        raise CheckpointError(f"no checkpoint at {path} (neither a checkpoint folder nor a run folder with one)")
+    return newest
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    try:
+        config = TrainConfig.from_yaml(args.config).eval
+        if args.split:
+            config.split = args.split
+        if args.max_images is not None:
+            config.max_images = args.max_images
+        checkpoint = resolve_checkpoint(args.checkpoint)
+        pipeline = FindPipeline.from_checkpoint(checkpoint, device=config.device, precision=config.precision)
+        metrics = evaluate(pipeline, args.data, config)
+    except (ConfigError, CheckpointError, FileNotFoundError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    metrics["meta"]["checkpoint"] = str(checkpoint)
+    text = json.dumps(metrics, indent=1, allow_nan=False)
+    if args.out:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(text + "\n")
+    print(text, flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
