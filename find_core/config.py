@@ -6,6 +6,8 @@ name, local path, or a config dict for tiny random models), the pixel decoder, a
 from __future__ import annotations
 
 import dataclasses
+import types
+import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
@@ -81,16 +83,11 @@ class ModelConfig:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "ModelConfig":
-        return _build(cls, data, "model")
+        return build_dataclass(cls, data, "model")
 
     @classmethod
     def from_yaml(cls, path: str | Path) -> "ModelConfig":
-        path = Path(path)
-        if not path.is_file():
-            raise ConfigError(f"model config not found: {path}")
-        data = yaml.safe_load(path.read_text()) or {}
-        if not isinstance(data, dict):
-            raise ConfigError(f"{path}: expected a mapping at the top level")
+        data = load_yaml_mapping(path, "model config")
         return cls.from_dict(data.get("model", data))
 
     def to_dict(self) -> dict[str, Any]:
@@ -100,23 +97,57 @@ class ModelConfig:
         Path(path).write_text(yaml.safe_dump({"model": self.to_dict()}, sort_keys=False))
 
 
-def _build(cls: type[T], data: Any, where: str) -> T:
-    """Build dataclass `cls` from a dict, refusing unknown keys with their dotted path."""
+def load_yaml_mapping(path: str | Path, what: str) -> dict[str, Any]:
+    """A YAML file whose top level is a mapping, or a ConfigError naming the file."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"{what} not found: {path}")
+    data = yaml.safe_load(path.read_text()) or {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: expected a mapping at the top level")
+    return data
+
+
+def build_dataclass(cls: type[T], data: Any, where: str) -> T:
+    """Build dataclass `cls` from a mapping, refusing unknown keys with their dotted path.
+
+    Nested dataclasses are built recursively (by their own `from_dict` when they have one);
+    YAML lists become tuples where the field is a tuple."""
     if data is None:
         return cls()
     if not isinstance(data, dict):
         raise ConfigError(f"{where}: expected a mapping, got {type(data).__name__}")
-    fields = {f.name: f for f in dataclasses.fields(cls)}
-    unknown = sorted(set(data) - set(fields))
+    hints = typing.get_type_hints(cls)
+    fields = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - fields)
     if unknown:
         raise ConfigError(f"{where}: unknown keys {unknown}; allowed: {sorted(fields)}")
     kwargs = {}
     for name, value in data.items():
-        default = fields[name].default_factory() if fields[name].default_factory is not dataclasses.MISSING else None
-        if dataclasses.is_dataclass(default):
-            kwargs[name] = _build(type(default), value, f"{where}.{name}")
-        elif isinstance(value, list) and name in ("pixel_mean", "pixel_std"):
+        hint = hints[name]
+        if dataclasses.is_dataclass(hint):
+            if hasattr(hint, "from_dict"):
+                try:
+                    kwargs[name] = hint.from_dict(value or {})
+                except ConfigError:
+                    raise
+                except ValueError as error:
+                    raise ConfigError(f"{where}.{name}: {error}") from error
+            else:
+                kwargs[name] = build_dataclass(hint, value, f"{where}.{name}")
+        elif _is_tuple(hint) and isinstance(value, list):
             kwargs[name] = tuple(value)
         else:
             kwargs[name] = value
-    return cls(**kwargs)
+    try:
+        return cls(**kwargs)
+    except ConfigError as error:
+        raise ConfigError(f"{where}: {error}") from error
+
+
+def _is_tuple(hint: Any) -> bool:
+    if typing.get_origin(hint) is tuple:
+        return True
+    if isinstance(hint, types.UnionType) or typing.get_origin(hint) is typing.Union:
+        return any(_is_tuple(arg) for arg in typing.get_args(hint))
+    return False

@@ -31,14 +31,6 @@ ROOT = Path(__file__).resolve().parents[1]
 TEST_CONFIG = ROOT / "training" / "configs" / "test_tiny.yaml"
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny tensors: one intra-op thread is faster, and far faster on a shared, busy machine."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
 
 @pytest.fixture(scope="module")
 def data_root(tmp_path_factory) -> Path:

@@ -24,14 +24,6 @@ PROTOS = np.linalg.qr(np.random.default_rng(0).normal(size=(DIM, DIM)))[0].astyp
 NEGATIVES = PROTOS[12:16]          # directions no object (ids 1-6) or the floor (0) uses
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Small scatters are much faster on one thread on a shared 2-core machine."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
 
 def synthetic_embeddings(masks: np.ndarray, stride: int = STRIDE) -> np.ndarray:
     """Each cell averages the one-hot-ish directions of the instance ids under it (like a real

@@ -40,13 +40,6 @@ def synthetic_embeddings(masks: np.ndarray, stride: int = 4) -> np.ndarray:
     return cells / np.linalg.norm(cells, axis=-1, keepdims=True)
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
 
 @pytest.fixture(scope="module")
 def dataset(tmp_path_factory):

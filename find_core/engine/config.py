@@ -18,15 +18,13 @@ the dotted key, so a misspelt option never silently falls back to its default.
 from __future__ import annotations
 
 import dataclasses
-import types
-import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import yaml
 
-from ..config import ConfigError, ModelConfig
+from ..config import ConfigError, ModelConfig, build_dataclass, load_yaml_mapping
 from ..losses import LossConfig
 from ..presets import preset_path
 
@@ -209,16 +207,11 @@ class TrainConfig:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "TrainConfig":
-        return _build(cls, data, "config")
+        return build_dataclass(cls, data, "config")
 
     @classmethod
     def from_yaml(cls, path: str | Path) -> "TrainConfig":
-        path = Path(path)
-        if not path.is_file():
-            raise ConfigError(f"training config not found: {path}")
-        data = yaml.safe_load(path.read_text()) or {}
-        if not isinstance(data, dict):
-            raise ConfigError(f"{path}: expected a mapping at the top level")
+        data = load_yaml_mapping(path, "training config")
         try:
             return cls.from_dict(data)
         except (ConfigError, ValueError, TypeError) as error:
@@ -238,42 +231,3 @@ def _plain(value: Any) -> Any:
     if isinstance(value, (list, tuple)):
         return [_plain(v) for v in value]
     return value
-
-
-def _build(cls: type, data: Any, where: str) -> Any:
-    """Build dataclass `cls` from a mapping, refusing unknown keys with their dotted path."""
-    if data is None:
-        return cls()
-    if cls is LossConfig:
-        try:
-            return LossConfig.from_dict(data)
-        except ValueError as error:
-            raise ConfigError(f"{where}: {error}") from error
-    if not isinstance(data, dict):
-        raise ConfigError(f"{where}: expected a mapping, got {type(data).__name__}")
-    hints = typing.get_type_hints(cls)
-    fields = {f.name: f for f in dataclasses.fields(cls)}
-    unknown = sorted(set(data) - set(fields))
-    if unknown:
-        raise ConfigError(f"{where}: unknown keys {unknown}; allowed: {sorted(fields)}")
-    kwargs = {}
-    for name, value in data.items():
-        hint = hints[name]
-        if dataclasses.is_dataclass(hint):
-            kwargs[name] = _build(hint, value, f"{where}.{name}")
-        elif _is_tuple(hint) and isinstance(value, list):
-            kwargs[name] = tuple(value)
-        else:
-            kwargs[name] = value
-    try:
-        return cls(**kwargs)
-    except ConfigError as error:
-        raise ConfigError(f"{where}: {error}") from error
-
-
-def _is_tuple(hint: Any) -> bool:
-    if typing.get_origin(hint) is tuple:
-        return True
-    if isinstance(hint, types.UnionType) or typing.get_origin(hint) is typing.Union:
-        return any(_is_tuple(arg) for arg in typing.get_args(hint))
-    return False
