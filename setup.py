@@ -56,6 +56,7 @@ setup(
             "find_demo = find_core.demo:main",
             "find_perception = find_ros.perception_node:main",
             "find_replay = find_ros.replay_node:main",
+            "find_field = find_ros.field_node:main",
             "find-field-export = find_core.field.export:main",
             "find-field = find_core.field.__main__:main",
         ],

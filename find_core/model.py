@@ -21,8 +21,15 @@ from .interface.model import FindInterface
 
 
 class FindModel(nn.Module):
-    def __init__(self, config: ModelConfig):
+    def __init__(self, config: ModelConfig, seed: int = 0):
+        """Initialisation is seeded, so every process that builds the same config (e.g. a random
+        `tiny-test` model in two ROS nodes) gets the same weights; the global RNG is left untouched."""
         super().__init__()
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            self._build(config)
+
+    def _build(self, config: ModelConfig) -> None:
         self.config = config
         width = config.interface.width
         self.vision = VisionAdapter(config.vision)

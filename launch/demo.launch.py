@@ -1,23 +1,30 @@
-"""Demo: find_replay plays a recording, find_perception answers instructions about it.
+"""Demo: find_replay plays a recording, find_perception answers instructions about it, and
+find_field fuses its embeddings into a 3D map that answers queries in 3D.
 
     ros2 launch find_ros demo.launch.py                       # renders a synthetic RGB-D scene first
     ros2 launch find_ros demo.launch.py source:=/data/office.mcap device:=cuda:0
     ros2 topic pub --once /instruction std_msgs/msg/String "{data: 'the red square'}"
     ros2 topic echo /find_perception/results                  # rviz: /find_perception/overlay, /entities
+    ros2 topic pub --once /find_field/query std_msgs/msg/String "{data: 'the red square'}"
+    ros2 topic echo /find_field/answer                        # rviz: /find_field/relevancy, /find_field/objects
 
 With no ``source`` the synthetic posed RGB-D video of find_core.data.scene_video (colour, depth,
 camera_info, poses) is rendered once into ``scene_dir`` and replayed. The replay publishes in the
 ``camera`` namespace (/camera/image, /camera/depth, /camera/camera_info, /camera/pose) and
-find_perception (started through find_perception.launch.py) is remapped onto it.
+find_perception (started through find_perception.launch.py) is remapped onto it. With ``field:=true``
+(the default) find_field (find_field.launch.py) fuses /find_perception/embeddings with the replay's
+depth, camera_info and pose, and find_perception gets ``embeddings.every_frame: true`` so every
+processed frame reaches the map; the map is saved to ``map_path`` when the launch stops.
 """
 import os
 import tempfile
 
 from launch import LaunchDescription
-from launch.actions import DeclareLaunchArgument, IncludeLaunchDescription, LogInfo, OpaqueFunction
+from launch.actions import DeclareLaunchArgument, GroupAction, IncludeLaunchDescription, LogInfo, OpaqueFunction
+from launch.conditions import IfCondition
 from launch.launch_description_sources import PythonLaunchDescriptionSource
 from launch.substitutions import LaunchConfiguration, PathJoinSubstitution
-from launch_ros.actions import Node
+from launch_ros.actions import Node, SetParameter
 from launch_ros.parameter_descriptions import ParameterValue
 from launch_ros.substitutions import FindPackageShare
 
@@ -62,6 +69,24 @@ def generate_launch_description():
             "instruction": "/instruction",
         }.items(),
     )
+    field = IncludeLaunchDescription(
+        PythonLaunchDescriptionSource(PathJoinSubstitution([share, "launch", "find_field.launch.py"])),
+        launch_arguments={
+            "params_file": LaunchConfiguration("field_params_file"),
+            "device": LaunchConfiguration("device"),
+            "map_path": LaunchConfiguration("map_path"),
+            "embeddings": "/find_perception/embeddings",
+            "depth": "/camera/depth",
+            "camera_info": "/camera/camera_info",
+            "pose": "/camera/pose",
+        }.items(),
+        condition=IfCondition(LaunchConfiguration("field")),
+    )
+    # scoped: only find_perception gets the extra parameter (the other nodes would refuse it as unknown)
+    perception_group = GroupAction([
+        SetParameter(name="embeddings.every_frame", value=True, condition=IfCondition(LaunchConfiguration("field"))),
+        perception,
+    ], scoped=True)
     return LaunchDescription([
         DeclareLaunchArgument("source", default_value="",
                               description="Image folder, video, frames folder or rosbag2; empty = synthetic scene."),
@@ -76,6 +101,14 @@ def generate_launch_description():
         DeclareLaunchArgument("replay_params_file",
                               default_value=PathJoinSubstitution([share, "config", "find_replay.yaml"]),
                               description="find_replay parameters."),
+        DeclareLaunchArgument("field", default_value="true",
+                              description="Also start find_field (3D feature map of the perception embeddings)."),
+        DeclareLaunchArgument("field_params_file",
+                              default_value=PathJoinSubstitution([share, "config", "find_field.yaml"]),
+                              description="find_field parameters."),
+        DeclareLaunchArgument("map_path", default_value=os.path.join(tempfile.gettempdir(), "find_ros_demo_map.npz"),
+                              description="Where find_field saves the map on exit (and on 'save')."),
         OpaqueFunction(function=replay),
-        perception,
+        perception_group,
+        field,
     ])

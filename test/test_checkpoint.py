@@ -77,3 +77,12 @@ def test_config_yaml_round_trip(tmp_path):
     config = ModelConfig.from_yaml(preset_path("minilm"))
     config.to_yaml(tmp_path / "c.yaml")
     assert ModelConfig.from_yaml(tmp_path / "c.yaml") == config
+
+
+def test_same_config_builds_same_weights_in_every_process(scene_image):
+    """Two nodes loading the random tiny preset must share one embedding space."""
+    torch.manual_seed(1)
+    a = FindPipeline.from_preset("tiny-test", device="cpu").embed_text(["red square"])
+    torch.manual_seed(2)
+    b = FindPipeline.from_preset("tiny-test", device="cpu").embed_text(["red square"])
+    np.testing.assert_array_equal(a, b)
