@@ -26,6 +26,7 @@ setup(
     license="Apache-2.0",
     packages=find_packages(include=["find_core", "find_core.*", "find_ros", "find_ros.*",
                                     "training", "training.*"]),
+    package_data={"find_core": ["checkpoints/*/*"]},   # the embedded default model
     data_files=[
         ("share/ament_index/resource_index/packages", [f"resource/{PACKAGE}"]),
         (f"share/{PACKAGE}", ["package.xml"]),

@@ -62,7 +62,7 @@ def letterbox(images: list[np.ndarray], size: int) -> tuple[torch.Tensor, list[L
     for index, image in enumerate(images):
         check_image(image, f"image {index}")
         box = Letterbox((image.shape[0], image.shape[1]), size)
-        tensor = torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1)[None].float()
+        tensor = torch.from_numpy(np.require(image, requirements=["C", "W"])).permute(2, 0, 1)[None].float()
         resized = F.interpolate(tensor, size=box.scaled, mode="bilinear", align_corners=False, antialias=True)[0]
         canvas = torch.zeros(3, size, size)
         canvas[:, : box.scaled[0], : box.scaled[1]] = resized

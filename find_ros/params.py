@@ -135,8 +135,10 @@ class DepthParams(_Validated):
 class PerceptionParams(_Validated):
     """Parameters of find_perception (``config/find_perception.yaml``)."""
 
-    model_preset: str = option("tiny-test", "Model preset name (config/models/<name>.yaml); ignored when "
-                                            "checkpoint is a folder with its own config.yaml.")
+    model_preset: str = option("embedded", "Model preset name (config/models/<name>.yaml), or 'embedded': the "
+                                           "checkpoint shipped in find_core/checkpoints/find-synthetic (the untrained "
+                                           "tiny-test preset, with a warning, when it is missing); ignored when "
+                                           "checkpoint is a folder with its own config.yaml.")
     checkpoint: str = option("", "Checkpoint folder or model.safetensors file; empty = the preset's weights "
                                  "(random for tiny-test).")
     device: str = option("auto", "Torch device: auto, cpu, cuda, cuda:N or mps.")

@@ -23,6 +23,7 @@ import threading
 import time
 import traceback
 from collections import deque
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -38,6 +39,7 @@ from sensor_msgs.msg import CameraInfo, CompressedImage, Image
 from std_msgs.msg import Header, String
 from visualization_msgs.msg import Marker, MarkerArray
 
+from find_core.embedded import EMBEDDED, default_pipeline
 from find_core.instructions import Instruction, InstructionError, VisualReference, parse_instruction
 from find_core.pipeline import FindPipeline
 
@@ -234,14 +236,21 @@ class _Stopwatch:
                 "total": round((time.perf_counter() - self.start) * 1000.0, 3)}
 
 
-def load_pipeline(params: PerceptionParams) -> FindPipeline:
-    """The model, loaded once at start-up. A checkpoint with its own config.yaml wins over the preset."""
+def load_pipeline(params: PerceptionParams, warn: Callable[[str], object] | None = None) -> FindPipeline:
+    """The model, loaded once at start-up. A checkpoint with its own config.yaml wins over the preset;
+    ``model_preset: embedded`` is :func:`find_core.embedded.default_pipeline` (``warn`` receives its
+    fallback warning)."""
     if params.checkpoint:
         path = Path(params.checkpoint).expanduser()
         folder = path if path.is_dir() else path.parent
         if (folder / "config.yaml").is_file():
             return FindPipeline.from_checkpoint(path, params.device, params.precision)
+        if params.model_preset == EMBEDDED:
+            raise ValueError(f"checkpoint {path} has no config.yaml beside it: set model_preset to the preset "
+                             "it was trained with")
         return FindPipeline.from_preset(params.model_preset, path, params.device, params.precision)
+    if params.model_preset == EMBEDDED:
+        return default_pipeline(params.device, params.precision, warn)[0]
     return FindPipeline.from_preset(params.model_preset, None, params.device, params.precision)
 
 
@@ -265,7 +274,7 @@ class FindPerceptionNode(Node):
         self._log = self.get_logger()
         started = time.perf_counter()
         try:
-            self.pipeline = load_pipeline(p)
+            self.pipeline = load_pipeline(p, self._log.warning)
         except Exception as err:  # unknown preset, missing weights, CUDA absent, ...: one clear line
             raise StartupError(f"cannot load the model (model_preset={p.model_preset!r}, "
                                f"checkpoint={p.checkpoint!r}, device={p.device!r}): {err}") from None

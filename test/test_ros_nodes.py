@@ -286,7 +286,7 @@ def expected_centroid(labels: np.ndarray, label_id: int, z: float, K: np.ndarray
 def perception_nodes(tmp_path_factory: pytest.TempPathFactory):
     """Three perception nodes started together: localize (A), standing (B), segment + compressed (C)."""
     folder = tmp_path_factory.mktemp("perception")
-    common = {"stats_period": 0.5}
+    common = {"stats_period": 0.5, "model_preset": "tiny-test"}  # wiring tests: the fast random model
     nodes = {
         "localize": Perception("localize", {**common, "buffer_size": 4, "processing_max_side": 0,
                                             "max_image_pixels": 200000,

@@ -1,0 +1,51 @@
+"""The embedded default model: the one place that knows where the shipped checkpoint lives.
+
+The package ships a checkpoint trained on the synthetic scenes (``config/models/synthetic.yaml``,
+128 px input) in ``find_core/checkpoints/find-synthetic/`` (``model.safetensors`` + ``config.yaml``).
+Every "run with no model given" path — the library demo, the node demo and the perception node's
+``model_preset: embedded`` — goes through :func:`default_pipeline`, so they all agree on what the
+default is and all fall back the same way (to the untrained ``tiny-test`` preset, with a warning)
+when a checkout has no checkpoint yet.
+"""
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # importing the pipeline pulls in torch: only when a model is really built
+    from .pipeline import FindPipeline
+
+log = logging.getLogger("find_core.embedded")
+
+EMBEDDED_CHECKPOINT = Path(__file__).resolve().parent / "checkpoints" / "find-synthetic"
+EMBEDDED = "embedded"          # the model name that means "the embedded default" (e.g. the node's model_preset)
+FALLBACK_PRESET = "tiny-test"  # what runs when the checkpoint is missing: random weights, meaningless masks
+
+
+def has_embedded_checkpoint() -> bool:
+    """True when the shipped checkpoint (weights and their config.yaml) is present."""
+    return (EMBEDDED_CHECKPOINT / "model.safetensors").is_file() and (EMBEDDED_CHECKPOINT / "config.yaml").is_file()
+
+
+def fallback_warning() -> str:
+    """The one-line warning every caller shows when the checkpoint is missing."""
+    return (f"no embedded checkpoint at {EMBEDDED_CHECKPOINT} (model.safetensors + config.yaml): using the "
+            f"untrained '{FALLBACK_PRESET}' preset instead; its masks, rankings and 3D answers are not meaningful")
+
+
+def default_pipeline(device: str = "auto", precision: str = "fp32",
+                     warn: Callable[[str], object] | None = None) -> tuple[FindPipeline, str]:
+    """The embedded checkpoint when the package has one, otherwise ``tiny-test`` with a warning
+    (through ``warn``, e.g. a ROS logger; this module's logger by default).
+
+    Returns the pipeline and a short description of what was loaded, for logs and result files."""
+    from .pipeline import FindPipeline
+
+    if has_embedded_checkpoint():
+        return (FindPipeline.from_checkpoint(EMBEDDED_CHECKPOINT, device=device, precision=precision),
+                f"embedded checkpoint {EMBEDDED_CHECKPOINT}")
+    (warn or log.warning)(fallback_warning())
+    return (FindPipeline.from_preset(FALLBACK_PRESET, device=device, precision=precision),
+            f"{FALLBACK_PRESET} (untrained fallback: no embedded checkpoint)")

@@ -1,0 +1,769 @@
+"""The node demo (``scripts/demo.sh``): the ROS nodes as a robot would run them, checked against truth.
+
+1. **Scene** — render (or reuse) the synthetic posed RGB-D video (:mod:`find_core.data.scene_video`)
+   into ``<out>/scene``: colour, depth, poses, instance masks and ``scene.json`` ground truth.
+2. **Instruction** — pick two objects that the camera sees together in some frames but not in all,
+   and build an *interleaved* instruction: the phrase of one as text, a crop of the other (from a
+   frame without the first, with its mask, as FIND-Bench does) as a base64 PNG visual entity
+   (``instruction.json``, ``reference_crop.png``).
+3. **Nodes** — start ``find_replay`` (namespace ``/camera``) and ``find_perception`` (the embedded
+   default model) as separate processes in a ROS domain of their own (``ROS_DOMAIN_ID`` from this
+   process id unless ``--domain-id``), each with its shipped params file plus the demo's overrides;
+   their logs, params files and ``pids.json`` go to ``<out>/logs``. Record everything the replay
+   publishes into ``<out>/recording`` (a frames folder) and wait until the perception node has
+   processed the newest frame.
+4. **Answer** — publish the instruction on ``/instruction``; record ``results.jsonl`` (every
+   ``~/results`` message), ``overlay.png``, ``masks.png`` (16-bit label image), ``mask_<i>.png`` per
+   entity and ``localized_frame.png``. Nodes are then stopped (SIGINT, kill after a timeout) — on
+   every path, errors and Ctrl-C included.
+5. **Summary** — ``summary.json``: the chosen frame (its stamp, scene index, whether both referred
+   objects are in it per the ground-truth masks), each entity's mask IoU against the ground truth
+   and its 3D position error, printed on one screen.
+6. **Field** — fuse the recording with ``FindPipeline.embed_pixels`` (in this process) and ask the
+   3D map where the text phrase is: ``field.ply``, ``field_map.npz``, ``field_answer.json``.
+
+    python -m find_ros.demo --out demo_out                         # the embedded default model
+    python -m find_ros.demo --out /tmp/d --model tiny-test --frames 6 --width 96 --height 72
+"""
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import logging
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections import defaultdict
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar
+
+import numpy as np
+import rclpy
+import torch
+import yaml
+from geometry_msgs.msg import PoseStamped
+from PIL import Image as PILImage
+from rclpy.executors import SingleThreadedExecutor
+from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy
+from rclpy.signals import SignalHandlerOptions
+from sensor_msgs.msg import CameraInfo, Image
+from std_msgs.msg import Header, String
+from transformers.utils import logging as hf_logging
+
+from find_core.data.find_bench import segment_crop
+from find_core.data.frames import Camera, FrameRecord, FramesError, FramesReader, FramesWriter
+from find_core.data.scene_video import render_scene_video
+from find_core.demo import field_demo
+from find_core.embedded import (EMBEDDED, EMBEDDED_CHECKPOINT, FALLBACK_PRESET, default_pipeline, fallback_warning,
+                                has_embedded_checkpoint)
+from find_core.instructions import Entity, Instruction, VisualReference
+from find_core.metrics.interactive import mask_iou
+
+from .image_conversion import depth_to_meters, image_to_labels, image_to_rgb
+from .params import PerceptionParams
+from .perception_node import load_pipeline, resize_mask
+
+log = logging.getLogger("find_ros.demo")
+T = TypeVar("T")
+
+PACKAGE_ROOT = Path(__file__).resolve().parents[1]
+CAMERA_NS = "/camera"
+PERCEPTION = "/find_perception"
+INSTRUCTION_TOPIC = "/instruction"
+LOCAL_DISCOVERY = "LOCALHOST"  # the demo's nodes talk on this machine only, unless the environment says otherwise
+STAMP_TOLERANCE = 1e-6  # seconds; stamps are copied exactly between messages
+OUTPUT_FILES = ("results.jsonl", "summary.json", "overlay.png", "masks.png", "localized_frame.png", "instruction.json",
+                "reference_crop.png", "field.ply", "field_map.npz", "field_answer.json")
+OUTPUT_DIRS = ("recording", "logs")
+# what scripts/demo.sh wrote into demo_out/ before it ran this demo (the library demo, now in demo_out/library)
+OLD_OUTPUT_FILES = ("scene.png", "grounding_overlay.png", "interleave_overlay.png", "panoptic_overlay.png",
+                    "interleave_masks.png", "results.json")
+
+
+class DemoError(RuntimeError):
+    """A step of the demo failed; the message says which one and why (with the node's log tail)."""
+
+
+@dataclass
+class DemoConfig:
+    """What one demo run does (the command line maps onto this one to one)."""
+
+    out: Path = Path("demo_out")
+    scene: Path | None = None          # default <out>/scene
+    seed: int = 0
+    frames: int = 40
+    width: int = 320
+    height: int = 240
+    rate: float = 5.0                  # replay frames per second
+    model: str = "embedded"            # 'embedded' (find_core.embedded) or a preset name
+    checkpoint: str = ""
+    device: str = "auto"
+    threads: int = 0                   # torch threads per process; 0 = 1 on <= 2 cores, else 2
+    domain_id: int | None = None       # default: derived from this process id
+    perception_params: dict[str, Any] = field(default_factory=dict)  # extra find_perception parameters
+    start_timeout: float = 300.0       # seconds for the perception node to load its model
+    answer_timeout: float = 120.0
+    stop_timeout: float = 10.0         # seconds between SIGINT and kill
+    voxel_size: float = 0.02
+    run_field: bool = True
+
+    def __post_init__(self) -> None:
+        if self.frames < 2:
+            raise ValueError(f"the demo needs at least 2 frames, got {self.frames}")
+        if not self.rate > 0:
+            raise ValueError(f"rate must be positive, got {self.rate}")
+        if self.domain_id is not None and not 0 <= self.domain_id <= 101:
+            raise ValueError(f"ROS domain ids usable on every machine are 0..101, got {self.domain_id}")
+
+    @property
+    def scene_dir(self) -> Path:
+        return self.scene or self.out / "scene"
+
+    @property
+    def domain(self) -> int:
+        return self.domain_id if self.domain_id is not None else 1 + os.getpid() % 100
+
+    @property
+    def torch_threads(self) -> int:
+        return self.threads or (1 if (os.cpu_count() or 1) <= 2 else 2)
+
+
+# --------------------------------------------------------------------------- scene and instruction
+
+
+def prepare_scene(config: DemoConfig) -> FramesReader:
+    """The bundled scene: reused when ``scene_dir`` already holds this seed and size, else rendered."""
+    folder = config.scene_dir
+    try:
+        reader = FramesReader(folder)
+        cam, scene = reader.camera, reader.scene or {}
+        if (len(reader), cam.width, cam.height, scene.get("seed")) == (config.frames, config.width, config.height,
+                                                                       config.seed) and reader.entries[0].masks:
+            log.info(f"reusing the scene in {folder}")
+            return reader
+    except (FramesError, FileNotFoundError):
+        pass
+    log.info(f"rendering the synthetic scene ({config.frames} frames, {config.width}x{config.height}) into {folder}")
+    render_scene_video(folder, seed=config.seed, frames=config.frames, width=config.width, height=config.height,
+                       fps=config.rate, overwrite=True)
+    return FramesReader(folder)
+
+
+@dataclass
+class Referents:
+    """The two objects the instruction names, and where the picture of the visual one comes from."""
+
+    text: dict                  # scene.json object named by its phrase
+    visual: dict                # scene.json object shown as a crop
+    crop_frame: int             # scene frame the crop is cut from
+    both_seen: np.ndarray       # per scene frame: are both objects visible in it
+
+
+def visible_areas(reader: FramesReader) -> np.ndarray:
+    """frames x objects pixel areas of each scene.json object in each frame's ground-truth mask."""
+    ids = [o["id"] for o in reader.scene["objects"]]
+    return np.array([[int(np.count_nonzero(record.masks == i)) for i in ids] for record in reader], dtype=np.int64)
+
+
+def min_visible_area(camera: Camera) -> float:
+    """Fewer ground-truth pixels than this (0.2 % of the image, at least 20) count as not visible."""
+    return max(20.0, 0.002 * camera.width * camera.height)
+
+
+def choose_referents(reader: FramesReader) -> Referents:
+    """Two objects seen together in about half the frames (so picking the frame matters); the crop
+    comes from the frame showing the visual object largest *without* the text object, if any."""
+    objects = reader.scene["objects"]
+    if len(objects) < 2:
+        raise DemoError(f"the scene in {reader.dir} has {len(objects)} object(s); the demo needs two")
+    areas = visible_areas(reader)
+    seen = areas >= min_visible_area(reader.camera)
+    n = len(seen)
+    best: tuple | None = None
+    for a in range(len(objects)):
+        for b in range(len(objects)):
+            if a == b:
+                continue
+            together = int((seen[:, a] & seen[:, b]).sum())
+            alone = int((seen[:, b] & ~seen[:, a]).sum())
+            key = (together > 0, min(together, n - together), alone > 0, int(areas[:, a].sum()))
+            if best is None or key > best[0]:
+                best = (key, a, b)
+    _, a, b = best
+    if not (seen[:, a] & seen[:, b]).any():
+        raise DemoError(f"no frame of {reader.dir} shows two objects together; render more frames")
+    without = seen[:, b] & ~seen[:, a]
+    pool = np.flatnonzero(without) if without.any() else np.flatnonzero(seen[:, b])
+    crop_frame = int(pool[np.argmax(areas[pool, b])])
+    return Referents(objects[a], objects[b], crop_frame, seen[:, a] & seen[:, b])
+
+
+def build_instruction(reader: FramesReader, referents: Referents, instruction_id: str
+                      ) -> tuple[Instruction, np.ndarray]:
+    """'The <text phrase> is next to the <image>.' — the visual entity an inline crop (+ mask) of the
+    other object, the way FIND-Bench entries reference an object of another image."""
+    record = reader[referents.crop_frame]
+    crop, crop_mask = segment_crop(record.rgb, record.masks == referents.visual["id"])
+    words = referents.text["phrase"].removeprefix("the ")
+    text = f"The {words} is next to the <image>."
+    start = text.index(words)
+    entities = (Entity(start, start + len(words), "text"),
+                Entity(text.index("<image>"), text.index("<image>") + len("<image>"), "visual",
+                       VisualReference(image=crop, mask=crop_mask)))
+    return Instruction(text, entities, id=instruction_id), crop
+
+
+# --------------------------------------------------------------------------- node processes
+
+
+def config_file(name: str) -> Path:
+    """A shipped config/ file: the source tree's, else the installed share/find_ros/config one."""
+    candidates = [PACKAGE_ROOT / "config" / name, Path(sys.prefix) / "share" / "find_ros" / "config" / name]
+    for candidate in candidates:
+        if candidate.is_file():
+            return candidate
+    raise DemoError(f"cannot find config/{name}; looked in {[str(c) for c in candidates]}")
+
+
+def nested(params: dict[str, Any]) -> dict[str, Any]:
+    """Dotted parameter names ('embeddings.dims') as the nested mapping a params file holds."""
+    out: dict[str, Any] = {}
+    for name, value in params.items():
+        *parents, leaf = name.split(".")
+        level = out
+        for part in parents:
+            level = level.setdefault(part, {})
+        level[leaf] = value
+    return out
+
+
+class NodeProcess:
+    """One node process (``python -m <module> --ros-args ...``, see :func:`node_command`): its output
+    goes to a log file, and :meth:`stop` always ends it (SIGINT first, as Ctrl-C would, then kill)."""
+
+    def __init__(self, name: str, command: list[str], env: dict[str, str], log_path: Path) -> None:
+        self.name, self.log_path = name, log_path
+        with open(log_path, "w") as out:
+            self.proc = subprocess.Popen(command, env=env, stdout=out, stderr=subprocess.STDOUT)
+        self.pid = self.proc.pid
+
+    def exit_code(self) -> int | None:
+        return self.proc.poll()
+
+    def log_tail(self, lines: int = 20) -> str:
+        text = self.log_path.read_text(errors="replace").splitlines() if self.log_path.exists() else []
+        return "\n".join(f"    | {line}" for line in text[-lines:])
+
+    def interrupt(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGINT)
+
+    def stop(self, timeout: float) -> int:
+        self.interrupt()
+        try:
+            return self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            log.warning(f"{self.name} (pid {self.pid}) ignored SIGINT for {timeout:.0f} s: killing it")
+            self.proc.kill()
+            return self.proc.wait()
+
+
+class Listener:
+    """This process's own ROS node in the demo's domain: records the replayed stream and the
+    perception outputs, and publishes the instruction."""
+
+    def __init__(self, domain: int) -> None:
+        os.environ.setdefault("ROS_AUTOMATIC_DISCOVERY_RANGE", LOCAL_DISCOVERY)  # read by rclpy.init
+        self.context = rclpy.Context()
+        rclpy.init(context=self.context, domain_id=domain, signal_handler_options=SignalHandlerOptions.NO)
+        self.node = rclpy.create_node(f"find_demo_{os.getpid()}", context=self.context)
+        qos = QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=100, reliability=ReliabilityPolicy.RELIABLE,
+                         durability=DurabilityPolicy.VOLATILE)
+        self.messages: dict[str, list] = defaultdict(list)
+        self.lock = threading.Lock()
+        topics = {f"{CAMERA_NS}/image": Image, f"{CAMERA_NS}/depth": Image, f"{CAMERA_NS}/pose": PoseStamped,
+                  f"{CAMERA_NS}/camera_info": CameraInfo, f"{PERCEPTION}/results": String,
+                  f"{PERCEPTION}/status": String, f"{PERCEPTION}/overlay": Image, f"{PERCEPTION}/masks": Image,
+                  f"{PERCEPTION}/localized_frame": Image}
+        for topic, kind in topics.items():
+            self.node.create_subscription(kind, topic, self._keeper(topic), qos)
+        self.instruction = self.node.create_publisher(String, INSTRUCTION_TOPIC, qos)
+        self.executor = SingleThreadedExecutor(context=self.context)
+        self.executor.add_node(self.node)
+        self.thread = threading.Thread(target=self.executor.spin, daemon=True)
+        self.thread.start()
+
+    def _keeper(self, topic: str) -> Callable[[Any], None]:
+        def keep(msg: Any) -> None:
+            with self.lock:
+                self.messages[topic].append(msg)
+        return keep
+
+    def get(self, topic: str) -> list:
+        with self.lock:
+            return list(self.messages[topic])
+
+    def jsons(self, topic: str) -> list[dict]:
+        return [json.loads(m.data) for m in self.get(topic)]
+
+    def publish_instruction(self, raw: str) -> None:
+        self.instruction.publish(String(data=raw))
+
+    def close(self) -> None:
+        self.executor.shutdown(timeout_sec=2.0)
+        self.thread.join(5.0)
+        self.node.destroy_node()
+        rclpy.try_shutdown(context=self.context)
+
+
+def stamp_of(header: Header) -> float:
+    return header.stamp.sec + header.stamp.nanosec * 1e-9
+
+
+def wait_until(predicate: Callable[[], T], what: str, timeout: float, watched: list[NodeProcess],
+               may_exit: tuple[str, ...] = ()) -> T:
+    """Poll ``predicate`` until truthy; a watched node exiting (other than cleanly, for those in
+    ``may_exit``) or the timeout raises DemoError with the node logs' tails."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        for node in watched:
+            code = node.exit_code()
+            if code is not None and not (node.name in may_exit and code == 0):
+                raise DemoError(f"{node.name} exited with code {code} while waiting for {what}; its log "
+                                f"({node.log_path}) ends:\n{node.log_tail()}")
+        if time.monotonic() > deadline:
+            tails = "\n".join(f"  {n.name} ({n.log_path}):\n{n.log_tail(8)}" for n in watched)
+            raise DemoError(f"timed out after {timeout:.0f} s waiting for {what}\n{tails}")
+        time.sleep(0.05)
+
+
+# --------------------------------------------------------------------------- the run
+
+
+@dataclass
+class NodeRun:
+    """What came back from the nodes."""
+
+    result: dict                       # the localization result answering the instruction
+    published: int                     # colour frames the replay published (as heard here)
+
+
+def node_command(module: str, ros_args: list[str]) -> list[str]:
+    return [sys.executable, "-m", module, "--ros-args", *ros_args]
+
+
+def node_env(config: DemoConfig) -> dict[str, str]:
+    env = dict(os.environ, ROS_DOMAIN_ID=str(config.domain), HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", TOKENIZERS_PARALLELISM="false", PYTHONUNBUFFERED="1",
+               PYTHONPATH=os.pathsep.join(p for p in (str(PACKAGE_ROOT), os.environ.get("PYTHONPATH", "")) if p))
+    env.setdefault("RMW_IMPLEMENTATION", "rmw_fastrtps_cpp")
+    env.setdefault("ROS_AUTOMATIC_DISCOVERY_RANGE", LOCAL_DISCOVERY)
+    if config.threads or "OMP_NUM_THREADS" not in env:  # an explicit --threads wins over the environment
+        env["OMP_NUM_THREADS"] = str(config.torch_threads)
+    return env
+
+
+def start_nodes(config: DemoConfig, logs: Path) -> list[NodeProcess]:
+    """find_perception and find_replay, each with the shipped params file plus the demo's overrides."""
+    perception_params = {"model_preset": config.model, "checkpoint": config.checkpoint, "device": config.device,
+                         "buffer_size": max(30, config.frames), "stats_period": 0.5,
+                         **config.perception_params}
+    replay_params = {"source": str(config.scene_dir.resolve()), "rate": float(config.rate), "loop": False,
+                     "wait_for_subscribers": 2}  # the perception node and this process's recorder
+    files = {}
+    for name, params in (("perception", perception_params), ("replay", replay_params)):
+        files[name] = logs / f"{name}_params.yaml"
+        files[name].write_text(yaml.safe_dump({"/**": {"ros__parameters": nested(params)}}))
+    env = node_env(config)
+    nodes = [NodeProcess("find_perception", node_command("find_ros.perception_node", [
+        "--params-file", str(config_file("find_perception.yaml")), "--params-file", str(files["perception"]),
+        "-r", f"image:={CAMERA_NS}/image", "-r", f"depth:={CAMERA_NS}/depth",
+        "-r", f"camera_info:={CAMERA_NS}/camera_info"]), env, logs / "find_perception.log")]
+    try:
+        nodes.append(NodeProcess("find_replay", node_command("find_ros.replay_node", [
+            "--params-file", str(config_file("find_replay.yaml")), "--params-file", str(files["replay"]),
+            "-r", f"__ns:={CAMERA_NS}"]), env, logs / "find_replay.log"))
+    finally:
+        (logs / "pids.json").write_text(json.dumps({n.name: n.pid for n in nodes}) + "\n")
+    return nodes
+
+
+def run_nodes(config: DemoConfig, listener: Listener, nodes: list[NodeProcess], instruction: Instruction) -> NodeRun:
+    """Steps 3 and 4 of the module docstring, with the nodes already started."""
+    perception, replay = nodes
+    graph = listener.node
+    log.info(f"waiting for find_perception to load its model (pid {perception.pid}, ROS_DOMAIN_ID={config.domain})")
+    wait_until(lambda: graph.count_publishers(f"{PERCEPTION}/results") > 0
+               and graph.count_subscribers(INSTRUCTION_TOPIC) > 0, "find_perception to start",
+               config.start_timeout, nodes, may_exit=("find_replay",))  # a short replay may be done already
+    log.info(f"find_perception is up; find_replay publishes {config.frames} frames at {config.rate:g} fps")
+    wait_until(lambda: replay.exit_code() == 0, "find_replay to publish the scene",
+               config.frames / config.rate + 60.0, nodes, may_exit=("find_replay",))
+    images = listener.get(f"{CAMERA_NS}/image")
+    if not images:
+        raise DemoError("find_replay finished but no frame reached this process")
+    newest = stamp_of(images[-1].header)
+
+    def caught_up() -> dict | None:
+        return next((s for s in reversed(listener.jsons(f"{PERCEPTION}/status"))
+                     if s.get("last_processed_stamp") is not None
+                     and abs(s["last_processed_stamp"] - newest) < STAMP_TOLERANCE), None)
+
+    status = wait_until(caught_up, "find_perception to process the newest frame", 120.0, [perception])
+    stats = status["stats"]
+    log.info(f"find_perception buffered {stats['buffered']} of {len(images)} frames (dropped while busy: "
+             f"{stats['frames_dropped']}, missed: {stats['frames_missed']}); sending the instruction")
+    wait_until(lambda: listener.instruction.get_subscription_count() > 0, "the instruction subscription", 10.0,
+               [perception])
+    listener.publish_instruction(instruction.to_json())
+
+    def answer() -> dict | None:
+        return next((r for r in listener.jsons(f"{PERCEPTION}/results")
+                     if r.get("instruction_id") == instruction.id), None)
+
+    result = wait_until(answer, "the answer to the instruction", config.answer_timeout, [perception])
+    if result["type"] == "error":
+        error = result["error"]
+        raise DemoError(f"find_perception answered with an error: {error['code']} ({error['field']}): "
+                        f"{error['message']}")
+    stamp = result["frame"]["stamp"]
+    for topic in ("overlay", "masks", "localized_frame"):
+        wait_until(lambda t=topic: any(abs(stamp_of(m.header) - stamp) < STAMP_TOLERANCE
+                                       for m in listener.get(f"{PERCEPTION}/{t}")),
+                   f"~/{topic} of the answer", 10.0, [perception])
+    return NodeRun(result, len(images))
+
+
+def stop_nodes(nodes: list[NodeProcess], timeout: float) -> None:
+    for node in nodes:          # all at once: each takes a moment to exit
+        node.interrupt()
+    for node in nodes:
+        code = node.stop(timeout)
+        if code not in (0, -signal.SIGINT, 2):
+            log.warning(f"{node.name} exited with code {code}; see {node.log_path}")
+
+
+# --------------------------------------------------------------------------- recording what came back
+
+
+def write_recording(listener: Listener, folder: Path) -> list[tuple[float, str]]:
+    """The replayed stream as heard here, as a frames folder (colour, depth, pose per stamp);
+    returns (stamp, :func:`frame_hash`) of each colour frame, in order."""
+    images = listener.get(f"{CAMERA_NS}/image")
+    infos = listener.get(f"{CAMERA_NS}/camera_info")
+    if not images or not infos:
+        raise DemoError("nothing was recorded from find_replay (no image or camera_info)")
+    key = lambda header: (header.stamp.sec, header.stamp.nanosec)  # noqa: E731
+    depths = {key(m.header): m for m in listener.get(f"{CAMERA_NS}/depth")}
+    poses = {key(m.header): m for m in listener.get(f"{CAMERA_NS}/pose")}
+    info = infos[-1]
+    camera = Camera(int(info.width), int(info.height), float(info.k[0]), float(info.k[4]), float(info.k[2]),
+                    float(info.k[5]))
+    frames = []
+    with FramesWriter(folder, camera, overwrite=True) as writer:
+        for i, msg in enumerate(images):
+            depth, pose, rgb = depths.get(key(msg.header)), poses.get(key(msg.header)), image_to_rgb(msg)
+            writer.write(FrameRecord(i, stamp_of(msg.header), rgb, None if depth is None else depth_to_meters(depth),
+                                     None if pose is None else pose_matrix(pose)))
+            frames.append((stamp_of(msg.header), frame_hash(rgb)))
+    return frames
+
+
+def pose_matrix(msg: PoseStamped) -> np.ndarray:
+    """geometry_msgs/PoseStamped -> 4x4 camera-to-world."""
+    from scipy.spatial.transform import Rotation  # scipy is slow to import: only here
+
+    p, q = msg.pose.position, msg.pose.orientation
+    pose = np.eye(4)
+    pose[:3, :3] = Rotation.from_quat([q.x, q.y, q.z, q.w]).as_matrix()
+    pose[:3, 3] = (p.x, p.y, p.z)
+    return pose
+
+
+def frame_hash(rgb: np.ndarray) -> str:
+    return hashlib.sha1(np.ascontiguousarray(rgb).tobytes()).hexdigest()
+
+
+def write_answer(listener: Listener, result: dict, out: Path) -> dict[str, np.ndarray]:
+    """overlay.png, masks.png (16-bit labels), mask_<index>.png per entity and localized_frame.png of
+    the answer; returns the decoded label image and localized frame."""
+    stamp = result["frame"]["stamp"]
+
+    def newest(topic: str) -> Image:
+        return next(m for m in reversed(listener.get(f"{PERCEPTION}/{topic}"))
+                    if abs(stamp_of(m.header) - stamp) < STAMP_TOLERANCE)
+
+    overlay, frame = image_to_rgb(newest("overlay")), image_to_rgb(newest("localized_frame"))
+    labels = image_to_labels(newest("masks"))
+    PILImage.fromarray(overlay).save(out / "overlay.png")
+    PILImage.fromarray(frame).save(out / "localized_frame.png")
+    PILImage.fromarray(labels.astype(np.uint16)).save(out / "masks.png")
+    for entity in result["entities"]:
+        mask = (labels == entity["label_id"]).astype(np.uint8) * 255
+        PILImage.fromarray(mask).save(out / f"mask_{entity['index']}.png")
+    return {"labels": labels, "frame": frame}
+
+
+# --------------------------------------------------------------------------- summary
+
+
+def summarize(config: DemoConfig, reader: FramesReader, referents: Referents, instruction: Instruction,
+              run: NodeRun, answer: dict[str, np.ndarray], recorded: list[tuple[float, str]], model: str) -> dict:
+    """The chosen frame and every entity's mask against the ground truth of that frame. Scene frames
+    are recognised by their pixels: the replay re-stamps them with its clock."""
+    result, localization = run.result, run.result["localization"]
+    stamp = result["frame"]["stamp"]
+    scene_index = {frame_hash(record.rgb): position for position, record in enumerate(reader)}
+    index = scene_index.get(frame_hash(answer["frame"]))
+    if index is None:
+        raise DemoError(f"the localized frame (stamp {stamp:.6f}) matches no frame of the scene in {reader.dir}")
+    buffered = [next((scene_index.get(h) for r, h in recorded if abs(r - s) < STAMP_TOLERANCE), None)
+                for s in localization["stamps"]]
+    record, labels = reader[index], answer["labels"]
+    objects = reader.scene["objects"]
+    truth = {o["id"]: resize_mask(record.masks == o["id"], labels.shape) for o in objects}  # at the node's size
+    area = {o["id"]: int(np.count_nonzero(record.masks == o["id"])) for o in objects}      # at the camera's
+    entities = []
+    for entity in result["entities"]:
+        obj = (referents.text, referents.visual)[entity["index"]]
+        mask = labels == entity["label_id"]
+        ious = {o["id"]: mask_iou(mask, truth[o["id"]]) for o in objects}
+        best = max(ious, key=ious.get)
+        error = None
+        if entity["position"] is not None and record.pose is not None:  # camera frame -> world
+            world = record.pose[:3, :3] @ np.asarray(entity["position"]) + record.pose[:3, 3]
+            error = round(float(np.linalg.norm(world - np.asarray(obj["center"]))), 4)
+        entities.append({
+            "index": entity["index"], "kind": entity["kind"], "label": entity["label"],
+            "refers_to": {"id": obj["id"], "phrase": obj["phrase"]}, "found": entity["pixel_area"] > 0,
+            "score": round(entity["score"], 4), "pixel_area": entity["pixel_area"],
+            "true_pixel_area": int(truth[obj["id"]].sum()), "iou": round(ious[obj["id"]], 4),
+            "best_matching_object": {"id": best, "iou": round(ious[best], 4)} if ious[best] > 0 else None,
+            "position_error_m": error, "mask_file": f"mask_{entity['index']}.png"})
+    visible = min_visible_area(reader.camera)
+    both = referents.both_seen
+    return {
+        "model": model,
+        "scene": {"folder": str(reader.dir), "frames": len(reader), "width": reader.camera.width,
+                  "height": reader.camera.height, "objects": len(objects), "seed": config.seed},
+        "ros_domain_id": config.domain,
+        "instruction": {"id": instruction.id, "text": instruction.text, "text_entity": referents.text["phrase"],
+                        "visual_entity": {"object": referents.visual["phrase"],
+                                          "crop_from_frame": referents.crop_frame}},
+        "frames": {"published": run.published, "buffered": len(buffered),
+                   "buffered_showing_both": sum(1 for i in buffered if i is not None and both[i]),
+                   "scene_frames_showing_both": int(both.sum())},
+        "chosen_frame": {"stamp": stamp, "scene_index": index,
+                         "published": any(abs(r - stamp) < STAMP_TOLERANCE for r, _ in recorded),
+                         "score": localization["scores"][localization["best_index"]],
+                         "rank_of_best_frame_showing_both": _rank_of_best(localization["scores"], buffered, both),
+                         "text_object_visible": area[referents.text["id"]] >= visible,
+                         "text_object_pixels": area[referents.text["id"]],
+                         "visual_object_visible": area[referents.visual["id"]] >= visible,
+                         "visual_object_pixels": area[referents.visual["id"]]},
+        "entities": entities,
+        "timings_ms": result["timings_ms"],
+        "stats": result["stats"],
+    }
+
+
+def _rank_of_best(scores: list[float], indices: list[int | None], both: np.ndarray) -> int | None:
+    """1-based rank, among the buffered frames, of the best-scored frame that shows both objects."""
+    order = np.argsort(-np.asarray(scores, np.float64), kind="stable")
+    for rank, k in enumerate(order, 1):
+        i = indices[k]
+        if i is not None and both[i]:
+            return rank
+    return None
+
+
+def screen(summary: dict, field: dict | None, out: Path) -> str:
+    """The one-screen text form of the summary and the field answer."""
+    chosen, frames, ins = summary["chosen_frame"], summary["frames"], summary["instruction"]
+    yes = lambda v: "yes" if v else "NO"  # noqa: E731
+    lines = [f"FIND node demo — model: {summary['model']}"]
+    if "untrained" in summary["model"]:
+        lines.append("  WARNING: the model is untrained: masks, the chosen frame and the 3D answer are not meaningful")
+    lines += [
+        f"scene: {summary['scene']['frames']} frames {summary['scene']['width']}x{summary['scene']['height']}, "
+        f"{summary['scene']['objects']} objects; ROS_DOMAIN_ID {summary['ros_domain_id']}",
+        f"instruction: {ins['text']!r}  (text: {ins['text_entity']!r}; image: crop of "
+        f"{ins['visual_entity']['object']!r} from frame {ins['visual_entity']['crop_from_frame']})",
+        f"frames: {frames['published']} published, {frames['buffered']} buffered, "
+        f"{frames['buffered_showing_both']} of them show both objects",
+        f"chosen frame: #{chosen['scene_index']} (stamp {chosen['stamp']:.3f}, published: {yes(chosen['published'])}); "
+        f"shows the text object: {yes(chosen['text_object_visible'])} ({chosen['text_object_pixels']} px), "
+        f"the pictured object: {yes(chosen['visual_object_visible'])} ({chosen['visual_object_pixels']} px)",
+    ]
+    for e in summary["entities"]:
+        err = f"{e['position_error_m']:.3f} m" if e["position_error_m"] is not None else "-"
+        iou = f"{e['iou']:.3f}" + (" (both empty)" if not e["found"] and not e["true_pixel_area"] else "")
+        lines.append(f"  entity {e['index']} {e['kind']:6s} {e['label'][:28]!r:30s} found: {yes(e['found'])} "
+                     f"score {e['score']:.2f}  IoU {iou} vs {e['refers_to']['phrase']!r}  3D error {err}")
+    if field is not None:
+        if field["centroid"] is not None:
+            dist = f"{field['distance_m']:.3f} m from its true centre" if field["distance_m"] is not None else ""
+            nearest = field.get("nearest_object") or {}
+            lines.append(f"3D field: {field['frames_fused']} frames, {field['voxels']} voxels; {field['query']!r} at "
+                         f"{field['centroid']} — {dist} (nearest object: {nearest.get('phrase', '-')!r})")
+        else:
+            lines.append(f"3D field: {field['frames_fused']} frames, {field['voxels']} voxels; "
+                         f"{field['query']!r}: no object found")
+    lines.append(f"outputs: {out}/ (summary.json, results.jsonl, overlay.png, masks.png, localized_frame.png, "
+                 f"mask_*.png, field.ply, field_answer.json, recording/, logs/)")
+    return "\n".join(lines)
+
+
+# --------------------------------------------------------------------------- main
+
+
+def clean_outputs(out: Path) -> None:
+    """Remove what an earlier run wrote (only our own files), so nothing stale survives."""
+    library_demo_was_here = (out / "interleave_overlay.png").is_file()
+    for name in OUTPUT_FILES + (OLD_OUTPUT_FILES if library_demo_was_here else ()):
+        (out / name).unlink(missing_ok=True)
+    for path in out.glob("mask_*.png"):
+        path.unlink()
+    for name in OUTPUT_DIRS:
+        if (out / name).is_dir():
+            shutil.rmtree(out / name)
+
+
+def model_description(config: DemoConfig) -> str:
+    if config.checkpoint:
+        return f"checkpoint {config.checkpoint} (model_preset {config.model})"
+    if config.model != EMBEDDED:
+        return f"preset {config.model} (no checkpoint: untrained interface)"
+    if has_embedded_checkpoint():
+        return f"embedded checkpoint {EMBEDDED_CHECKPOINT}"
+    return f"{FALLBACK_PRESET} (untrained fallback: no embedded checkpoint)"
+
+
+def field_step(config: DemoConfig, reader: FramesReader, referents: Referents) -> dict:
+    """Step 6: the 3D field of the recording, in this process, with the same model as the node."""
+    hf_logging.disable_progress_bar()  # one screen of output, not a weights-loading bar
+    torch.set_num_threads(config.torch_threads)
+    torch.manual_seed(config.seed)  # an untrained preset's random weights: the same every run
+    if config.model == EMBEDDED and not config.checkpoint:
+        pipeline, _ = default_pipeline(config.device, warn=log.debug)  # warned at the start already
+        embedded = has_embedded_checkpoint()
+        metadata = {"preset": None if embedded else FALLBACK_PRESET,
+                    "checkpoint": str(EMBEDDED_CHECKPOINT) if embedded else None}
+    else:
+        pipeline = load_pipeline(PerceptionParams(model_preset=config.model, checkpoint=config.checkpoint,
+                                                  device=config.device))
+        metadata = {"preset": config.model, "checkpoint": config.checkpoint or None}
+    log.info(f"3D field: fusing {config.out / 'recording'} and asking for {referents.text['phrase']!r}")
+    return field_demo(config.out / "recording", pipeline, referents.text["phrase"], config.out, config.voxel_size,
+                      metadata=metadata, truth=reader.scene["objects"])
+
+
+def run(config: DemoConfig) -> dict:
+    """The whole demo; returns {"summary": ..., "field": ...}. Raises DemoError on failure, after
+    the nodes have been stopped."""
+    out = config.out
+    out.mkdir(parents=True, exist_ok=True)
+    clean_outputs(out)
+    logs = out / "logs"
+    logs.mkdir()
+    started = time.perf_counter()
+    model = model_description(config)
+    if "untrained fallback" in model:
+        log.warning(fallback_warning())
+    reader = prepare_scene(config)
+    referents = choose_referents(reader)
+    instruction, crop = build_instruction(reader, referents, f"demo-{os.getpid()}-{int(time.time())}")
+    PILImage.fromarray(crop).save(out / "reference_crop.png")
+    (out / "instruction.json").write_text(instruction.to_json() + "\n")
+
+    listener = Listener(config.domain)
+    try:
+        nodes: list[NodeProcess] = []
+        try:
+            nodes = start_nodes(config, logs)
+            node_run = run_nodes(config, listener, nodes, instruction)
+        finally:
+            stop_nodes(nodes, config.stop_timeout)
+            with open(out / "results.jsonl", "w") as f:  # whatever came back, also after a failure
+                for doc in listener.jsons(f"{PERCEPTION}/results"):
+                    f.write(json.dumps(doc) + "\n")
+        recorded = write_recording(listener, out / "recording")
+        answer = write_answer(listener, node_run.result, out)
+    finally:
+        listener.close()
+    summary = summarize(config, reader, referents, instruction, node_run, answer, recorded, model)
+    summary["seconds_nodes"] = round(time.perf_counter() - started, 1)
+    (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    field = field_step(config, reader, referents) if config.run_field else None
+    summary["seconds_total"] = round(time.perf_counter() - started, 1)
+    (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    print(screen(summary, field, out), flush=True)
+    return {"summary": summary, "field": field}
+
+
+def parse_param(text: str) -> tuple[str, Any]:
+    """'name=value' with a YAML value ('buffer_size=10', 'embeddings.enabled=false')."""
+    name, sep, value = text.partition("=")
+    if not sep or not name.strip():
+        raise argparse.ArgumentTypeError(f"expected NAME=VALUE, got {text!r}")
+    return name.strip(), yaml.safe_load(value)
+
+
+def _interrupt(signum: int, frame: Any) -> None:
+    raise KeyboardInterrupt
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m find_ros.demo", description=__doc__.split("\n\n")[0])
+    p.add_argument("--out", type=Path, default=DemoConfig.out)
+    p.add_argument("--scene", type=Path, default=None, help="scene frames folder (default: OUT/scene)")
+    p.add_argument("--seed", type=int, default=DemoConfig.seed)
+    p.add_argument("--frames", type=int, default=DemoConfig.frames)
+    p.add_argument("--width", type=int, default=DemoConfig.width)
+    p.add_argument("--height", type=int, default=DemoConfig.height)
+    p.add_argument("--rate", type=float, default=DemoConfig.rate, help="replay frames per second")
+    p.add_argument("--model", default=DemoConfig.model,
+                   help="'embedded' (the shipped checkpoint; tiny-test when missing) or a preset name")
+    p.add_argument("--checkpoint", default="", help="checkpoint folder (overrides --model when it has config.yaml)")
+    p.add_argument("--device", default=DemoConfig.device)
+    p.add_argument("--threads", type=int, default=0, help="torch threads per process (0 = by core count)")
+    p.add_argument("--domain-id", type=int, default=None, help="ROS_DOMAIN_ID of the demo (default: from the pid)")
+    p.add_argument("--param", type=parse_param, action="append", default=[], metavar="NAME=VALUE",
+                   help="extra find_perception parameter (repeatable)")
+    p.add_argument("--start-timeout", type=float, default=DemoConfig.start_timeout)
+    p.add_argument("--no-field", action="store_true", help="skip the 3D field step")
+    a = p.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="[demo] %(message)s")
+    try:
+        config = DemoConfig(out=a.out, scene=a.scene, seed=a.seed, frames=a.frames, width=a.width, height=a.height,
+                            rate=a.rate, model=a.model, checkpoint=a.checkpoint, device=a.device, threads=a.threads,
+                            domain_id=a.domain_id, perception_params=dict(a.param),
+                            start_timeout=a.start_timeout, run_field=not a.no_field)
+    except ValueError as err:
+        p.error(str(err))
+    # Ctrl-C and `kill` both unwind through run()'s clean-up, which stops the nodes (SIGINT is set
+    # explicitly: a shell starts background jobs with it ignored)
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    signal.signal(signal.SIGTERM, _interrupt)
+    try:
+        run(config)
+    except DemoError as err:
+        print(f"demo failed: {err}", file=sys.stderr, flush=True)
+        return 1
+    except KeyboardInterrupt:
+        print("demo interrupted; the nodes were stopped", file=sys.stderr, flush=True)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
