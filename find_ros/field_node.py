@@ -153,7 +153,7 @@ class QueryParams(_Validated):
 class FieldParams(_Validated):
     """Parameters of find_field (``config/find_field.yaml``)."""
 
-    model_preset: str = option("tiny-test", "Model preset for query embeddings: the perception node's. Empty "
+    model_preset: str = option("embedded", "Model preset for query embeddings: the perception node's (default: the embedded checkpoint). Empty "
                                             "with an empty checkpoint = no model (embedding queries only).")
     checkpoint: str = option("", "Checkpoint folder or model.safetensors file: the perception node's.")
     device: str = option("auto", "Torch device of the model and the fusion: auto, cpu, cuda, cuda:N or mps.")
