@@ -234,6 +234,8 @@ class Instruction:
             doc = json.loads(raw)
         except (ValueError, UnicodeDecodeError) as err:
             raise InstructionError("json", f"not valid JSON: {err}") from None
+        except RecursionError:  # absurdly deep nesting: refuse it like any other malformed document
+            raise InstructionError("json", "not valid JSON: nested too deeply") from None
         if not isinstance(doc, dict):
             raise InstructionError("json", f"must be a JSON object, got {type(doc).__name__}")
         version = doc.get("schema_version")
