@@ -33,7 +33,7 @@ REPO = Path(__file__).resolve().parents[1]
 TINY = ["--model", "tiny-test", "--frames", "6", "--width", "96", "--height", "72", "--rate", "10", "--threads", "1"]
 
 
-def run_demo(out: Path, *extra: str, timeout: float = 110.0) -> subprocess.CompletedProcess:
+def run_demo(out: Path, *extra: str, timeout: float = 300.0) -> subprocess.CompletedProcess:
     env = dict(os.environ, HF_HUB_OFFLINE="1",
                PYTHONPATH=os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]))
     return subprocess.run([sys.executable, "-m", "find_ros.demo", "--out", str(out), *TINY, *extra], cwd=REPO,
@@ -201,7 +201,7 @@ def result_object(summary: dict, index: int) -> int:
 @pytest.mark.ros
 def test_node_demo_stops_every_node_when_perception_cannot_start(tmp_path):
     out = tmp_path / "demo_out"
-    done = run_demo(out, "--no-field", "--param", "buffer_size=0", timeout=90.0)
+    done = run_demo(out, "--no-field", "--param", "buffer_size=0", timeout=240.0)
     assert done.returncode == 1, done.stdout[-2000:] + done.stderr[-3000:]
     assert "demo failed: find_perception exited with code 2" in done.stderr
     assert "'buffer_size' must be >= 1, got 0" in done.stderr      # the node's own reason, passed on
