@@ -5,9 +5,11 @@ projections and heads always; a foundation model's weights only when they are tr
 """
 from __future__ import annotations
 
+import hashlib
 from pathlib import Path
 
 import torch
+from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
 from .config import ModelConfig
@@ -36,10 +38,22 @@ def checkpoint_state(model: FindModel) -> dict[str, torch.Tensor]:
     return {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items() if not k.startswith(skip)}
 
 
+def state_digest(state: dict[str, torch.Tensor]) -> str:
+    """SHA-256 over names, dtypes, shapes and bytes: safetensors has no checksum of its own, so a
+    flipped byte would otherwise load as silently different weights."""
+    digest = hashlib.sha256()
+    for key in sorted(state):
+        tensor = state[key].detach().cpu().contiguous()
+        digest.update(f"{key}|{tensor.dtype}|{tuple(tensor.shape)}|".encode())
+        digest.update(tensor.reshape(-1).view(torch.uint8).numpy().tobytes() if tensor.numel() else b"")
+    return digest.hexdigest()
+
+
 def save_checkpoint(model: FindModel, folder: str | Path) -> Path:
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    save_file(checkpoint_state(model), str(folder / WEIGHTS), metadata={"format": "find_ros/1"})
+    state = checkpoint_state(model)
+    save_file(state, str(folder / WEIGHTS), metadata={"format": "find_ros/1", "sha256": state_digest(state)})
     model.config.to_yaml(folder / CONFIG)
     return folder
 
@@ -64,6 +78,8 @@ def load_weights(model: FindModel, path: str | Path) -> FindModel:
     weights = _weights_path(path)
     try:
         state = load_file(str(weights))
+        with safe_open(str(weights), framework="pt") as handle:
+            recorded = (handle.metadata() or {}).get("sha256")
     except Exception as error:  # safetensors raises several types for truncated / corrupt files
         raise CheckpointError(f"cannot read checkpoint {weights}: {error}") from error
     expected = checkpoint_state(model)
@@ -77,6 +93,9 @@ def load_weights(model: FindModel, path: str | Path) -> FindModel:
             if keys:
                 lines.append(f"  {title} ({len(keys)}): " + ", ".join(keys[:20]) + (" ..." if len(keys) > 20 else ""))
         raise CheckpointError("\n".join(lines))
+    if recorded is not None and recorded != state_digest(state):
+        raise CheckpointError(f"checkpoint {weights} is corrupt or was modified: its tensors do not match the "
+                              "SHA-256 recorded when it was saved")
     model.load_state_dict(state, strict=False)
     return model
 

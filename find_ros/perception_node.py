@@ -95,7 +95,7 @@ def is_clear(raw: str) -> bool:
     if raw.lstrip().startswith("{"):
         try:
             doc = json.loads(raw)
-        except ValueError:
+        except (ValueError, RecursionError):  # the instruction parser reports it as invalid_json
             return False
         return isinstance(doc, dict) and doc.get("clear") is True
     return False

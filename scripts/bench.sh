@@ -1,0 +1,11 @@
+#!/usr/bin/env bash
+# Benchmarks: sets up .venv (idempotent), then runs bench/run.py, which writes bench/RESULTS.md and
+# bench/results.json. --quick shrinks every size (a few minutes on 2 cores, for CI); other arguments
+# go to the runner (e.g. --only models,fusion --device cuda:0). Figures, never pass/fail: the exit
+# code is non-zero only when a benchmark could not be measured at all.
+set -euo pipefail
+root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+"$root/scripts/setup.sh"
+cd "$root"
+export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 TOKENIZERS_PARALLELISM=false
+exec "$root/.venv/bin/python" -m bench.run "$@"
