@@ -1,9 +1,11 @@
 """Run the benchmarks and write bench/RESULTS.md and bench/results.json.
 
-    python -m bench.run [--quick] [--only models,node] [--out bench] [--device cuda:0] [--threads 1]
+    python -m bench.run [--quick] [--only models,node] [--out DIR] [--device cuda:0] [--threads 1]
 
-``--quick`` shrinks every size (a few minutes on 2 CPU cores, for CI). A benchmark that fails is
-reported as not measured and the others still run; the exit code is then 1.
+``--quick`` shrinks every size (a few minutes on 2 CPU cores, for CI). Only a full run of every
+benchmark writes bench/ by default; --quick and --only runs go to bench/out/quick/ and
+bench/out/partial/ (git-ignored) unless --out says otherwise. A benchmark that fails is reported as not measured and the others
+still run; the exit code is then 1.
 """
 from __future__ import annotations
 
@@ -42,7 +44,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="shrink every size (CI)")
     parser.add_argument("--only", help=f"comma-separated subset of {','.join(BENCHMARKS)}")
-    parser.add_argument("--out", type=Path, default=REPO / "bench", help="where RESULTS.md and results.json go")
+    parser.add_argument("--out", type=Path, help="where RESULTS.md and results.json go (default: bench/ for a "
+                                                 "full run of every benchmark, else bench/out/quick/ or "
+                                                 "bench/out/partial/, so those never overwrite the committed results)")
     parser.add_argument("--device", default="auto", help="torch device of the model figures")
     parser.add_argument("--threads", type=int, default=0,
                         help="torch / OpenMP threads in every process (0 = torch's default, all cores); "
@@ -69,7 +73,9 @@ def main(argv: list[str] | None = None) -> int:
     sections = [run_one(name, config) for name in names]
     header["seconds"] = time.perf_counter() - started
     header["load_average_end"] = [round(v, 2) for v in os.getloadavg()]
-    md, js = write(sections, header, args.out)
+    out = args.out or (REPO / "bench" / "out" / "quick" if args.quick else
+                       REPO / "bench" if names == BENCHMARKS else REPO / "bench" / "out" / "partial")
+    md, js = write(sections, header, out)
     print(f"[bench] wrote {md} and {js} in {header['seconds'] / 60:.1f} min", flush=True)
     return 1 if any(s.error for s in sections) else 0
 

@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Benchmarks: sets up .venv (idempotent), then runs bench/run.py, which writes bench/RESULTS.md and
-# bench/results.json. --quick shrinks every size (a few minutes on 2 cores, for CI); other arguments
-# go to the runner (e.g. --only models,fusion --device cuda:0). Figures, never pass/fail: the exit
-# code is non-zero only when a benchmark could not be measured at all.
+# bench/results.json. --quick shrinks every size (a few minutes on 2 cores, for CI) and writes to
+# bench/out/quick/ instead; other arguments go to the runner (--only models,fusion, --device cuda:0,
+# --threads 1 on a machine other jobs share, --out DIR). Figures, never pass/fail: the exit code is
+# non-zero only when a benchmark could not be measured at all.
 set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 "$root/scripts/setup.sh"

@@ -3,8 +3,9 @@
 * A training process SIGKILLed after a checkpoint, then resumed with ``--resume``, ends with exactly
   the weights (and loss log) of a run that was never interrupted.
 * A truncated or tampered checkpoint (cut anywhere, header length, header bytes, a shape or dtype
-  edited in the safetensors header) is refused with a CheckpointError that names the file and the
-  problem — by FindPipeline.from_checkpoint, by a resuming trainer, and by find_perception at start.
+  edited in the safetensors header, flipped tensor bytes) is refused with a CheckpointError that
+  names the file and the problem — by FindPipeline.from_checkpoint, by a resuming trainer, and by
+  find_perception at start.
 * A model exception inside find_perception becomes an ``error`` result on ``~/results`` and the node
   keeps serving: over DDS with a real trigger (an entity beyond the language model's max_length),
   and in-process for the frame path, where the pipeline's methods are replaced by ones that raise
@@ -186,9 +187,12 @@ def test_a_tampered_checkpoint_is_refused_with_a_clear_error(case: str, checkpoi
 
 
 def test_flipped_tensor_bytes_are_refused(checkpoint: Path, tmp_path: Path):
+    """Safetensors itself would load them as silently different weights: the SHA-256 saved with the
+    checkpoint catches them."""
     folder = tampered(checkpoint, tmp_path / "bad", flip(offset_from_data=1000))
-    with pytest.raises(CheckpointError):
+    with pytest.raises(CheckpointError) as err:
         FindPipeline.from_checkpoint(folder, device="cpu")
+    assert str(folder / "model.safetensors") in str(err.value) and "SHA-256" in str(err.value)
 
 
 @pytest.mark.slow
