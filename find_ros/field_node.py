@@ -60,10 +60,8 @@ from pathlib import Path
 from typing import Any, Generic, TypeVar
 
 import numpy as np
-import rclpy
 from geometry_msgs.msg import PoseStamped
 from nav_msgs.msg import Odometry
-from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
 from rclpy.node import Node
 from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy
 from sensor_msgs.msg import CameraInfo, Image, PointCloud2, PointField
@@ -76,6 +74,7 @@ from find_core.field.io import relevancy_colors
 from find_core.field.objects import cut_off
 from find_core.instructions import Instruction, InstructionError, parse_instruction
 
+from .node_runner import run_node
 from .image_conversion import ImageConversionError, depth_to_meters, image_to_embeddings
 from .params import DEVICE_PATTERN, ParameterError, _Validated, declare_params, option
 from .perception_node import colour, load_pipeline, scale_intrinsics
@@ -1016,30 +1015,7 @@ class FindFieldNode(Node):
 
 
 def main(argv: list[str] | None = None) -> int:
-    rclpy.init(args=argv)
-    try:
-        node = FindFieldNode()
-    except StartupError as err:
-        rclpy.logging.get_logger("find_field").fatal(str(err))
-        rclpy.try_shutdown()
-        return 2
-    except Exception:
-        if rclpy.ok():
-            raise
-        return 0  # Ctrl-C during start-up shut the context down under us: a normal stop
-    executor = SingleThreadedExecutor()
-    executor.add_node(node)
-    try:
-        executor.spin()
-    except (KeyboardInterrupt, ExternalShutdownException):
-        pass
-    finally:
-        node.shutdown()
-        node.destroy_node()   # first: its rosout publisher is gone with the context, logging stays
-        node.save_on_exit()
-        rclpy.try_shutdown()
-    return 0
-
+    return run_node(argv, FindFieldNode, "find_field", StartupError, after_destroy=lambda node: node.save_on_exit())
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -28,10 +28,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import rclpy
 from PIL import Image as PILImage
 from PIL import ImageDraw
-from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
 from rclpy.expand_topic_name import expand_topic_name
 from rclpy.node import Node
 from rclpy.subscription import Subscription
@@ -43,6 +41,7 @@ from find_core.embedded import EMBEDDED, default_pipeline
 from find_core.instructions import Instruction, InstructionError, VisualReference, parse_instruction
 from find_core.pipeline import FindPipeline
 
+from .node_runner import run_node
 from .frame_buffer import BufferedFrame, DepthFrame, FrameBuffer
 from .image_conversion import (ImageConversionError, compressed_to_rgb, depth_to_meters, embeddings_to_image,
                                image_to_rgb, labels_to_image, rgb_to_image)
@@ -701,29 +700,7 @@ class FindPerceptionNode(Node):
 
 
 def main(argv: list[str] | None = None) -> int:
-    rclpy.init(args=argv)
-    try:
-        node = FindPerceptionNode()
-    except StartupError as err:
-        rclpy.logging.get_logger("find_perception").fatal(str(err))
-        rclpy.try_shutdown()
-        return 2
-    except Exception:
-        if rclpy.ok():
-            raise
-        return 0  # Ctrl-C during start-up shut the context down under us: a normal stop
-    executor = SingleThreadedExecutor()
-    executor.add_node(node)
-    try:
-        executor.spin()
-    except (KeyboardInterrupt, ExternalShutdownException):
-        pass
-    finally:
-        node.shutdown()
-        node.destroy_node()
-        rclpy.try_shutdown()
-    return 0
-
+    return run_node(argv, FindPerceptionNode, "find_perception", StartupError)
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -1,0 +1,39 @@
+"""The process life cycle every find_ros node shares: init, build, spin, clean shutdown."""
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import rclpy
+from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
+from rclpy.node import Node
+
+
+def run_node(argv: list[str] | None, create: Callable[[], Node], name: str, startup_error: type[Exception],
+             after_destroy: Callable[[Node], None] | None = None) -> int:
+    """Build the node with `create` and spin it. A `startup_error` (bad parameters, model not
+    loadable) is logged and gives exit code 2; Ctrl-C at any time is a normal stop (0). The node's
+    `shutdown()` runs before it is destroyed; `after_destroy` (e.g. saving a map) runs after."""
+    rclpy.init(args=argv)
+    try:
+        node = create()
+    except startup_error as err:
+        rclpy.logging.get_logger(name).fatal(str(err))
+        rclpy.try_shutdown()
+        return 2
+    except Exception:
+        if rclpy.ok():
+            raise
+        return 0  # Ctrl-C during start-up shut the context down under us: a normal stop
+    executor = SingleThreadedExecutor()
+    executor.add_node(node)
+    try:
+        executor.spin()
+    except (KeyboardInterrupt, ExternalShutdownException):
+        pass
+    finally:
+        node.shutdown()
+        node.destroy_node()   # first: its rosout publisher is gone with the context, logging stays
+        if after_destroy is not None:
+            after_destroy(node)
+        rclpy.try_shutdown()
+    return 0
