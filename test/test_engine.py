@@ -90,6 +90,24 @@ def test_every_task_loss_is_finite_and_trains_the_interface(task, model, data_ro
     assert all(p.grad is None for p in model.vision.parameters())                  # frozen: no gradient
 
 
+def test_class_embedding_grad_off_keeps_generic_loss_out_of_the_class_name_path(model, data_root):
+    """class_embedding_grad: false makes class names targets only: the generic loss is unchanged but
+    no gradient reaches the text side, while the image side still learns."""
+    batch = batch_of("generic", data_root)
+    losses = {}
+    for flag in (True, False):
+        model.zero_grad()
+        output = Criterion(LossConfig(num_points=256, class_embedding_grad=flag))(model, batch)
+        output.total.backward()
+        losses[flag] = output.total.item()
+        text_side = grad_norm(model.language_projection.weight)
+        assert (text_side > 0) is flag
+        assert grad_norm(model.interface.heads.semantic.weight) > 0
+    assert losses[False] == pytest.approx(losses[True], rel=1e-6)
+    with pytest.raises(ValueError, match="class_embedding_grad"):
+        LossConfig(class_embedding_grad="no")
+
+
 def test_retrieval_loss_sums_every_prediction_set(model, data_root):
     """Deep supervision, checked by recomputing the contrastive loss of every set independently."""
     batch = batch_of("retrieval", data_root, (0, 1, 2))

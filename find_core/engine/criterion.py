@@ -102,6 +102,8 @@ class Criterion:
     def _generic(self, model: FindModel, batch: SegmentationBatch) -> dict[str, torch.Tensor]:
         device = model.device
         class_embeddings = generic.class_embeddings(model, [ClassPrompt(text=n) for n in batch.class_names]).float()
+        if not self.config.class_embedding_grad:
+            class_embeddings = class_embeddings.detach()
         sets = model.run_interface(self.encode(model, batch), [SampleInputs() for _ in range(len(batch))],
                                    generic.TASK)
         num_classes, num_queries = class_embeddings.shape[0], sets[0].object_semantic.shape[1]

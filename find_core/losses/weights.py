@@ -60,6 +60,9 @@ class LossConfig:
     matcher_cost_class: float = 2.0
     matcher_cost_mask: float = 5.0
     matcher_cost_dice: float = 5.0
+    # False: generic segmentation's class embeddings are targets only (no gradient through the
+    # class-name path). Helps when the vision side starts from scratch: see synthetic_tiny.yaml.
+    class_embedding_grad: bool = True
 
     def __post_init__(self) -> None:
         for name in _TASK_FIELDS:
@@ -75,6 +78,8 @@ class LossConfig:
             if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
                 raise ValueError(f"LossConfig.{name} must be a number >= 0, got {value!r}")
             setattr(self, name, float(value))
+        if not isinstance(self.class_embedding_grad, bool):
+            raise ValueError(f"LossConfig.class_embedding_grad must be true or false, got {self.class_embedding_grad!r}")
         if self.oversample_ratio < 1.0:
             # Importance sampling keeps a subset of the oversampled points; fewer than
             # num_points candidates cannot supply them.
