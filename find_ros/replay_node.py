@@ -36,6 +36,7 @@ from sensor_msgs.msg import CameraInfo, CompressedImage, Image
 from std_msgs.msg import Header
 
 from .image_conversion import ImageConversionError, compressed_to_rgb, rgb_to_image
+from .node_runner import start_node
 from .params import ParameterError, ReplayParams, declare_params
 from .qos import replay_qos
 
@@ -349,17 +350,10 @@ class FindReplayNode(Node):
 
 
 def main(argv: list[str] | None = None) -> int:
-    rclpy.init(args=argv)
-    try:
-        node = FindReplayNode()
-    except StartupError as err:
-        rclpy.logging.get_logger("find_replay").fatal(str(err))
-        rclpy.try_shutdown()
-        return 2
-    except Exception:
-        if rclpy.ok():
-            raise
-        return 0  # Ctrl-C during start-up shut the context down under us: a normal stop
+    """Unlike the other nodes, the replay loop runs in this thread and the executor in another."""
+    node, code = start_node(argv, FindReplayNode, "find_replay", StartupError)
+    if node is None:
+        return code
     executor = SingleThreadedExecutor()
     executor.add_node(node)
     spinner = threading.Thread(target=executor.spin, daemon=True)
