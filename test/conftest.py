@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -38,3 +40,18 @@ def scene_image() -> np.ndarray:
     yy, xx = np.mgrid[:48, :80]
     image[(yy - 30) ** 2 + (xx - 56) ** 2 < 100] = (30, 30, 220)
     return image
+
+
+@pytest.fixture(scope="session")
+def synthetic_data(tmp_path_factory) -> Callable[[int], Path]:
+    """`synthetic_data(seed)`: a generated synthetic dataset (8 images at 64 px: 6 train, 2 val),
+    made once per seed and shared read-only by the training tests."""
+    from find_core.data import SyntheticConfig, generate
+    made: dict[int, Path] = {}
+
+    def make(seed: int) -> Path:
+        if seed not in made:
+            made[seed] = tmp_path_factory.mktemp(f"synthetic{seed}")
+            generate(made[seed], SyntheticConfig(images=8, size=64, seed=seed))
+        return made[seed]
+    return make

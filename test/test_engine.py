@@ -15,7 +15,6 @@ import torch
 from safetensors.torch import load_file
 
 from find_core.config import ConfigError, ModelConfig
-from find_core.data import SyntheticConfig, generate
 from find_core.engine import TASKS, Criterion, FeatureCache, TaskData, TrainConfig, Trainer, derive_seed, sample_spatial_prompts
 from find_core.engine.batches import InterleaveBatch
 from find_core.engine.config import InteractiveConfig, OptimConfig
@@ -33,10 +32,8 @@ TEST_CONFIG = ROOT / "training" / "configs" / "test_tiny.yaml"
 
 
 @pytest.fixture(scope="module")
-def data_root(tmp_path_factory) -> Path:
-    out = tmp_path_factory.mktemp("synthetic")
-    generate(out, SyntheticConfig(images=8, size=64, seed=0))   # 6 train, 2 val images
-    return out
+def data_root(synthetic_data) -> Path:
+    return synthetic_data(0)
 
 
 @pytest.fixture()

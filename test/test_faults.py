@@ -33,7 +33,6 @@ import torch
 from safetensors.torch import load_file
 
 from find_core.checkpoint import CheckpointError, save_checkpoint
-from find_core.data import SyntheticConfig, generate
 from find_core.engine import TrainConfig, Trainer, latest_checkpoint
 from find_core.pipeline import FindPipeline
 
@@ -45,10 +44,8 @@ ENV = dict(os.environ, OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1", TOKENIZERS_PARAL
 
 
 @pytest.fixture(scope="module")
-def data_root(tmp_path_factory) -> Path:
-    out = tmp_path_factory.mktemp("synthetic")
-    generate(out, SyntheticConfig(images=8, size=64, seed=2))
-    return out
+def data_root(synthetic_data) -> Path:
+    return synthetic_data(2)
 
 
 def train_command(data_root: Path, out: Path, *extra: str) -> list[str]:

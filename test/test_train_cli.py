@@ -14,7 +14,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from find_core.data import CocoCaptions, CocoPanoptic, RefCocoG, SyntheticConfig, generate
+from find_core.data import CocoCaptions, CocoPanoptic, RefCocoG
 from find_core.engine import EvalConfig, TrainConfig, latest_checkpoint
 from find_core.engine.evaluation import evaluate as run_evaluation
 from find_core.metrics import GroundingEvaluator, PanopticEvaluator, PanopticSegment, image_text_retrieval
@@ -36,10 +36,8 @@ EXPECTED = {
 
 
 @pytest.fixture(scope="module")
-def data_root(tmp_path_factory) -> Path:
-    out = tmp_path_factory.mktemp("synthetic")
-    generate(out, SyntheticConfig(images=8, size=64, seed=1))
-    return out
+def data_root(synthetic_data) -> Path:
+    return synthetic_data(1)
 
 
 @pytest.fixture(scope="module")

@@ -7,6 +7,7 @@
       generic: {weight: 1, batch_size: 4}
       retrieval: {weight: 1, batch_size: 8, split: train}
     interactive: {max_objects: 4}     # how training clicks / boxes / scribbles are drawn
+    vision_warmup: {steps: 0}         # segment classification first, for a vision side from scratch
     loss: {num_points: 1024}          # find_core.losses.LossConfig overrides
     optim: {lr: 1.0e-4, warmup_steps: 10}
     train: {steps: 100, seed: 0, precision: bf16, checkpoint_every: 50}
@@ -126,6 +127,23 @@ class OptimConfig:
 
 
 @dataclass
+class VisionWarmupConfig:
+    """Optional first stage for a vision side trained from scratch (see find_core.engine.vision_warmup):
+    `steps` of segment classification on the generic task's panoptic data before FIND training."""
+
+    steps: int = 0                 # 0 = off (pretrained vision weights need no warm-up)
+    batch_size: int = 16           # GLOBAL batch of images, split over the processes
+    lr: float = 4e-4               # AdamW, constant
+    weight_decay: float = 0.01
+    log_every: int = 150
+
+    def __post_init__(self) -> None:
+        if self.steps < 0 or self.batch_size < 1 or self.lr <= 0 or self.weight_decay < 0 or self.log_every < 1:
+            raise ConfigError("vision_warmup: need steps >= 0, batch_size >= 1, lr > 0, weight_decay >= 0, "
+                              "log_every >= 1")
+
+
+@dataclass
 class RunConfig:
     steps: int = 100
     seed: int = 0
@@ -181,6 +199,7 @@ class TrainConfig:
     data: DataConfig = field(default_factory=DataConfig)
     tasks: TasksConfig = field(default_factory=TasksConfig)
     interactive: InteractiveConfig = field(default_factory=InteractiveConfig)
+    vision_warmup: VisionWarmupConfig = field(default_factory=VisionWarmupConfig)
     loss: LossConfig = field(default_factory=LossConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     train: RunConfig = field(default_factory=RunConfig)

@@ -33,16 +33,18 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
-from ..checkpoint import load_weights, save_checkpoint
+from ..checkpoint import WEIGHTS, load_weights, save_checkpoint
 from ..config import ConfigError
 from ..model import FindModel
 from . import distributed
 from .batches import Batch, FeatureCache, TaskData, derive_seed
 from .config import TASKS, OptimConfig, TrainConfig
 from .criterion import TERMS, Criterion, LossOutput
+from .vision_warmup import warm_up_vision
 
 CHECKPOINTS = "checkpoints"
 LATEST = "LATEST"
+WARMUP = "vision_warmup"
 STATE_TENSORS = "trainer_state.safetensors"
 STATE_JSON = "trainer_state.json"
 LOG_CSV = "train_log.csv"
@@ -212,6 +214,10 @@ class Trainer:
             self.streams[name] = distributed.ShardedStream(len(self.data[name]), self.dist,
                                                            derive_seed(run.seed, TASKS.index(name)) & 0x7FFFFFFF)
 
+        checkpoint = latest_checkpoint(self.out_dir) if resume else None
+        if checkpoint is None and config.vision_warmup.steps > 0:
+            self._warm_up_vision(resume)
+
         cache = None
         if run.cache_features:
             if not model.vision_frozen:
@@ -225,7 +231,6 @@ class Trainer:
         self.step = 0
         self.history: list[dict[str, Any]] = []
         if resume:
-            checkpoint = latest_checkpoint(self.out_dir)
             if checkpoint is None:
                 self._log(f"--resume: no checkpoint under {self.out_dir / CHECKPOINTS}; starting from step 0")
             else:
@@ -240,6 +245,26 @@ class Trainer:
         else:
             self.module = train_step
         self._writer = self._tensorboard() if self.dist.is_main else None
+
+    def _warm_up_vision(self, resume: bool) -> None:
+        """Run the vision warm-up (find_core.engine.vision_warmup) and keep its result in OUT/vision_warmup,
+        which --resume reloads instead of warming up again."""
+        folder = self.out_dir / WARMUP
+        if resume and (folder / WEIGHTS).is_file():
+            load_weights(self.model, folder)
+            self._log(f"resumed the vision warm-up from {folder}")
+            return
+        warmup = self.config.vision_warmup
+        if warmup.batch_size % self.dist.world_size:
+            raise ConfigError(f"vision_warmup.batch_size {warmup.batch_size} is not divisible by the "
+                              f"{self.dist.world_size} processes")
+        data = self.data.get("generic") or TaskData.open(
+            "generic", self.config.task_root("generic"), self.config.task_split("generic"),
+            self.model.config.vision.input_size)
+        warm_up_vision(self.model, data, warmup, self.config.train.seed, self.device, self._log)
+        if self.dist.is_main:
+            save_checkpoint(self.model, folder)
+        distributed.barrier()
 
     # ---- one step ---------------------------------------------------------------------------------
     def draw_task(self, step: int) -> str:
