@@ -204,10 +204,7 @@ class Trainer:
         self.streams: dict[str, distributed.ShardedStream] = {}
         self.local_batch: dict[str, int] = {}
         for name, task in self.tasks.items():
-            if task.batch_size % self.dist.world_size:
-                raise ConfigError(f"tasks.{name}.batch_size {task.batch_size} is not divisible by the "
-                                  f"{self.dist.world_size} processes")
-            self.local_batch[name] = task.batch_size // self.dist.world_size
+            self.local_batch[name] = self._per_process(f"tasks.{name}.batch_size", task.batch_size)
             self.data[name] = TaskData.open(name, config.task_root(name), config.task_split(name),
                                             model.config.vision.input_size, config.interactive,
                                             config.data.captions_file, config.data.refcoco_image_dir)
@@ -246,6 +243,12 @@ class Trainer:
             self.module = train_step
         self._writer = self._tensorboard() if self.dist.is_main else None
 
+    def _per_process(self, key: str, batch_size: int) -> int:
+        """Each process's share of a global batch size (config key `key`), which must split evenly."""
+        if batch_size % self.dist.world_size:
+            raise ConfigError(f"{key} {batch_size} is not divisible by the {self.dist.world_size} processes")
+        return batch_size // self.dist.world_size
+
     def _warm_up_vision(self, resume: bool) -> None:
         """Run the vision warm-up (find_core.engine.vision_warmup) and keep its result in OUT/vision_warmup,
         which --resume reloads instead of warming up again."""
@@ -255,13 +258,11 @@ class Trainer:
             self._log(f"resumed the vision warm-up from {folder}")
             return
         warmup = self.config.vision_warmup
-        if warmup.batch_size % self.dist.world_size:
-            raise ConfigError(f"vision_warmup.batch_size {warmup.batch_size} is not divisible by the "
-                              f"{self.dist.world_size} processes")
+        local_batch = self._per_process("vision_warmup.batch_size", warmup.batch_size)
         data = self.data.get("generic") or TaskData.open(
             "generic", self.config.task_root("generic"), self.config.task_split("generic"),
             self.model.config.vision.input_size)
-        warm_up_vision(self.model, data, warmup, self.config.train.seed, self.device, self._log)
+        warm_up_vision(self.model, data, warmup, local_batch, self.config.train.seed, self.device, self._log)
         if self.dist.is_main:
             save_checkpoint(self.model, folder)
         distributed.barrier()

@@ -38,33 +38,34 @@ class SegmentClassifier(nn.Module):
 
     def __init__(self, model: FindModel, num_classes: int):
         super().__init__()
-        self.vision = model.vision
+        self.vision = model.vision              # registered here so the optimizer and DDP see them
         self.pixel_decoder = model.pixel_decoder
+        self.encode_images = model.encode_images
         width = model.config.interface.width
         self.classifier = nn.Linear(width * 4, num_classes)
 
     def forward(self, batch: SegmentationBatch) -> tuple[torch.Tensor, torch.Tensor]:
         """(mean cross-entropy over the batch's segments, how many were classified right)."""
         device = batch.images.device
-        mask_features, levels = self.pixel_decoder(self.vision(self.vision.normalize(batch.images)))
+        features = self.encode_images(batch.images)
         owner = torch.cat([torch.full((len(m),), b, dtype=torch.long) for b, m in enumerate(batch.masks)]).to(device)
         masks = torch.cat(batch.masks).to(device)
         labels = torch.cat(batch.labels).to(device)
         if labels.numel() == 0:  # no segment in any image: a zero loss that still reaches every weight
             return sum(p.sum() for p in self.parameters()) * 0.0, labels.new_zeros(())
-        pooled = torch.cat([mask_pooled(level[owner], masks) for level in (mask_features, *levels)], dim=1)
+        pooled = torch.cat([mask_pooled(level[owner], masks) for level in (features.mask_features, *features.levels)], dim=1)
         logits = self.classifier(pooled)
         return F.cross_entropy(logits, labels), (logits.argmax(dim=1) == labels).sum()
 
 
-def warm_up_vision(model: FindModel, data: TaskData, config: VisionWarmupConfig, seed: int,
+def warm_up_vision(model: FindModel, data: TaskData, config: VisionWarmupConfig, local_batch: int, seed: int,
                    device: torch.device, log: Callable[[str], None]) -> None:
-    """Train `model`'s vision encoder and pixel decoder in place on `data` (generic-task batches)."""
+    """Train `model`'s vision encoder and pixel decoder in place on `data` (generic-task batches),
+    `local_batch` images per process."""
     if model.vision_frozen:
         raise ConfigError("vision_warmup trains the vision side: set model.vision.frozen and "
                          "model.pixel_decoder.frozen to false (or vision_warmup.steps to 0)")
     dist = distributed.info()
-    local_batch = config.batch_size // dist.world_size
     classifier = SegmentClassifier(model, len(data.class_names)).to(device)
     module: nn.Module = classifier
     if dist.distributed:
