@@ -15,6 +15,10 @@ node does) and grounds the instruction in the best one; filling that buffer is t
 The interface figure times the parts separately on the letterboxed input: vision backbone, pixel
 decoder, language model, and ``model.run_interface`` (generic and grounding) on precomputed
 features. FIND's claim is that the interface is light next to the foundation models.
+
+The input-size figure prices ``FindPipeline(input_size=...)``: ``embed_pixels`` of one 320×240
+frame letterboxed to larger sides than the synthetic model's own 128 (the demo and the 3D field use
+256, where the demo camera's objects reach the training scale), against the model's own size.
 """
 from __future__ import annotations
 
@@ -79,6 +83,16 @@ def component_times(pipe, frame: np.ndarray, repeats: int, min_seconds: float) -
     return {name: time_call(fn, repeats, min_seconds=min_seconds).median for name, fn in calls.items()}
 
 
+def input_size_times(pipe, config: BenchConfig, repeats: int) -> dict[int, float]:
+    """Median seconds of embed_pixels on one 320×240 frame per inference input size."""
+    from find_core.pipeline import FindPipeline
+    frame = scene_frame(0, 240, 320)
+    own = pipe.model.config.vision.input_size
+    sizes = [own] + [s for s in config.pick((192, 256, 320), (256,)) if s != own]
+    return {size: time_call(lambda p=FindPipeline(pipe.model, str(pipe.device), input_size=size): p.embed_pixels(frame),
+                            repeats, min_seconds=config.pick(2.0, 0.5)).median for size in sizes}
+
+
 def parameter_counts(pipe) -> dict[str, float]:
     """Millions of parameters per part."""
     model = pipe.model
@@ -121,6 +135,7 @@ def run(config: BenchConfig) -> Section:
     runs = []
     pipe, label = synthetic_pipeline(config.device)
     runs.append(measure(pipe, label, config, config.pick(5, 2), config.pick(32, 8), config.pick(32, 8)))
+    by_size = input_size_times(pipe, config, config.pick(5, 2))
     device = device_label(str(pipe.device))
     del pipe
     gc.collect()
@@ -128,7 +143,7 @@ def run(config: BenchConfig) -> Section:
     runs.append(measure(pipe, label, config, 1, config.pick(32, 4), config.pick(4, 2)))
     del pipe
     gc.collect()
-    section.data = {"device": device, "runs": runs}
+    section.data = {"device": device, "runs": runs, "embed_pixels_by_input_size_s": by_size}
 
     tasks = list(next(iter(runs[0]["tasks"].values())))
     for r in runs:
@@ -156,5 +171,11 @@ def run(config: BenchConfig) -> Section:
                            ratio(c["interface_generic"], c["vision_backbone"])])
     table.notes.append("interface = model.run_interface on precomputed features (all layers and heads); "
                        "encode_images = backbone + pixel decoder.")
+    section.tables.append(table)
+
+    own = next(iter(by_size))
+    table = Table(f"{runs[0]['model']} — embed_pixels of a 320×240 frame by inference input size on {device}",
+                  ["input size", "ms", f"× input {own} (the model's own)"])
+    table.rows += [[f"{size}²", ms(t), ratio(t, by_size[own])] for size, t in by_size.items()]
     section.tables.append(table)
     return section

@@ -35,17 +35,19 @@ def fallback_warning() -> str:
             f"untrained '{FALLBACK_PRESET}' preset instead; its masks, rankings and 3D answers are not meaningful")
 
 
-def default_pipeline(device: str = "auto", precision: str = "fp32",
-                     warn: Callable[[str], object] | None = None) -> tuple[FindPipeline, str]:
+def default_pipeline(device: str = "auto", precision: str = "fp32", warn: Callable[[str], object] | None = None,
+                     input_size: int | None = None) -> tuple[FindPipeline, str]:
     """The embedded checkpoint when the package has one, otherwise ``tiny-test`` with a warning
     (through ``warn``, e.g. a ROS logger; this module's logger by default).
 
-    Returns the pipeline and a short description of what was loaded, for logs and result files."""
+    Returns the pipeline and a short description of what was loaded, for logs and result files;
+    ``input_size`` is :class:`~find_core.pipeline.FindPipeline`'s (None: the model's own)."""
     from .pipeline import FindPipeline
 
     if has_embedded_checkpoint():
-        return (FindPipeline.from_checkpoint(EMBEDDED_CHECKPOINT, device=device, precision=precision),
+        return (FindPipeline.from_checkpoint(EMBEDDED_CHECKPOINT, device=device, precision=precision,
+                                             input_size=input_size),
                 f"embedded checkpoint {EMBEDDED_CHECKPOINT}")
     (warn or log.warning)(fallback_warning())
-    return (FindPipeline.from_preset(FALLBACK_PRESET, device=device, precision=precision),
+    return (FindPipeline.from_preset(FALLBACK_PRESET, device=device, precision=precision, input_size=input_size),
             f"{FALLBACK_PRESET} (untrained fallback: no embedded checkpoint)")

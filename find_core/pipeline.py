@@ -17,6 +17,7 @@ import torch.nn.functional as F
 
 from .checkpoint import load_config_beside, load_weights
 from .config import ModelConfig
+from .encoders.vision import STRIDES
 from .instructions import Instruction, parse_instruction
 from .interface.inputs import ImageFeatures, PredictionSet
 from .model import FindModel
@@ -40,34 +41,45 @@ def resolve_device(device: str) -> torch.device:
 
 
 class FindPipeline:
-    def __init__(self, model: FindModel, device: str = "auto", precision: str = "fp32", batch_size: int = 8):
+    """``input_size``: the side frames are letterboxed to (default: the model's training size,
+    ``vision.input_size``). A model recognises objects at about the pixel size it was trained on, so
+    when a camera sees them smaller, a larger input size brings them back to that scale, at a
+    quadratic cost in time (``python -m training.evaluate_field --input-size`` measures the effect)."""
+
+    def __init__(self, model: FindModel, device: str = "auto", precision: str = "fp32", batch_size: int = 8,
+                 input_size: int | None = None):
         if precision not in PRECISIONS:
             raise ValueError(f"precision must be one of {sorted(PRECISIONS)}, got '{precision}'")
+        multiple = STRIDES[-1]
+        if input_size is not None and (input_size <= 0 or input_size % multiple):
+            raise ValueError(f"input_size must be a positive multiple of {multiple}, got {input_size}")
         self.device = resolve_device(device)
         self.model = model.to(self.device).eval()
         self.precision = precision
         self.batch_size = batch_size
+        self.input_size = input_size or model.config.vision.input_size
         self._class_cache: tuple[tuple, torch.Tensor] | None = None
 
     # ---- construction -------------------------------------------------------------------------
     @classmethod
     def from_config(cls, path: str | Path | ModelConfig, checkpoint: str | Path | None = None,
-                    device: str = "auto", precision: str = "fp32") -> "FindPipeline":
+                    device: str = "auto", precision: str = "fp32", input_size: int | None = None) -> "FindPipeline":
         config = path if isinstance(path, ModelConfig) else ModelConfig.from_yaml(path)
         model = FindModel(config)
         if checkpoint is not None:
             load_weights(model, checkpoint)
-        return cls(model, device, precision)
+        return cls(model, device, precision, input_size=input_size)
 
     @classmethod
     def from_preset(cls, name: str, checkpoint: str | Path | None = None, device: str = "auto",
-                    precision: str = "fp32") -> "FindPipeline":
-        return cls.from_config(preset_path(name), checkpoint, device, precision)
+                    precision: str = "fp32", input_size: int | None = None) -> "FindPipeline":
+        return cls.from_config(preset_path(name), checkpoint, device, precision, input_size)
 
     @classmethod
-    def from_checkpoint(cls, checkpoint: str | Path, device: str = "auto", precision: str = "fp32") -> "FindPipeline":
+    def from_checkpoint(cls, checkpoint: str | Path, device: str = "auto", precision: str = "fp32",
+                        input_size: int | None = None) -> "FindPipeline":
         """A checkpoint folder carries its own config.yaml."""
-        return cls.from_config(load_config_beside(checkpoint), checkpoint, device, precision)
+        return cls.from_config(load_config_beside(checkpoint), checkpoint, device, precision, input_size)
 
     # ---- shared steps --------------------------------------------------------------------------
     def _autocast(self):
@@ -76,7 +88,7 @@ class FindPipeline:
         return torch.autocast(self.device.type, dtype=PRECISIONS[self.precision])
 
     def _encode(self, images: Sequence[np.ndarray]) -> tuple[ImageFeatures, list[Letterbox]]:
-        tensor, boxes = letterbox(list(images), self.model.config.vision.input_size)
+        tensor, boxes = letterbox(list(images), self.input_size)
         parts = [self.model.encode_images(tensor[i:i + self.batch_size])
                  for i in range(0, len(tensor), self.batch_size)]
         return ImageFeatures.cat(parts), boxes

@@ -235,22 +235,24 @@ class _Stopwatch:
                 "total": round((time.perf_counter() - self.start) * 1000.0, 3)}
 
 
-def load_pipeline(params: PerceptionParams, warn: Callable[[str], object] | None = None) -> FindPipeline:
+def load_pipeline(params: PerceptionParams, warn: Callable[[str], object] | None = None,
+                  size: int | None = None) -> FindPipeline:
     """The model, loaded once at start-up. A checkpoint with its own config.yaml wins over the preset;
     ``model_preset: embedded`` is :func:`find_core.embedded.default_pipeline` (``warn`` receives its
-    fallback warning)."""
+    fallback warning). ``size`` is the pipeline's inference input size (None: the model's own); the
+    field node, which loads its query model with this too, leaves it at None."""
     if params.checkpoint:
         path = Path(params.checkpoint).expanduser()
         folder = path if path.is_dir() else path.parent
         if (folder / "config.yaml").is_file():
-            return FindPipeline.from_checkpoint(path, params.device, params.precision)
+            return FindPipeline.from_checkpoint(path, params.device, params.precision, size)
         if params.model_preset == EMBEDDED:
             raise ValueError(f"checkpoint {path} has no config.yaml beside it: set model_preset to the preset "
                              "it was trained with")
-        return FindPipeline.from_preset(params.model_preset, path, params.device, params.precision)
+        return FindPipeline.from_preset(params.model_preset, path, params.device, params.precision, size)
     if params.model_preset == EMBEDDED:
-        return default_pipeline(params.device, params.precision, warn)[0]
-    return FindPipeline.from_preset(params.model_preset, None, params.device, params.precision)
+        return default_pipeline(params.device, params.precision, warn, size)[0]
+    return FindPipeline.from_preset(params.model_preset, None, params.device, params.precision, size)
 
 
 class StartupError(RuntimeError):
@@ -273,7 +275,7 @@ class FindPerceptionNode(Node):
         self._log = self.get_logger()
         started = time.perf_counter()
         try:
-            self.pipeline = load_pipeline(p, self._log.warning)
+            self.pipeline = load_pipeline(p, self._log.warning, p.input_size or None)
         except Exception as err:  # unknown preset, missing weights, CUDA absent, ...: one clear line
             raise StartupError(f"cannot load the model (model_preset={p.model_preset!r}, "
                                f"checkpoint={p.checkpoint!r}, device={p.device!r}): {err}") from None

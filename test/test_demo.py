@@ -30,7 +30,8 @@ from find_core.data.scene_video import render_scene_video
 from find_core.instructions import parse_instruction
 
 REPO = Path(__file__).resolve().parents[1]
-TINY = ["--model", "tiny-test", "--frames", "6", "--width", "96", "--height", "72", "--rate", "10", "--threads", "1"]
+TINY = ["--model", "tiny-test", "--frames", "6", "--width", "96", "--height", "72", "--rate", "10", "--threads", "1",
+        "--input-size", "0"]
 
 
 def run_demo(out: Path, *extra: str, timeout: float = 300.0) -> subprocess.CompletedProcess:
@@ -233,4 +234,6 @@ def test_param_and_config_validation():
         DemoConfig(frames=1)
     with pytest.raises(ValueError, match="0..101"):
         DemoConfig(domain_id=150)
+    with pytest.raises(ValueError, match="multiple of 32"):
+        DemoConfig(input_size=100)
     assert 1 <= DemoConfig().domain <= 100 and math.isfinite(DemoConfig().rate)

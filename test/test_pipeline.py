@@ -67,6 +67,20 @@ def test_embed_pixels_stride_maps_to_original_pixels(tiny_pipeline, scene_image)
     np.testing.assert_allclose(np.linalg.norm(result.embeddings, axis=-1), 1.0, atol=1e-4)
 
 
+def test_input_size_sets_the_inference_resolution(tiny_pipeline, scene_image):
+    """A larger letterbox gives a finer embedding grid over the same image and masks at its size;
+    the default is the model's training size."""
+    assert tiny_pipeline.input_size == tiny_pipeline.model.config.vision.input_size == 64
+    larger = FindPipeline(tiny_pipeline.model, device="cpu", input_size=128)
+    coarse, fine = tiny_pipeline.embed_pixels(scene_image), larger.embed_pixels(scene_image)
+    assert fine.stride == pytest.approx(coarse.stride / 2) == pytest.approx(4 * 80 / 128)
+    assert fine.embeddings.shape[:2] == (2 * coarse.embeddings.shape[0], 2 * coarse.embeddings.shape[1])
+    assert larger.ground(scene_image, ["red"]).segments[0].mask.shape == scene_image.shape[:2]
+    for bad in (0, 100, -32):
+        with pytest.raises(ValueError, match="multiple of 32"):
+            FindPipeline(tiny_pipeline.model, device="cpu", input_size=bad)
+
+
 def test_text_and_image_embeddings_share_one_space(tiny_pipeline, scene_image):
     text = tiny_pipeline.embed_text(["red", "blue"])
     images = tiny_pipeline.embed_images([scene_image, scene_image[::-1].copy(), scene_image])

@@ -289,7 +289,7 @@ def perception_nodes(tmp_path_factory: pytest.TempPathFactory):
     common = {"stats_period": 0.5, "model_preset": "tiny-test"}  # wiring tests: the fast random model
     nodes = {
         "localize": Perception("localize", {**common, "buffer_size": 4, "processing_max_side": 0,
-                                            "max_image_pixels": 200000,
+                                            "max_image_pixels": 200000, "input_size": 128,  # model's: 64
                                             "embeddings": {"dims": 8, "dtype": "float16", "projection_seed": 3},
                                             "depth": {"box_percentile": 0.0}}, folder),
         "standing": Perception("standing", {**common, "standing": True, "buffer_size": 2,
@@ -378,6 +378,7 @@ def test_localize_publishes_every_output_for_the_best_frame(localize_node: Perce
     assert emb_msg.encoding == "16FC8" == info["encoding"] and emb.dtype == np.float16
     assert emb.shape == (info["height"], info["width"], 8)
     assert info["source_dims"] == 32 and info["dims"] == 8 and info["projection_seed"] == 3
+    assert info["stride"] == pytest.approx(4.0)  # input_size 128 on 128 px frames; the model's 64 gives 8
     assert abs(info["width"] * info["stride"] - 128) < info["stride"]
     assert abs(info["height"] * info["stride"] - 96) < info["stride"]
     norms = np.linalg.norm(emb.astype(np.float32), axis=-1)     # projected unit vectors: norm <= 1
@@ -796,7 +797,8 @@ def test_perception_params_are_validated():
              ({"classes": ["a", "a"]}, "duplicates"),
              ({"mode": "segment", "standing": True}, "'standing' applies to mode 'localize'"),
              ({"camera_reliability": "fast"}, "camera_reliability"),
-             ({"stats_period": float("nan")}, "'stats_period' must be a float")]
+             ({"stats_period": float("nan")}, "'stats_period' must be a float"),
+             ({"input_size": 100}, "'input_size' must be 0 or a multiple of 32")]
     for overrides, message in cases:
         with pytest.raises(ParameterError, match=message.replace("[", r"\[").replace("(", r"\(")):
             PerceptionParams(**overrides).validate()

@@ -23,13 +23,13 @@ from typing import Sequence
 import numpy as np
 
 
-def _pipeline(preset: str | None, checkpoint: str | None, device: str):
+def _pipeline(preset: str | None, checkpoint: str | None, device: str, input_size: int | None = None):
     from ..pipeline import FindPipeline
 
     if preset:
-        return FindPipeline.from_preset(preset, checkpoint, device=device)
+        return FindPipeline.from_preset(preset, checkpoint, device=device, input_size=input_size)
     if checkpoint:
-        return FindPipeline.from_checkpoint(checkpoint, device=device)
+        return FindPipeline.from_checkpoint(checkpoint, device=device, input_size=input_size)
     return None
 
 
@@ -40,7 +40,7 @@ def build(args: argparse.Namespace) -> dict:
 
     reader = FramesReader(args.frames)
     stored = sum(e.embeddings is not None for e in reader.entries)
-    pipeline = _pipeline(args.preset, args.checkpoint, args.device)
+    pipeline = _pipeline(args.preset, args.checkpoint, args.device, args.input_size)
     if pipeline is None and (args.recompute or stored < len(reader)):
         missing = "--recompute was given" if args.recompute else f"{len(reader) - stored} of {len(reader)} frames have no embeddings"
         raise SystemExit(f"error: {missing}: pass --preset and/or --checkpoint to compute them")
@@ -124,6 +124,7 @@ def parser() -> argparse.ArgumentParser:
     b.add_argument("--max-blocks", type=int, default=50_000)
     b.add_argument("--max-feature-voxels", type=int, default=1_000_000)
     b.add_argument("--depth-max", type=float, default=5.0)
+    b.add_argument("--input-size", type=int, help="letterbox side for embeddings it computes (default: the model's)")
     model_args(b)
     b.set_defaults(run=build)
 

@@ -266,6 +266,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--preset", help="FIND model preset for embeddings the recording lacks")
     p.add_argument("--checkpoint", help="FIND checkpoint (file, or folder with config.yaml)")
     p.add_argument("--device", default="auto")
+    p.add_argument("--input-size", type=int, help="letterbox side for embeddings it computes (default: the model's)")
     p.add_argument("--recompute", action="store_true", help="recompute stored embeddings with the model")
     b = p.add_argument_group("rosbag2 input")
     b.add_argument("--rgb-topic", default="/camera/color/image_raw")
@@ -284,8 +285,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     pipeline = None
     if args.preset or args.checkpoint:
         from ..pipeline import FindPipeline
-        pipeline = (FindPipeline.from_preset(args.preset, args.checkpoint, device=args.device) if args.preset
-                    else FindPipeline.from_checkpoint(args.checkpoint, device=args.device))
+        pipeline = (FindPipeline.from_preset(args.preset, args.checkpoint, args.device, input_size=args.input_size)
+                    if args.preset else
+                    FindPipeline.from_checkpoint(args.checkpoint, args.device, input_size=args.input_size))
     report: dict[str, Any] = {}
     temp = None
     try:
