@@ -12,7 +12,6 @@ to stderr, so stdout is the JSON alone.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 
@@ -21,6 +20,7 @@ from find_core.config import ConfigError
 from find_core.engine import TrainConfig, latest_checkpoint
 from find_core.engine.evaluation import evaluate
 from find_core.pipeline import FindPipeline
+from training.output import emit_json
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -58,11 +58,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {error}", file=sys.stderr)
         return 2
     metrics["meta"]["checkpoint"] = str(checkpoint)
-    text = json.dumps(metrics, indent=1, allow_nan=False)
-    if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(text + "\n")
-    print(text, flush=True)
+    emit_json(metrics, args.out)
     return 0
 
 
