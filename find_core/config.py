@@ -21,6 +21,17 @@ class ConfigError(ValueError):
     """A configuration file or dict does not describe a valid model."""
 
 
+INPUT_SIZE_MULTIPLE = 32  # the coarsest feature stride (encoders.vision.STRIDES[-1])
+MIN_INPUT_SIZE = 64       # at 32 the coarsest map is 1×1 and the pixel decoder's GroupNorm fails
+
+
+def input_size_problem(size: int) -> str | None:
+    """Why ``size`` cannot be an inference letterbox side (FindPipeline's ``input_size``), or None."""
+    if size < MIN_INPUT_SIZE or size % INPUT_SIZE_MULTIPLE:
+        return f"input_size must be a multiple of {INPUT_SIZE_MULTIPLE} and at least {MIN_INPUT_SIZE}, got {size}"
+    return None
+
+
 @dataclass
 class VisionConfig:
     """A `transformers` vision model turned into a stride 4/8/16/32 feature pyramid."""

@@ -88,10 +88,7 @@ def field_demo(frames_dir: Path, pipeline: Any, text: str, out: Path, voxel_size
     started = time.perf_counter()
     reader = FramesReader(frames_dir)
     fusion = FeatureFusion(FusionConfig(voxel_size=voxel_size, device=str(pipeline.device)))
-    for record in reader:
-        embedding = pipeline.embed_pixels(record.rgb)
-        fusion.integrate(record.depth, record.pose, reader.camera.K, embedding.embeddings, embedding.stride,
-                         rgb=record.rgb)
+    fusion.integrate_frames(reader, pipeline, recompute=True)
     fmap = fusion.to_map({"frames": str(Path(frames_dir).resolve()), **(metadata or {})})
     save_map(fmap, out / "field_map.npz")
     query = query_from_pipeline(pipeline, text=text)

@@ -16,8 +16,7 @@ import torch
 import torch.nn.functional as F
 
 from .checkpoint import load_config_beside, load_weights
-from .config import ModelConfig
-from .encoders.vision import STRIDES
+from .config import ModelConfig, input_size_problem
 from .instructions import Instruction, parse_instruction
 from .interface.inputs import ImageFeatures, PredictionSet
 from .model import FindModel
@@ -41,18 +40,20 @@ def resolve_device(device: str) -> torch.device:
 
 
 class FindPipeline:
-    """``input_size``: the side frames are letterboxed to (default: the model's training size,
+    """``input_size``: the side frames are letterboxed to (None or 0: the model's training size,
     ``vision.input_size``). A model recognises objects at about the pixel size it was trained on, so
     when a camera sees them smaller, a larger input size brings them back to that scale, at a
-    quadratic cost in time (``python -m training.evaluate_field --input-size`` measures the effect)."""
+    quadratic cost in time (``python -m training.evaluate_field --input-size`` measures the effect).
+    Reference pictures (visual entities, class examples) keep the training size: a crop is scaled up
+    to fill it anyway."""
 
     def __init__(self, model: FindModel, device: str = "auto", precision: str = "fp32", batch_size: int = 8,
                  input_size: int | None = None):
         if precision not in PRECISIONS:
             raise ValueError(f"precision must be one of {sorted(PRECISIONS)}, got '{precision}'")
-        multiple = STRIDES[-1]
-        if input_size is not None and (input_size <= 0 or input_size % multiple):
-            raise ValueError(f"input_size must be a positive multiple of {multiple}, got {input_size}")
+        problem = input_size_problem(input_size) if input_size else None
+        if problem:
+            raise ValueError(problem)
         self.device = resolve_device(device)
         self.model = model.to(self.device).eval()
         self.precision = precision

@@ -61,6 +61,7 @@ from find_core.data.find_bench import segment_crop
 from find_core.data.frames import Camera, FrameRecord, FramesError, FramesReader, FramesWriter
 from find_core.data.scene_video import render_scene_video
 from find_core.demo import field_demo
+from find_core.config import input_size_problem
 from find_core.embedded import (EMBEDDED, EMBEDDED_CHECKPOINT, FALLBACK_PRESET, default_pipeline, fallback_warning,
                                 has_embedded_checkpoint)
 from find_core.instructions import Entity, Instruction, VisualReference
@@ -91,6 +92,12 @@ class DemoError(RuntimeError):
     """A step of the demo failed; the message says which one and why (with the node's log tail)."""
 
 
+# The demo camera (60 degree field of view, ~2 m away) sees its tiles at about half the pixel size of the
+# synthetic training scenes, so the embedded checkpoint (trained at 128) gets its frames letterboxed to 256,
+# which brings them back to scale (training.evaluate_field: 78 of 101 objects within 10 cm instead of 53).
+EMBEDDED_SCENE_INPUT_SIZE = 256
+
+
 @dataclass
 class DemoConfig:
     """What one demo run does (the command line maps onto this one to one)."""
@@ -105,10 +112,7 @@ class DemoConfig:
     model: str = "embedded"            # 'embedded' (find_core.embedded) or a preset name
     checkpoint: str = ""
     device: str = "auto"
-    # The demo camera (60 degree field of view, ~2 m away) sees its tiles at about half the pixel size of
-    # the training scenes; letterboxing to 256 instead of the embedded model's 128 brings them back to
-    # scale (training.evaluate_field: 78 of 101 objects within 10 cm instead of 53). 0 = the model's own.
-    input_size: int = 256
+    input_size: int | None = None      # inference letterbox side; see inference_size()
     threads: int = 0                   # torch threads per process; 0 = 1 on <= 2 cores, else 2
     domain_id: int | None = None       # default: derived from this process id
     perception_params: dict[str, Any] = field(default_factory=dict)  # extra find_perception parameters
@@ -123,10 +127,20 @@ class DemoConfig:
             raise ValueError(f"the demo needs at least 2 frames, got {self.frames}")
         if not self.rate > 0:
             raise ValueError(f"rate must be positive, got {self.rate}")
-        if self.input_size < 0 or self.input_size % 32:
-            raise ValueError(f"input_size must be 0 or a multiple of 32, got {self.input_size}")
+        size = self.inference_size()
+        if size and input_size_problem(size):
+            raise ValueError(input_size_problem(size))
         if self.domain_id is not None and not 0 <= self.domain_id <= 101:
             raise ValueError(f"ROS domain ids usable on every machine are 0..101, got {self.domain_id}")
+
+    def inference_size(self) -> int | None:
+        """The letterbox side of the node and of the field step (None: the model's own). A
+        ``--param input_size=N`` wins, then ``input_size`` (0: the model's own); unset, the embedded
+        checkpoint gets EMBEDDED_SCENE_INPUT_SIZE and other models their own size."""
+        size = self.perception_params.get("input_size", self.input_size)
+        if size is None:
+            size = EMBEDDED_SCENE_INPUT_SIZE if self.model == EMBEDDED and not self.checkpoint else 0
+        return size or None
 
     @property
     def scene_dir(self) -> Path:
@@ -378,11 +392,16 @@ def node_env(config: DemoConfig) -> dict[str, str]:
     return env
 
 
+def perception_overrides(config: DemoConfig) -> dict[str, Any]:
+    """What the demo sets on top of find_perception's shipped params file."""
+    return {"model_preset": config.model, "checkpoint": config.checkpoint, "device": config.device,
+            "buffer_size": max(30, config.frames), "stats_period": 0.5, **config.perception_params,
+            "input_size": config.inference_size() or 0}
+
+
 def start_nodes(config: DemoConfig, logs: Path) -> list[NodeProcess]:
     """find_perception and find_replay, each with the shipped params file plus the demo's overrides."""
-    perception_params = {"model_preset": config.model, "checkpoint": config.checkpoint, "device": config.device,
-                         "input_size": config.input_size, "buffer_size": max(30, config.frames), "stats_period": 0.5,
-                         **config.perception_params}
+    perception_params = perception_overrides(config)
     replay_params = {"source": str(config.scene_dir.resolve()), "rate": float(config.rate), "loop": False,
                      "wait_for_subscribers": 2}  # the perception node and this process's recorder
     files = {}
@@ -661,17 +680,17 @@ def field_step(config: DemoConfig, reader: FramesReader, referents: Referents) -
     torch.manual_seed(config.seed)  # an untrained preset's random weights: the same every run
     if config.model == EMBEDDED and not config.checkpoint:
         pipeline, _ = default_pipeline(config.device, warn=log.debug,  # warned at the start already
-                                       input_size=config.input_size or None)
+                                       input_size=config.inference_size())
         embedded = has_embedded_checkpoint()
         metadata = {"preset": None if embedded else FALLBACK_PRESET,
                     "checkpoint": str(EMBEDDED_CHECKPOINT) if embedded else None}
     else:
         pipeline = load_pipeline(PerceptionParams(model_preset=config.model, checkpoint=config.checkpoint,
-                                                  device=config.device), size=config.input_size or None)
+                                                  device=config.device), size=config.inference_size())
         metadata = {"preset": config.model, "checkpoint": config.checkpoint or None}
     log.info(f"3D field: fusing {config.out / 'recording'} and asking for {referents.text['phrase']!r}")
     return field_demo(config.out / "recording", pipeline, referents.text["phrase"], config.out, config.voxel_size,
-                      metadata=metadata, truth=reader.scene["objects"])
+                      metadata={**metadata, "input_size": pipeline.input_size}, truth=reader.scene["objects"])
 
 
 def run(config: DemoConfig) -> dict:
@@ -742,8 +761,9 @@ def main(argv: list[str] | None = None) -> int:
                    help="'embedded' (the shipped checkpoint; tiny-test when missing) or a preset name")
     p.add_argument("--checkpoint", default="", help="checkpoint folder (overrides --model when it has config.yaml)")
     p.add_argument("--device", default=DemoConfig.device)
-    p.add_argument("--input-size", type=int, default=DemoConfig.input_size,
-                   help="letterbox side for inference, a multiple of 32 (0 = the model's own)")
+    p.add_argument("--input-size", type=int, default=None,
+                   help=f"letterbox side for inference (a multiple of 32, >= 64; 0 = the model's own); default: "
+                        f"{EMBEDDED_SCENE_INPUT_SIZE} for the embedded checkpoint, the model's own for others")
     p.add_argument("--threads", type=int, default=0, help="torch threads per process (0 = by core count)")
     p.add_argument("--domain-id", type=int, default=None, help="ROS_DOMAIN_ID of the demo (default: from the pid)")
     p.add_argument("--param", type=parse_param, action="append", default=[], metavar="NAME=VALUE",

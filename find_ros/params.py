@@ -17,6 +17,8 @@ import re
 from dataclasses import MISSING, dataclass, field, fields, is_dataclass
 from typing import Any, TypeVar
 
+from find_core.config import input_size_problem
+
 from .qos import RELIABILITIES
 
 T = TypeVar("T")
@@ -143,7 +145,7 @@ class PerceptionParams(_Validated):
                                  "(random for tiny-test).")
     device: str = option("auto", "Torch device: auto, cpu, cuda, cuda:N or mps.")
     precision: str = option("fp32", "Inference precision.", choices=("fp32", "fp16", "bf16"))
-    input_size: int = option(0, "Side (a multiple of 32) frames are letterboxed to for inference; 0 = the "
+    input_size: int = option(0, "Side (a multiple of 32, >= 64) frames are letterboxed to for inference; 0 = the "
                                 "model's training size (128 for the embedded checkpoint). Larger helps when "
                                 "objects look smaller in the camera than in the training images, at a "
                                 "quadratic cost in time.", minimum=0, maximum=4096)
@@ -184,8 +186,9 @@ class PerceptionParams(_Validated):
             out.append(f"'device' must be auto, cpu, cuda, cuda:N or mps, got {self.device!r}")
         if not self.model_preset and not self.checkpoint:
             out.append("give 'model_preset' or 'checkpoint'")
-        if self.input_size % 32:
-            out.append(f"'input_size' must be 0 or a multiple of 32, got {self.input_size}")
+        problem = input_size_problem(self.input_size) if self.input_size else None
+        if problem:
+            out.append(f"'input_size' (0 = the model's own): {problem}")
         if self.mode == "segment" and self.standing:
             out.append("'standing' applies to mode 'localize' (segment mode processes every frame already)")
         if self.mode == "segment" and not [c for c in self.classes if c.strip()]:

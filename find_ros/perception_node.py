@@ -287,8 +287,8 @@ class FindPerceptionNode(Node):
             raise StartupError(f"'embeddings.dims' is {p.embeddings.dims} but the model's embeddings have only "
                                f"{self._embedding_dims} channels")
         self._log.info(f"model {p.model_preset!r} checkpoint={p.checkpoint or '-'} on {self.pipeline.device} "
-                       f"({p.precision}) ready in {time.perf_counter() - started:.1f} s; embedding width "
-                       f"{self._embedding_dims}")
+                       f"({p.precision}, input {self.pipeline.input_size} px) ready in "
+                       f"{time.perf_counter() - started:.1f} s; embedding width {self._embedding_dims}")
 
         self._buffer = FrameBuffer(p.buffer_size)
         self._cond = threading.Condition()

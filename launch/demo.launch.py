@@ -11,7 +11,8 @@ find_field fuses its embeddings into a 3D map that answers queries in 3D.
 With no ``source`` the synthetic posed RGB-D video of find_core.data.scene_video (colour, depth,
 camera_info, poses) is rendered once into ``scene_dir`` and replayed. The replay publishes in the
 ``camera`` namespace (/camera/image, /camera/depth, /camera/camera_info, /camera/pose) and
-find_perception (started through find_perception.launch.py) is remapped onto it. With ``field:=true``
+find_perception (started through find_perception.launch.py) is remapped onto it, letterboxing frames
+to ``input_size`` (256: the embedded checkpoint on the synthetic scene). With ``field:=true``
 (the default) find_field (find_field.launch.py) fuses /find_perception/embeddings with the replay's
 depth, camera_info and pose, and find_perception gets ``embeddings.every_frame: true`` so every
 processed frame reaches the map; the map is saved to ``map_path`` when the launch stops.
@@ -85,6 +86,7 @@ def generate_launch_description():
     # scoped: only find_perception gets the extra parameter (the other nodes would refuse it as unknown)
     perception_group = GroupAction([
         SetParameter(name="embeddings.every_frame", value=True, condition=IfCondition(LaunchConfiguration("field"))),
+        SetParameter(name="input_size", value=LaunchConfiguration("input_size")),
         perception,
     ], scoped=True)
     return LaunchDescription([
@@ -95,6 +97,10 @@ def generate_launch_description():
         DeclareLaunchArgument("rate", default_value="10.0", description="Replay frames per second (0 = source)."),
         DeclareLaunchArgument("loop", default_value="true", description="Replay in a loop."),
         DeclareLaunchArgument("device", default_value="", description="Torch device for find_perception."),
+        # as scripts/demo.sh (find_ros.demo.EMBEDDED_SCENE_INPUT_SIZE): the synthetic scene's camera sees
+        # its tiles at half the training scale of the embedded checkpoint
+        DeclareLaunchArgument("input_size", default_value="256",
+                              description="find_perception's inference letterbox side (0 = the model's own)."),
         DeclareLaunchArgument("params_file",
                               default_value=PathJoinSubstitution([share, "config", "find_perception.yaml"]),
                               description="find_perception parameters."),

@@ -27,11 +27,11 @@ from find_core import embedded
 from find_core.checkpoint import save_checkpoint
 from find_core.data.frames import FramesReader
 from find_core.data.scene_video import render_scene_video
+from find_core.field import load_map
 from find_core.instructions import parse_instruction
 
 REPO = Path(__file__).resolve().parents[1]
-TINY = ["--model", "tiny-test", "--frames", "6", "--width", "96", "--height", "72", "--rate", "10", "--threads", "1",
-        "--input-size", "0"]
+TINY = ["--model", "tiny-test", "--frames", "6", "--width", "96", "--height", "72", "--rate", "10", "--threads", "1"]
 
 
 def run_demo(out: Path, *extra: str, timeout: float = 300.0) -> subprocess.CompletedProcess:
@@ -145,6 +145,8 @@ def test_node_demo_end_to_end(tmp_path):
 
     summary = json.loads((out / "summary.json").read_text())
     answer = json.loads((out / "field_answer.json").read_text())
+    assert load_map(out / "field_map.npz").metadata["input_size"] == 64  # tiny-test's own size, as the node's
+    assert "input 64 px" in (out / "logs" / "find_perception.log").read_text()
     instruction = parse_instruction((out / "instruction.json").read_text())
     results = [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines()]
     from find_ros.results_schema import check_result
@@ -190,7 +192,6 @@ def test_node_demo_end_to_end(tmp_path):
     assert answer["distance_m"] == pytest.approx(float(np.linalg.norm(centroid - target["center"])), abs=1e-3)
     assert answer["frames_fused"] == 6
     import open3d as o3d
-    from find_core.field import load_map
     cloud = o3d.io.read_point_cloud(str(out / "field.ply"))
     assert len(cloud.points) == answer["voxels"] == len(load_map(out / "field_map.npz"))
 
@@ -236,4 +237,18 @@ def test_param_and_config_validation():
         DemoConfig(domain_id=150)
     with pytest.raises(ValueError, match="multiple of 32"):
         DemoConfig(input_size=100)
+    with pytest.raises(ValueError, match="at least 64"):
+        DemoConfig(perception_params={"input_size": 32})
+
+
+def test_demo_input_size_reaches_the_node_and_the_field_step():
+    """One letterbox side for the node and the field step: 256 for the embedded checkpoint on its
+    scene, the model's own for other models, and --param input_size wins over --input-size."""
+    from find_ros.demo import EMBEDDED_SCENE_INPUT_SIZE, DemoConfig, perception_overrides
+    cases = [(DemoConfig(), EMBEDDED_SCENE_INPUT_SIZE), (DemoConfig(model="tiny-test"), None),
+             (DemoConfig(input_size=0), None), (DemoConfig(model="tiny-test", input_size=128), 128),
+             (DemoConfig(input_size=128, perception_params={"input_size": 192}), 192)]
+    for config, size in cases:
+        assert config.inference_size() == size
+        assert perception_overrides(config)["input_size"] == (size or 0)
     assert 1 <= DemoConfig().domain <= 100 and math.isfinite(DemoConfig().rate)

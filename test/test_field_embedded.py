@@ -34,7 +34,9 @@ def test_named_objects_are_found_within_10_cm(tmp_path):
     pipeline = FindPipeline.from_checkpoint(EMBEDDED_CHECKPOINT, device="cpu", input_size=INPUT_SIZE)
     results = []
     for seed in SCENES:
-        results += scene_results(pipeline, render_scene_video(tmp_path / f"scene{seed}", seed=seed, frames=24), seed)
+        scene, stats = scene_results(pipeline, render_scene_video(tmp_path / f"scene{seed}", seed=seed, frames=24), seed)
+        assert stats.fused == 24 and stats.total_skipped == 0
+        results += scene
     assert len(results) == 11
     hits = sum(r.error < 0.10 for r in results)
     assert hits >= REQUIRED, {f"{r.seed}: {r.phrase}": round(r.error, 3) for r in results}
@@ -57,6 +59,7 @@ def test_cli_prints_a_summary_that_adds_up(capsys, tmp_path):
     printed = json.loads(capsys.readouterr().out)
     assert printed == json.loads(out.read_text())
     assert printed["objects"] == len(printed["results"]) == 5 and printed["meta"]["input_size"] == 160
+    assert printed["frames_fused"] == 8
     kinds = [r["kind"] for r in printed["results"]]
     assert sum(printed[k] for k in ("within", "not_found", "wrong_object", "off_centre")) == 5
     assert printed["within"] == kinds.count("within") and np.isclose(printed["share_within"], printed["within"] / 5)

@@ -318,7 +318,15 @@ def test_cli_build_and_query_with_a_model(scene, tmp_path, capsys):
     assert field_cli(["build", "--frames", str(folder), "--out", str(out), "--preset", "tiny-test",
                       "--device", "cpu"]) == 0
     assert json.loads(capsys.readouterr().out)["frames_fused"] == 4
-    assert load_map(out).metadata["preset"] == "tiny-test"
+    assert load_map(out).metadata["preset"] == "tiny-test" and load_map(out).metadata["input_size"] == 64
+    finer = tmp_path / "finer.npz"  # letterboxed to 128, not the model's 64: a 2x finer embedding grid
+    assert field_cli(["build", "--frames", str(folder), "--out", str(finer), "--preset", "tiny-test",
+                      "--device", "cpu", "--input-size", "128"]) == 0
+    assert json.loads(capsys.readouterr().out)["frames_fused"] == 4 and load_map(finer).metadata["input_size"] == 128
+    for bad, message in ((["--input-size", "32", "--preset", "tiny-test"], "at least 64"),
+                         (["--input-size", "128"], "give --preset or --checkpoint")):
+        assert field_cli(["build", "--frames", str(folder), "--out", str(finer), "--device", "cpu", *bad]) == 2
+        assert message in capsys.readouterr().err
     heat = tmp_path / "heat.ply"
     assert field_cli(["query", "--map", str(out), "--text", "the red disc", "--device", "cpu",
                       "--out", str(heat)]) == 0

@@ -261,3 +261,24 @@ def test_rosbag_export(dataset, tmp_path, capsys):
     assert len(meta["frames"]) == 15
     assert export_cli(["--bag", str(tmp_path / "bag"), "--out", str(tmp_path / "x"), "--rgb-topic", "/nope"]) == 2
     assert "'/nope'] not in the bag" in capsys.readouterr().err
+
+
+def test_export_computes_features_at_the_input_size_asked(dataset, tmp_path, capsys):
+    """Features computed by the pipeline follow its input size: letterboxed to 128 instead of the
+    tiny model's 64, an 80×60 frame gives a 2× finer grid; bad sizes are clear errors."""
+    root, _ = dataset
+    shapes = {}
+    for size in ("64", "128"):
+        out = tmp_path / f"ns{size}"
+        assert export_cli(["--frames", str(root / "frames"), "--out", str(out), "--preset", "tiny-test",
+                           "--device", "cpu", "--recompute", "--input-size", size]) == 0
+        entry = json.loads((out / "transforms.json").read_text())["frames"][0]
+        shapes[size] = np.load(out / entry["feature_file_path"]).shape[:2]
+    assert shapes["128"] == (2 * shapes["64"][0], 2 * shapes["64"][1])
+    capsys.readouterr()
+    assert export_cli(["--frames", str(root / "frames"), "--out", str(tmp_path / "bad"), "--preset", "tiny-test",
+                       "--device", "cpu", "--input-size", "100"]) == 2
+    assert "multiple of 32" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        export_cli(["--frames", str(root / "frames"), "--out", str(tmp_path / "bad"), "--input-size", "128"])
+    assert "give --preset or --checkpoint" in capsys.readouterr().err

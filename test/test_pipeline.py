@@ -76,8 +76,12 @@ def test_input_size_sets_the_inference_resolution(tiny_pipeline, scene_image):
     assert fine.stride == pytest.approx(coarse.stride / 2) == pytest.approx(4 * 80 / 128)
     assert fine.embeddings.shape[:2] == (2 * coarse.embeddings.shape[0], 2 * coarse.embeddings.shape[1])
     assert larger.ground(scene_image, ["red"]).segments[0].mask.shape == scene_image.shape[:2]
-    for bad in (0, 100, -32):
-        with pytest.raises(ValueError, match="multiple of 32"):
+    assert FindPipeline(tiny_pipeline.model, device="cpu", input_size=0).input_size == 64  # 0: the model's own
+    from find_core.config import INPUT_SIZE_MULTIPLE
+    from find_core.encoders.vision import STRIDES
+    assert INPUT_SIZE_MULTIPLE == STRIDES[-1]  # the light-weight copy the ROS parameter check uses
+    for bad in (100, -32, 32):  # 32 would leave a 1×1 coarsest map
+        with pytest.raises(ValueError, match="multiple of 32 and at least 64"):
             FindPipeline(tiny_pipeline.model, device="cpu", input_size=bad)
 
 

@@ -798,7 +798,8 @@ def test_perception_params_are_validated():
              ({"mode": "segment", "standing": True}, "'standing' applies to mode 'localize'"),
              ({"camera_reliability": "fast"}, "camera_reliability"),
              ({"stats_period": float("nan")}, "'stats_period' must be a float"),
-             ({"input_size": 100}, "'input_size' must be 0 or a multiple of 32")]
+             ({"input_size": 100}, "input_size must be a multiple of 32 and at least 64, got 100"),
+             ({"input_size": 32}, "at least 64")]
     for overrides, message in cases:
         with pytest.raises(ParameterError, match=message.replace("[", r"\[").replace("(", r"\(")):
             PerceptionParams(**overrides).validate()

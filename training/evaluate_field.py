@@ -28,7 +28,7 @@ from find_core.config import ConfigError
 from find_core.data.frames import FramesReader
 from find_core.data.scene_video import render_scene_video
 from find_core.embedded import EMBEDDED_CHECKPOINT
-from find_core.field import FeatureFusion, FusionConfig, VoxelFeatureMap, locate, query_from_pipeline
+from find_core.field import FeatureFusion, FusionConfig, FusionStats, locate, query_from_pipeline
 from training.output import emit_json
 
 if TYPE_CHECKING:  # the pipeline pulls in torch; the CLI imports it when it runs
@@ -50,20 +50,14 @@ class ObjectResult:
         return "off_centre" if self.nearest == self.phrase else "wrong_object"
 
 
-def fuse_frames(pipeline: FindPipeline, folder: Path, voxel_size: float) -> tuple[FramesReader, VoxelFeatureMap]:
-    """The feature map of one frames folder, fused from the pipeline's per-pixel embeddings."""
+def scene_results(pipeline: FindPipeline, folder: Path, seed: int, voxel_size: float = 0.02
+                  ) -> tuple[list[ObjectResult], FusionStats]:
+    """Query every object of one rendered scene by its phrase and measure the answer; also how many
+    of its frames were fused."""
     reader = FramesReader(folder)
     fusion = FeatureFusion(FusionConfig(voxel_size=voxel_size, device="cpu"))
-    for frame in reader:
-        embedding = pipeline.embed_pixels(frame.rgb)
-        fusion.integrate(frame.depth, frame.pose, reader.camera.K, embedding.embeddings, embedding.stride,
-                         rgb=frame.rgb)
-    return reader, fusion.to_map({})
-
-
-def scene_results(pipeline: FindPipeline, folder: Path, seed: int, voxel_size: float = 0.02) -> list[ObjectResult]:
-    """Query every object of one rendered scene by its phrase and measure the answer."""
-    reader, fmap = fuse_frames(pipeline, folder, voxel_size)
+    stats = fusion.integrate_frames(reader, pipeline, recompute=True)
+    fmap = fusion.to_map({})
     centres = {obj["phrase"]: np.array(obj["center"]) for obj in reader.scene["objects"]}
     results = []
     for phrase, centre in centres.items():
@@ -73,19 +67,22 @@ def scene_results(pipeline: FindPipeline, folder: Path, seed: int, voxel_size: f
             continue
         distances = {other: float(np.linalg.norm(found[0].centroid - c)) for other, c in centres.items()}
         results.append(ObjectResult(seed, phrase, distances[phrase], min(distances, key=distances.get)))
-    return results
+    return results, stats
 
 
 def evaluate_field(pipeline: FindPipeline, seeds: list[int], frames: int = 24, voxel_size: float = 0.02,
                    radius: float = 0.10) -> dict:
     """Results over the scenes of ``seeds`` (rendered into a temporary folder) and their summary."""
     results: list[ObjectResult] = []
+    fused = 0
     with tempfile.TemporaryDirectory(prefix="find_field_eval_") as tmp:
         for seed in seeds:
             folder = render_scene_video(Path(tmp) / f"scene_{seed}", seed=seed, frames=frames)
-            results.extend(scene_results(pipeline, folder, seed, voxel_size))
+            scene, stats = scene_results(pipeline, folder, seed, voxel_size)
+            results += scene
+            fused += stats.fused
     kinds = [r.kind(radius) for r in results]
-    return {"objects": len(results), "radius": radius,
+    return {"objects": len(results), "radius": radius, "frames_fused": fused,
             **{k: kinds.count(k) for k in ("within", "not_found", "wrong_object", "off_centre")},
             "share_within": round(kinds.count("within") / max(len(results), 1), 4),
             "results": [{"seed": r.seed, "phrase": r.phrase, "kind": k, "nearest": r.nearest,

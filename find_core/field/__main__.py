@@ -38,6 +38,8 @@ def build(args: argparse.Namespace) -> dict:
     from .fusion import FeatureFusion, FusionConfig
     from .io import save_map, write_color_ply
 
+    if args.input_size is not None and not (args.preset or args.checkpoint):
+        raise ValueError("--input-size applies to embeddings computed here: give --preset or --checkpoint")
     reader = FramesReader(args.frames)
     stored = sum(e.embeddings is not None for e in reader.entries)
     pipeline = _pipeline(args.preset, args.checkpoint, args.device, args.input_size)
@@ -48,14 +50,10 @@ def build(args: argparse.Namespace) -> dict:
                           max_blocks=args.max_blocks, max_feature_voxels=args.max_feature_voxels,
                           depth_max=args.depth_max, device=args.device)
     fusion = FeatureFusion(config)
-    for record in reader:
-        embeddings, stride = record.embeddings, record.stride
-        if pipeline is not None and (args.recompute or embeddings is None):
-            result = pipeline.embed_pixels(record.rgb)
-            embeddings, stride = result.embeddings, result.stride
-        fusion.integrate(record.depth, record.pose, reader.camera.K, embeddings, stride, rgb=record.rgb)
+    fusion.integrate_frames(reader, pipeline, args.recompute)
     fmap = fusion.to_map({"frames": str(Path(args.frames).resolve()), "preset": args.preset,
-                          "checkpoint": str(Path(args.checkpoint).resolve()) if args.checkpoint else None})
+                          "checkpoint": str(Path(args.checkpoint).resolve()) if args.checkpoint else None,
+                          "input_size": pipeline.input_size if pipeline is not None else None})
     save_map(fmap, args.out)
     if args.ply:
         write_color_ply(args.ply, fmap)

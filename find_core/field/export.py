@@ -282,15 +282,17 @@ def parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parser().parse_args(argv)
+    if args.input_size is not None and not (args.preset or args.checkpoint):
+        parser().error("--input-size applies to embeddings computed here: give --preset or --checkpoint")
     pipeline = None
-    if args.preset or args.checkpoint:
-        from ..pipeline import FindPipeline
-        pipeline = (FindPipeline.from_preset(args.preset, args.checkpoint, args.device, input_size=args.input_size)
-                    if args.preset else
-                    FindPipeline.from_checkpoint(args.checkpoint, args.device, input_size=args.input_size))
     report: dict[str, Any] = {}
     temp = None
     try:
+        if args.preset or args.checkpoint:
+            from ..pipeline import FindPipeline
+            pipeline = (FindPipeline.from_preset(args.preset, args.checkpoint, args.device, input_size=args.input_size)
+                        if args.preset else
+                        FindPipeline.from_checkpoint(args.checkpoint, args.device, input_size=args.input_size))
         frames = args.frames
         if args.bag is not None:
             if args.frames_out is None:

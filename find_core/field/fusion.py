@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import open3d as o3d
@@ -34,6 +35,9 @@ import open3d.core as o3c
 import torch
 
 from .io import TsdfBlocks, VoxelFeatureMap
+
+if TYPE_CHECKING:
+    from ..data.frames import FramesReader
 
 log = logging.getLogger(__name__)
 
@@ -315,6 +319,18 @@ class FeatureFusion:
             self.table.add(keys, packed, feats, cols)
         self.stats.fused += 1
         return True
+
+    def integrate_frames(self, reader: FramesReader, pipeline: Any = None, recompute: bool = False) -> FusionStats:
+        """Fuse every frame of a frames folder with its stored embeddings, or with ``pipeline``'s
+        ``embed_pixels`` (FindPipeline) where it has none or ``recompute`` is set; bad frames are
+        skipped and counted, as by :meth:`integrate`."""
+        for record in reader:
+            embeddings, stride = record.embeddings, record.stride
+            if pipeline is not None and (recompute or embeddings is None):
+                result = pipeline.embed_pixels(record.rgb)
+                embeddings, stride = result.embeddings, result.stride
+            self.integrate(record.depth, record.pose, reader.camera.K, embeddings, stride, rgb=record.rgb)
+        return self.stats
 
     def _frame_problem(self, depth, pose, embeddings, stride) -> str | None:
         if depth is None:
