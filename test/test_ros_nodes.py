@@ -203,10 +203,23 @@ class Perception:
             return None
         return self.probe.wait_for(find, what)
 
-    def wait_processed(self, stamp: float) -> dict:
-        return self.probe.wait_for(lambda: next((s for s in reversed(self.statuses())
-                                                 if s["last_processed_stamp"] == pytest.approx(stamp, abs=1e-6)),
-                                                None), f"frame {stamp} to be processed")
+    def wait_processed(self, stamp: float, resend: Image | None = None) -> dict:
+        """Wait until ``stamp`` is processed. ``resend`` is published again while the node reports
+        that it has received no frame at all: a publisher can see the node's subscription a moment
+        before the node's side of the match is complete, and a frame sent in that moment is lost."""
+        def processed():
+            return next((s for s in reversed(self.statuses())
+                         if s["last_processed_stamp"] == pytest.approx(stamp, abs=1e-6)), None)
+        deadline = time.monotonic() + TIMEOUT
+        while resend is not None and time.monotonic() < deadline:
+            try:
+                return self.probe.wait_for(processed, f"frame {stamp} to be processed", 2.0)
+            except AssertionError:
+                statuses = self.statuses()
+                if not statuses or statuses[-1]["stats"]["frames_received"] > 0:
+                    break
+                self.image.publish(resend)
+        return self.probe.wait_for(processed, f"frame {stamp} to be processed", max(deadline - time.monotonic(), 1.0))
 
     # -- sending inputs
     def send_frame(self, stamp: float, rgb: np.ndarray, depth: Image | None = None, info: CameraInfo | None = None,
@@ -218,9 +231,10 @@ class Perception:
             depth.header = header(stamp, "cam_depth_optical")
             self.depth.publish(depth)
             time.sleep(0.05)  # depth before colour, as a driver sending both would
-        self.image.publish(rgb_to_image(rgb, header(stamp, "cam_optical")))
+        message = rgb_to_image(rgb, header(stamp, "cam_optical"))
+        self.image.publish(message)
         if wait:
-            self.wait_processed(stamp)
+            self.wait_processed(stamp, resend=message)
 
     def send_instruction(self, text: str) -> None:
         self.instruction.publish(String(data=text))
