@@ -25,9 +25,10 @@ INPUT_SIZE_MULTIPLE = 32  # the coarsest feature stride (encoders.vision.STRIDES
 MIN_INPUT_SIZE = 64       # at 32 the coarsest map is 1×1 and the pixel decoder's GroupNorm fails
 
 
-def input_size_problem(size: int) -> str | None:
-    """Why ``size`` cannot be an inference letterbox side (FindPipeline's ``input_size``), or None."""
-    if size < MIN_INPUT_SIZE or size % INPUT_SIZE_MULTIPLE:
+def input_size_problem(size: int | None) -> str | None:
+    """Why ``size`` cannot be an inference letterbox side (FindPipeline's ``input_size``), or None;
+    None and 0 mean the model's own size and are fine."""
+    if size and (size < MIN_INPUT_SIZE or size % INPUT_SIZE_MULTIPLE):
         return f"input_size must be a multiple of {INPUT_SIZE_MULTIPLE} and at least {MIN_INPUT_SIZE}, got {size}"
     return None
 

@@ -51,7 +51,7 @@ class FindPipeline:
                  input_size: int | None = None):
         if precision not in PRECISIONS:
             raise ValueError(f"precision must be one of {sorted(PRECISIONS)}, got '{precision}'")
-        problem = input_size_problem(input_size) if input_size else None
+        problem = input_size_problem(input_size)
         if problem:
             raise ValueError(problem)
         self.device = resolve_device(device)

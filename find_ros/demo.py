@@ -127,9 +127,9 @@ class DemoConfig:
             raise ValueError(f"the demo needs at least 2 frames, got {self.frames}")
         if not self.rate > 0:
             raise ValueError(f"rate must be positive, got {self.rate}")
-        size = self.inference_size()
-        if size and input_size_problem(size):
-            raise ValueError(input_size_problem(size))
+        problem = input_size_problem(self.inference_size())
+        if problem:
+            raise ValueError(problem)
         if self.domain_id is not None and not 0 <= self.domain_id <= 101:
             raise ValueError(f"ROS domain ids usable on every machine are 0..101, got {self.domain_id}")
 

@@ -186,7 +186,7 @@ class PerceptionParams(_Validated):
             out.append(f"'device' must be auto, cpu, cuda, cuda:N or mps, got {self.device!r}")
         if not self.model_preset and not self.checkpoint:
             out.append("give 'model_preset' or 'checkpoint'")
-        problem = input_size_problem(self.input_size) if self.input_size else None
+        problem = input_size_problem(self.input_size)
         if problem:
             out.append(f"'input_size' (0 = the model's own): {problem}")
         if self.mode == "segment" and self.standing:
