@@ -33,12 +33,41 @@ def input_size_problem(size: int | None) -> str | None:
     return None
 
 
+FOCALNET_VARIANTS = ("focal_dw", "focal")
+
+
+@dataclass
+class FocalNetConfig:
+    """FocalNet exactly as the official FIND code builds it (its released checkpoints' backbones).
+
+    `focal_dw` (FIND-T): depthwise 3x3 convs before modulation and MLP, post-norm on the residual
+    sum, 7x7 stride-4 padding-3 stem. `focal` (FIND-L): no depthwise convs, the MLP output normed
+    before its residual, stem padding 2. Both: 3x3 stride-2 downsampling, layer scale 1e-4,
+    scaled modulator, a LayerNorm on each stage's output (norm0-norm3).
+    """
+
+    variant: str = "focal_dw"
+    embed_dim: int = 96
+    depths: tuple[int, ...] = (2, 2, 6, 2)
+    focal_levels: tuple[int, ...] = (3, 3, 3, 3)
+    focal_windows: tuple[int, ...] = (3, 3, 3, 3)
+    mlp_ratio: float = 4.0
+
+    def __post_init__(self) -> None:
+        if self.variant not in FOCALNET_VARIANTS:
+            raise ConfigError(f"focalnet.variant must be one of {FOCALNET_VARIANTS}, got {self.variant!r}")
+        if not (len(self.depths) == len(self.focal_levels) == len(self.focal_windows) == 4):
+            raise ConfigError("focalnet: depths, focal_levels and focal_windows need one entry per stage (4)")
+
+
 @dataclass
 class VisionConfig:
-    """A `transformers` vision model turned into a stride 4/8/16/32 feature pyramid."""
+    """A `transformers` vision model turned into a stride 4/8/16/32 feature pyramid, or (with
+    `focalnet` set) the official FIND FocalNet, whose weights come from a converted checkpoint."""
 
     name_or_path: str | None = None          # HF model id or local folder with config + weights
     random_config: dict[str, Any] | None = None  # {"model_type": ..., **kwargs}: random weights, no files
+    focalnet: FocalNetConfig | None = None   # the official FIND backbone instead of a transformers model
     frozen: bool = True
     input_size: int = 512                    # frames are letterboxed to input_size × input_size
     pixel_mean: tuple[float, float, float] = (0.485, 0.456, 0.406)
@@ -56,16 +85,34 @@ class LanguageConfig:
     max_length: int = 77
     frozen: bool = True
     cache_dir: str | None = None             # on-disk cache of token features (frozen models only)
+    projection_bias: bool = True             # official FIND: token features @ lang_proj, no bias
+    keep_bos: bool = False                   # official FIND (LLaMA): the BOS token is a prompt token too
+    class_template: str = "{}"               # official FIND: "Describe the concept of {}."
+
+
+PIXEL_DECODERS = ("fpn", "transformer_encoder_fpn")
 
 
 @dataclass
 class PixelDecoderConfig:
-    """FPN plus a small transformer encoder on the coarsest level."""
+    """FPN plus a transformer encoder on the coarsest level.
 
+    `fpn`: this project's light decoder (the embedded checkpoint's). `transformer_encoder_fpn`:
+    X-Decoder's, as the official FIND checkpoints hold it (bias-free convs with GroupNorm, a 1x1
+    input projection and a DETR encoder on res5, 3x3 mask features)."""
+
+    architecture: str = "fpn"
     encoder_layers: int = 6
     encoder_heads: int = 8
     encoder_ffn: int = 1024
     frozen: bool = True
+
+    def __post_init__(self) -> None:
+        if self.architecture not in PIXEL_DECODERS:
+            raise ConfigError(f"pixel_decoder.architecture must be one of {PIXEL_DECODERS}, got {self.architecture!r}")
+
+
+INTERFACES = ("find", "official")
 
 
 @dataclass
@@ -81,6 +128,13 @@ class InterfaceConfig:
     spatial_points: int = 16                 # points sampled per feature level for a spatial prompt
     pixel_head_layers: int = 3
     logit_scale_init: float = 2.659          # log(1/0.07), as in CLIP
+    architecture: str = "find"               # "find": this project's; "official": FIND's decoder as released
+    spatial_memories: int = 32               # official decoder: learnt spatial memory tokens
+    max_spatial_len: int = 512               # official decoder: points sampled per level for spatial prompts
+
+    def __post_init__(self) -> None:
+        if self.architecture not in INTERFACES:
+            raise ConfigError(f"interface.architecture must be one of {INTERFACES}, got {self.architecture!r}")
 
 
 @dataclass
@@ -136,7 +190,7 @@ def build_dataclass(cls: type[T], data: Any, where: str) -> T:
         raise ConfigError(f"{where}: unknown keys {unknown}; allowed: {sorted(fields)}")
     kwargs = {}
     for name, value in data.items():
-        hint = hints[name]
+        hint = _optional_dataclass(hints[name]) if value is not None else hints[name]
         if dataclasses.is_dataclass(hint):
             if hasattr(hint, "from_dict"):
                 try:
@@ -155,6 +209,15 @@ def build_dataclass(cls: type[T], data: Any, where: str) -> T:
         return cls(**kwargs)
     except ConfigError as error:
         raise ConfigError(f"{where}: {error}") from error
+
+
+def _optional_dataclass(hint: Any) -> Any:
+    """`SomeConfig | None` → SomeConfig, so an optional nested section is built like a required one."""
+    if isinstance(hint, types.UnionType) or typing.get_origin(hint) is typing.Union:
+        classes = [arg for arg in typing.get_args(hint) if dataclasses.is_dataclass(arg)]
+        if len(classes) == 1:
+            return classes[0]
+    return hint
 
 
 def _is_tuple(hint: Any) -> bool:

@@ -4,7 +4,9 @@ Hierarchical backbones (FocalNet, Swin, ConvNeXt, ResNet) expose maps at those s
 hidden states. Plain ViTs (DINOv2, CLIP vision, SAM vision) have one stride (their patch size); the
 missing levels are made by resampling that map (ViTDet's simple feature pyramid). Which hidden state
 has which stride is found once by probing the model, so no per-architecture table is needed.
-Composite checkpoints (a full CLIP or SAM) are reduced to their image tower.
+Composite checkpoints (a full CLIP or SAM) are reduced to their image tower. With `focalnet` set in
+the config, the backbone is the official FIND FocalNet (encoders/focalnet.py), which returns the four
+maps itself.
 
 Every map is returned at exactly (H/stride, W/stride): a map that comes out a little off (a patch size
 that does not divide the input, e.g. DINOv2's 14) is resampled to that size, so the pixel decoder can
@@ -20,6 +22,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..config import VisionConfig
+from .focalnet import FocalNet
 from .hf import freeze, load_model
 
 STRIDES = (4, 8, 16, 32)
@@ -72,16 +75,23 @@ class VisionAdapter(nn.Module):
         if config.input_size <= 0 or config.input_size % STRIDES[-1]:
             raise ValueError(f"vision input_size must be a positive multiple of {STRIDES[-1]}, got {config.input_size}")
         self.config = config
+        self.register_buffer("pixel_mean", torch.tensor(config.pixel_mean).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("pixel_std", torch.tensor(config.pixel_std).view(1, 3, 1, 1), persistent=False)
+        if config.focalnet is not None:
+            self.model = FocalNet(config.focalnet)
+            self.channels, self.sources = list(self.model.channels), None
+        else:
+            self._wrap_transformers_model(config)
+        if config.frozen:
+            freeze(self.model)
+
+    def _wrap_transformers_model(self, config: VisionConfig) -> None:
         self.model = vision_tower(load_model(config.name_or_path, config.random_config, "vision model"))
         model_config = getattr(self.model, "config", None)
         self._accepts_interpolate = _accepts(self.model, "interpolate_pos_encoding")
         self._downsamplers = [m for name, m in self.model.named_modules() if name.rsplit(".", 1)[-1] == "downsample"]
         self.patch_size = _patch_size(model_config)
-        self.register_buffer("pixel_mean", torch.tensor(config.pixel_mean).view(1, 3, 1, 1), persistent=False)
-        self.register_buffer("pixel_std", torch.tensor(config.pixel_std).view(1, 3, 1, 1), persistent=False)
         self.sources, self.channels = self._probe(config.input_size)
-        if config.frozen:
-            freeze(self.model)
 
     def _candidate_maps(self, pixel_values: torch.Tensor) -> list[torch.Tensor | None]:
         """Hidden states, last state, then downsampling inputs, as channels-first maps [B, C, h, w].
@@ -167,7 +177,10 @@ class VisionAdapter(nn.Module):
         if height % STRIDES[-1] or width % STRIDES[-1]:
             raise ValueError(f"vision input height and width must be multiples of {STRIDES[-1]}, got {height}×{width}")
         parameter = next(self.model.parameters())
-        maps = self._candidate_maps(pixel_values.to(parameter.device, parameter.dtype))
+        pixel_values = pixel_values.to(parameter.device, parameter.dtype)
+        if self.sources is None:  # a backbone that returns the four levels itself
+            return [fmap.float() for fmap in self.model(pixel_values)]
+        maps = self._candidate_maps(pixel_values)
         pyramid = []
         for (index, _), stride in zip(self.sources, STRIDES):
             fmap = maps[index]
