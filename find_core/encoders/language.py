@@ -3,6 +3,10 @@
 FIND reads an intermediate layer of the language model (LLaMA-7B layer -12 in the paper) rather than
 its last one. Decoder-only (LLaMA, Qwen, GPT-2) and encoder (BERT, MiniLM) models both work. The
 character offsets of every token are kept so entity spans of an instruction map onto tokens.
+
+Official FIND (LLaMA) reads every attention-mask token, the BOS included, as a prompt token; set
+`keep_bos` to do the same. Padding is on the right, so position ids are plain indices for the real
+tokens, which is what upstream's cumsum(attention mask) - 1 gives them too.
 """
 from __future__ import annotations
 
@@ -29,8 +33,9 @@ _MODEL_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
 class TokenFeatures:
     """Token features of a batch of texts, padded: features [B,T,C], valid [B,T], offsets [B,T,2].
 
-    `valid` is False on padding and on the tokens the tokenizer adds ([CLS], [SEP], <s>, ...);
-    `offsets` are each token's [start, end) characters in its text.
+    `valid` is False on padding and on the tokens the tokenizer adds ([CLS], [SEP], <s>, ...), except
+    the leading one under `keep_bos`; `offsets` are each token's [start, end) characters in its text
+    (empty for added tokens, so they never fall inside an entity span).
     """
 
     features: torch.Tensor
@@ -68,10 +73,19 @@ class LanguageAdapter(nn.Module):
         parameters = inspect.signature(self.model.forward).parameters
         self._inputs = tuple(name for name in _MODEL_INPUTS if name in parameters) or _MODEL_INPUTS[:2]
         self.width = int(self.model.config.hidden_size)
-        self.layer = self._clip_layer(config.layer, int(self.model.config.num_hidden_layers))
+        self.depth = int(self.model.config.num_hidden_layers)
+        self.layer = self._clip_layer(config.layer, self.depth)
         if config.frozen:
             freeze(self.model)
+        if config.keep_bos and not self._adds_leading_token():
+            log.warning("language model: keep_bos is set but tokenizer '%s' adds no leading token; "
+                        "nothing extra is kept", tokenizer_source)
         self._identity = self._cache_identity(tokenizer_source)
+
+    def _adds_leading_token(self) -> bool:
+        """Whether the tokenizer puts an added token (<s>, [CLS]) before the text."""
+        mask = self.tokenizer("a", return_special_tokens_mask=True)["special_tokens_mask"]
+        return bool(mask) and bool(mask[0])
 
     @staticmethod
     def _clip_layer(layer: int, depth: int) -> int:
@@ -91,10 +105,13 @@ class LanguageAdapter(nn.Module):
         """What the cached features depend on. Random weights differ per build, so a fingerprint of
         the weights (a few values of every tensor) is part of it, as is the resolved weight folder."""
         source = resolve_source(self.config.name_or_path) if self.config.name_or_path else "random"
-        sample = torch.cat([p.detach().flatten()[:8].float().cpu() for p in self.model.parameters()])
+        sample = torch.cat([p.detach().flatten()[:8].float().cpu() for p in self.model.parameters()
+                            if p.device.type != "meta"] or [torch.zeros(0, device="cpu")])  # meta: shape probes only
         fingerprint = hashlib.sha256(sample.numpy().tobytes()).hexdigest()[:16]
-        return (f"{source}|{self.config.random_config}|{tokenizer_source}|{type(self.model).__name__}|"
-                f"{fingerprint}|{self.layer}|{self.config.max_length}")
+        identity = (f"{source}|{self.config.random_config}|{tokenizer_source}|{type(self.model).__name__}|"
+                    f"{fingerprint}|{self.layer}|{self.config.max_length}")
+        # Appended only when set, so caches written before keep_bos existed keep their keys.
+        return f"{identity}|keep_bos" if self.config.keep_bos else identity
 
     def cache_key(self, text: str) -> str:
         """File name stem of `text`'s cached features under cache_dir."""
@@ -116,14 +133,27 @@ class LanguageAdapter(nn.Module):
         attention = batch["attention_mask"].bool()
         # The special-tokens mask marks added tokens ([CLS], <s>, padding) but not [UNK], which
         # stands for real characters of the text.
-        valid = attention & ~batch["special_tokens_mask"].bool()
+        added = batch["special_tokens_mask"].bool()
+        valid = attention & ~added
+        if self.config.keep_bos:
+            # Right padding: the leading added token (LLaMA's <s>, BERT's [CLS]) is always column 0.
+            valid[:, 0] |= attention[:, 0] & added[:, 0]
         self._warn_truncated(texts, offsets, valid)
         inputs = {name: batch[name].to(device) for name in self._inputs if name in batch}
         with torch.set_grad_enabled(torch.is_grad_enabled() and not self.config.frozen):
             output = self.model(**inputs, output_hidden_states=True)
-        features = output.hidden_states[self.layer].float()
+        features = self._hidden_state(output).float()
         features = features * attention.to(device).unsqueeze(-1)  # padding: zeros, as in the cache
         return TokenFeatures(features, valid.to(device), offsets.to(device)), attention.sum(dim=1)
+
+    def _hidden_state(self, output) -> torch.Tensor:
+        """hidden_states[layer]; the last layer is read as `last_hidden_state`, the model's own output.
+
+        They are the same tensor for BERT and LLaMA (transformers ties them), but CLIP's text model
+        applies its final layer norm after the recorded states; official UniCL reads the normed
+        output, so CLIP/UniCL token features at the last layer must come from last_hidden_state."""
+        last = getattr(output, "last_hidden_state", None)
+        return last if self.layer == self.depth and last is not None else output.hidden_states[self.layer]
 
     def _warn_truncated(self, texts: list[str], offsets: torch.Tensor, valid: torch.Tensor) -> None:
         """Entities past max_length would silently get no tokens: say which text was cut."""

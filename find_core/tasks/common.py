@@ -11,6 +11,29 @@ from ..interface.inputs import ImageFeatures, PromptBlock, SourceQuery
 from ..model import FindModel
 from ..preprocess import Letterbox, letterbox
 
+# COCO panoptic names carry bookkeeping suffixes ("wall-other-merged") that are not words of the concept.
+_NAME_SUFFIXES = ("-other", "-merged", "-stuff")
+
+
+def class_text(name: str, template: str = "{}") -> str:
+    """The text prompt a class name becomes under `template` (LanguageConfig.class_template).
+
+    The identity template "{}" keeps the name verbatim. Any other template is the official FIND
+    prompt form ("Describe the concept of {}."), which also drops the COCO suffixes first, as the
+    official class-embedding code does; one rule for inference, evaluation and training."""
+    if template == "{}":
+        return name
+    for suffix in _NAME_SUFFIXES:
+        name = name.replace(suffix, "")
+    try:
+        uses_name = template.format("x") != template.format("")
+        text = template.format(name)
+    except (IndexError, KeyError, ValueError) as error:
+        raise ValueError(f"class_template {template!r} must hold one '{{}}' for the class name") from error
+    if not uses_name:
+        raise ValueError(f"class_template {template!r} has no '{{}}' for the class name")
+    return text
+
 
 def text_item(tokens: TokenFeatures, row: int, query: Group, prompt: Group, item: int) -> tuple[SourceQuery, PromptBlock]:
     """A source query initialised with the mean of its text's tokens, and those tokens as prompts."""

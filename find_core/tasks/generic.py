@@ -10,18 +10,21 @@ from ..interface.inputs import PromptBlock, SampleInputs, SourceQuery
 from ..model import FindModel
 from ..prompts import ClassPrompt
 from ..results import Segment, SegmentationResult
-from .common import encode_references, text_items
+from .common import class_text, encode_references, text_items
 
 TASK = "generic"
 MODES = ("panoptic", "instance", "semantic")
 
 
 def class_samples(model: FindModel, classes: list[ClassPrompt]) -> list[SampleInputs]:
-    """One text-only sample per class: its query and its prompt tokens (words or example points)."""
+    """One text-only sample per class: its query and its prompt tokens (words or example points).
+
+    Text classes go through the model's class template (see `class_text`)."""
     if not classes:
         raise ValueError("generic segmentation needs at least one class")
     samples: list[SampleInputs | None] = [None] * len(classes)
-    texts = [(i, c.text) for i, c in enumerate(classes) if c.text is not None]
+    template = model.config.language.class_template
+    texts = [(i, class_text(c.text, template)) for i, c in enumerate(classes) if c.text is not None]
     if texts:
         items = text_items(model, [t for _, t in texts], Group.CLASS, Group.CLASS_TOKENS)
         for (index, _), (query, prompt) in zip(texts, items):

@@ -1,0 +1,1 @@
+"""Conversion of official FIND checkpoints and parity checks against the official code."""
