@@ -26,7 +26,7 @@ class CheckpointError(ValueError):
 def _external_prefixes(config: ModelConfig) -> tuple[str, ...]:
     """Parameter prefixes whose weights come from pretrained files, not from the checkpoint."""
     prefixes = []
-    if config.vision.random_config is None and config.vision.frozen:
+    if config.vision.random_config is None and config.vision.focalnet is None and config.vision.frozen:
         prefixes.append("vision.model.")
     if config.language.random_config is None and config.language.frozen:
         prefixes.append("language.model.")
@@ -50,11 +50,15 @@ def state_digest(state: dict[str, torch.Tensor]) -> str:
 
 
 def save_checkpoint(model: FindModel, folder: str | Path) -> Path:
+    return save_state(checkpoint_state(model), model.config, folder)
+
+
+def save_state(state: dict[str, torch.Tensor], config: ModelConfig, folder: str | Path) -> Path:
+    """Write a checkpoint folder from a state dict (as `checkpoint_state` lays it out) and its config."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    state = checkpoint_state(model)
     save_file(state, str(folder / WEIGHTS), metadata={"format": "find_ros/1", "sha256": state_digest(state)})
-    model.config.to_yaml(folder / CONFIG)
+    config.to_yaml(folder / CONFIG)
     return folder
 
 
@@ -67,10 +71,19 @@ def _weights_path(path: str | Path) -> Path:
 
 
 def load_config_beside(path: str | Path) -> ModelConfig:
-    config = _weights_path(path).parent / CONFIG
+    """The config.yaml beside the weights. Model folders it names as "./..." (a converted checkpoint's
+    language model) are resolved against the checkpoint folder, so the folder can be moved whole."""
+    folder = _weights_path(path).parent
+    config = folder / CONFIG
     if not config.is_file():
         raise CheckpointError(f"no {CONFIG} beside the checkpoint {path}: pass the model config explicitly")
-    return ModelConfig.from_yaml(config)
+    model_config = ModelConfig.from_yaml(config)
+    for section in (model_config.vision, model_config.language):
+        for field_name in ("name_or_path", "tokenizer"):
+            value = getattr(section, field_name, None)
+            if isinstance(value, str) and value.startswith("./"):
+                setattr(section, field_name, str((folder / value).resolve()))
+    return model_config
 
 
 def load_weights(model: FindModel, path: str | Path) -> FindModel:

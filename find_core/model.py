@@ -11,11 +11,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .config import ModelConfig
+from .config import InterfaceConfig, ModelConfig
 from .encoders.language import LanguageAdapter, TokenFeatures
-from .encoders.pixel_decoder import PixelDecoder
+from .encoders.pixel_decoder import build_pixel_decoder
 from .encoders.vision import VisionAdapter
 from .interface.embedding_sampler import region_tokens
+from .interface.find_decoder import FindDecoder, FindDecoderConfig
 from .interface.inputs import ImageFeatures, PredictionSet, SampleInputs
 from .interface.model import FindInterface
 
@@ -33,17 +34,26 @@ class FindModel(nn.Module):
         self.config = config
         width = config.interface.width
         self.vision = VisionAdapter(config.vision)
-        self.pixel_decoder = PixelDecoder(self.vision.channels, width, config.pixel_decoder)
+        self.pixel_decoder = build_pixel_decoder(self.vision.channels, width, config.pixel_decoder)
         if config.pixel_decoder.frozen:
             for parameter in self.pixel_decoder.parameters():
                 parameter.requires_grad_(False)
         self.language = LanguageAdapter(config.language)
-        self.language_projection = nn.Linear(self.language.width, width)
+        self.language_projection = nn.Linear(self.language.width, width, bias=config.language.projection_bias)
+        self.logit_scale = nn.Parameter(torch.tensor(float(config.interface.logit_scale_init)))
+        if self.official:
+            # the released FIND decoder: its prompts, memories and no-object class are its own
+            self.interface = FindDecoder(official_decoder_config(config.interface))
+            return
         self.interface = FindInterface(config.interface)
         self.polarity = nn.Embedding(2, width)          # 0: negative prompt, 1: positive prompt
         self.visual_reference = nn.Linear(width, width)  # pooled region features → a visual entity token
         self.no_object = nn.Parameter(torch.randn(width) * 0.02)  # the "no object" class in semantic space
-        self.logit_scale = nn.Parameter(torch.tensor(float(config.interface.logit_scale_init)))
+
+    @property
+    def official(self) -> bool:
+        """True when the interface is the official FIND decoder (converted released checkpoints)."""
+        return self.config.interface.architecture == "official"
 
     @property
     def width(self) -> int:
@@ -89,9 +99,22 @@ class FindModel(nn.Module):
 
     def run_interface(self, features: ImageFeatures | None, samples: list[SampleInputs],
                       task: str) -> list[PredictionSet]:
+        if self.official:
+            raise NotImplementedError(
+                f"model '{self.config.name}' has the official FIND decoder; its tasks do not run through "
+                "find_core's task modules yet (the decoder is proven by `python -m find_core.convert --parity`)")
         return self.interface(features, samples, task)
 
     def similarity(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
         """exp(logit_scale) · cosine, for every pair: a [..., N, C], b [..., M, C] → [..., N, M]."""
         scale = self.logit_scale.exp().clamp(max=100.0)
         return scale * F.normalize(a, dim=-1) @ F.normalize(b, dim=-1).transpose(-1, -2)
+
+
+def official_decoder_config(config: InterfaceConfig) -> FindDecoderConfig:
+    """The official decoder's dims from our interface config (the official yaml's DECODER section:
+    one prediction set more than layers; the image query counted with the object queries)."""
+    return FindDecoderConfig(hidden_dim=config.width, heads=config.heads, ffn=config.ffn, dec_layers=config.layers + 1,
+                             num_queries=config.num_object_queries + 1, mask_dim=config.width, dim_proj=config.width,
+                             in_channels=config.width, spatial_memories=config.spatial_memories,
+                             max_spatial_len=(config.max_spatial_len,) * 4)

@@ -25,7 +25,7 @@ from .presets import preset_path
 from .prompts import ClassPrompt, SpatialPrompt
 from .results import (EmbeddingMap, GroundingResult, LocalizationResult, RetrievalResult, Segment,
                       SegmentationResult)
-from .tasks import generic, grounding, interactive, interleave_grounding, interleave_retrieval, retrieval
+from .tasks import generic, grounding, interactive, interleave_grounding, interleave_retrieval, official, retrieval
 from .tasks.common import best_queries
 
 PRECISIONS = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
@@ -106,14 +106,17 @@ class FindPipeline:
                              torch.cat([o.source_semantic for o in outputs]),
                              torch.cat([o.source_valid for o in outputs]))
 
+    def _official_outputs(self, features: ImageFeatures) -> dict[str, torch.Tensor]:
+        """The official decoder's `seg` pass (no classes) over a batch, in chunks of batch_size."""
+        parts = [official.image_outputs(self.model, features.select(slice(i, i + self.batch_size)))
+                 for i in range(0, len(features), self.batch_size)]
+        return {key: torch.cat([part[key] for part in parts]) for key in ("pred_masks", "pred_captions", "pred_retrievals")}
+
     def _pick_masks(self, sets: PredictionSet, b: int, box: Letterbox, labels: list[str],
                     kinds: list[str] | None = None) -> list[Segment]:
         count = int(sets.source_valid[b].sum())
         best, scores = best_queries(self.model, sets.source_semantic[b, :count], sets.object_semantic[b])
-        masks = box.to_original(sets.object_masks[b, best]) > 0
-        return [Segment(labels[i], float(scores[i]), masks[i].cpu().numpy(), i, i + 1,
-                        kind=kinds[i] if kinds else "text")
-                for i in range(count)]
+        return _segments(sets.object_masks[b, best], scores, box, labels, kinds)
 
     # ---- tasks ---------------------------------------------------------------------------------
     @torch.inference_mode()
@@ -124,9 +127,14 @@ class FindPipeline:
         with self._autocast():
             class_embeddings = self._class_embeddings(prompts)
             features, boxes = self._encode([image])
-            sets = self._image_sets(features)
-            logits = generic.class_logits(self.model, sets.object_semantic[0], class_embeddings)
-            masks = boxes[0].to_original(sets.object_masks[0])
+            if self.model.official:  # classes + "background" (the official no-object class)
+                outputs = official.image_outputs(self.model, features, class_embeddings)
+                logits, masks = outputs["pred_logits"][0], outputs["pred_masks"][0]
+            else:
+                sets = self._image_sets(features)
+                logits = generic.class_logits(self.model, sets.object_semantic[0], class_embeddings)
+                masks = sets.object_masks[0]
+            masks = boxes[0].to_original(masks)
         return generic.decode(mode, logits, masks, prompts, object_threshold)
 
     def _class_embeddings(self, prompts: list[ClassPrompt]) -> torch.Tensor:
@@ -134,7 +142,12 @@ class FindPipeline:
         key = tuple(p.text for p in prompts) if all(p.example is None for p in prompts) else None
         if key is not None and self._class_cache is not None and self._class_cache[0] == key:
             return self._class_cache[1]
-        embeddings = generic.class_embeddings(self.model, prompts)
+        if self.model.official:
+            if key is None:
+                raise official.unsupported("a class given by an example picture")
+            embeddings = official.class_embeddings(self.model, list(key) + [official.NO_OBJECT_CLASS])
+        else:
+            embeddings = generic.class_embeddings(self.model, prompts)
         if key is not None:
             self._class_cache = (key, embeddings)
         return embeddings
@@ -144,6 +157,9 @@ class FindPipeline:
         """Referring / grounded segmentation: one mask per phrase."""
         with self._autocast():
             features, boxes = self._encode([image])
+            if self.model.official:
+                masks, scores, _ = official.ground(self.model, features, list(phrases))
+                return GroundingResult(_segments(masks, scores, boxes[0], list(phrases)))
             sets = self.model.run_interface(features, grounding.samples(self.model, [list(phrases)]), grounding.TASK)[-1]
             return GroundingResult(self._pick_masks(sets, 0, boxes[0], list(phrases)))
 
@@ -155,9 +171,13 @@ class FindPipeline:
             height, width = image.shape[:2]
             regions = [[(boxes[0].to_input(p.rasterize(height, width), self.model.device), p.positive) for p in prompts]
                        for prompts in objects]
+            labels = [f"object {i}" for i in range(len(objects))]
+            if self.model.official:
+                masks, scores = official.interactive(self.model, features, regions)
+                return GroundingResult(_segments(masks, scores, boxes[0], labels))
             samples = interactive.samples(self.model, features, [regions])
             sets = self.model.run_interface(features, samples, interactive.TASK)[-1]
-            return GroundingResult(self._pick_masks(sets, 0, boxes[0], [f"object {i}" for i in range(len(objects))]))
+            return GroundingResult(self._pick_masks(sets, 0, boxes[0], labels))
 
     @torch.inference_mode()
     def embed_pixels(self, image: np.ndarray) -> EmbeddingMap:
@@ -165,9 +185,14 @@ class FindPipeline:
         semantic embeddings of the object queries by their mask probabilities there."""
         with self._autocast():
             features, boxes = self._encode([image])
-            sets = self._image_sets(features)
-            weights = sets.object_masks[0].float().softmax(dim=0)               # [Q, h, w]
-            semantic = F.normalize(sets.object_semantic[0].float(), dim=-1)   # [Q, C]
+            if self.model.official:
+                outputs = self._official_outputs(features)
+                masks, semantic = outputs["pred_masks"][0], outputs["pred_captions"][0]
+            else:
+                sets = self._image_sets(features)
+                masks, semantic = sets.object_masks[0], sets.object_semantic[0]
+            weights = masks.float().softmax(dim=0)                       # [Q, h, w]
+            semantic = F.normalize(semantic.float(), dim=-1)             # [Q, C]
             pixels = F.normalize(torch.einsum("qhw,qc->hwc", weights, semantic), dim=-1)
         box = boxes[0]
         stride = box.size // features.mask_features.shape[-1]   # 4 for every pixel decoder here
@@ -178,7 +203,10 @@ class FindPipeline:
     def embed_text(self, texts: Sequence[str]) -> np.ndarray:
         """[N, C] normalised text embeddings, comparable with embed_pixels and embed_images."""
         with self._autocast():
-            embeddings = generic.class_embeddings(self.model, [ClassPrompt(text=t) for t in texts])
+            if self.model.official:
+                embeddings = official.class_embeddings(self.model, list(texts))
+            else:
+                embeddings = generic.class_embeddings(self.model, [ClassPrompt(text=t) for t in texts])
         return F.normalize(embeddings.float(), dim=-1).cpu().numpy()
 
     @torch.inference_mode()
@@ -186,7 +214,10 @@ class FindPipeline:
         """[N, C] normalised image-level embeddings (the image query), for retrieval and frame buffers."""
         with self._autocast():
             features, _ = self._encode(images)
-            embeddings = self._image_sets(features).image_semantic
+            if self.model.official:
+                embeddings = self._official_outputs(features)["pred_retrievals"][:, 0]
+            else:
+                embeddings = self._image_sets(features).image_semantic
         return F.normalize(embeddings.float(), dim=-1).cpu().numpy()
 
     @torch.inference_mode()
@@ -194,6 +225,8 @@ class FindPipeline:
                           frames: Mapping[float, np.ndarray] | None = None) -> np.ndarray:
         """[C] normalised embedding of an (interleaved) instruction, comparable with embed_images."""
         instruction = instruction if isinstance(instruction, Instruction) else parse_instruction(instruction)
+        if self.model.official:
+            raise official.unsupported("interleave retrieval (embed_instruction, localize)")
         with self._autocast():
             embedding = interleave_retrieval.entry_embeddings(self.model, [instruction], frames)[0]
         return F.normalize(embedding.float(), dim=-1).cpu().numpy()
@@ -205,6 +238,8 @@ class FindPipeline:
     @torch.inference_mode()
     def retrieve(self, images: Sequence[np.ndarray], captions: Sequence[str]) -> RetrievalResult:
         """Image–text retrieval: similarity of every caption to every image."""
+        if self.model.official:
+            raise official.unsupported("image-text retrieval")
         with self._autocast():
             text = F.normalize(retrieval.caption_embeddings(self.model, list(captions)).float(), dim=-1).cpu().numpy()
         return RetrievalResult(self._scores(text, self.embed_images(images)))
@@ -224,11 +259,13 @@ class FindPipeline:
                           frames: Mapping[float, np.ndarray] | None = None) -> GroundingResult:
         """One mask per entity of the instruction (text or visual) in `image`."""
         instruction = instruction if isinstance(instruction, Instruction) else parse_instruction(instruction)
+        if self.model.official:
+            return self._official_grounding(image, instruction)[0]
+        labels = [e.label or instruction.phrase(i) for i, e in enumerate(instruction.entities)]
         with self._autocast():
             features, boxes = self._encode([image])
             samples = interleave_grounding.samples(self.model, [instruction], frames)
             sets = self.model.run_interface(features, samples, interleave_grounding.TASK)[-1]
-            labels = [e.label or instruction.phrase(i) for i, e in enumerate(instruction.entities)]
             return GroundingResult(self._pick_masks(sets, 0, boxes[0], labels,
                                                     [e.kind for e in instruction.entities]))
 
@@ -242,9 +279,40 @@ class FindPipeline:
         if not frames:
             raise ValueError("localize needs at least one frame")
         instruction = instruction if isinstance(instruction, Instruction) else parse_instruction(instruction)
+        if self.model.official:
+            return self._localize_by_grounding(frames, instruction)
         lookup = dict(zip(stamps, frames)) if stamps is not None else None
         ranking = self.interleave_retrieve(instruction, None if frame_embeddings is not None else frames,
                                            frame_embeddings, lookup)
         scores = ranking.similarity[0]
         best = int(np.argmax(scores))
         return LocalizationResult(scores, best, self.interleave_ground(frames[best], instruction, lookup))
+
+    def _official_grounding(self, image: np.ndarray, instruction: Instruction) -> tuple[GroundingResult, float]:
+        """The official decoder grounds each text entity of the instruction as a phrase (its grounding
+        task; interleave grounding is not in it yet), and the mean similarity of the chosen proposals."""
+        if instruction.visual_entities:
+            raise official.unsupported("a visual entity")
+        labels = [e.label or instruction.phrase(i) for i, e in enumerate(instruction.entities)]
+        with self._autocast():
+            features, boxes = self._encode([image])
+            phrases = [instruction.phrase(i) for i in range(len(instruction.entities))]
+            masks, scores, similarity = official.ground(self.model, features, phrases)
+            return GroundingResult(_segments(masks, scores, boxes[0], labels)), float(similarity.float().mean())
+
+    def _localize_by_grounding(self, frames: Sequence[np.ndarray], instruction: Instruction) -> LocalizationResult:
+        """Localization for the official decoder, which has no interleave retrieval here yet: every frame
+        is grounded and ranked by the mean grounding similarity of its chosen proposals. One decoder
+        pass per frame, where retrieval ranks a buffer without one."""
+        graded = [self._official_grounding(frame, instruction) for frame in frames]
+        scores = np.asarray([similarity for _, similarity in graded], dtype=np.float32)
+        best = int(np.argmax(scores))
+        return LocalizationResult(scores, best, graded[best][0])
+
+
+def _segments(masks: torch.Tensor, scores: torch.Tensor, box: Letterbox, labels: list[str],
+              kinds: list[str] | None = None) -> list[Segment]:
+    """One Segment per row of mask logits [N, h, w] (input resolution), at the original resolution."""
+    binary = box.to_original(masks) > 0
+    return [Segment(labels[i], float(scores[i]), binary[i].cpu().numpy(), i, i + 1, kind=kinds[i] if kinds else "text")
+            for i in range(len(labels))]

