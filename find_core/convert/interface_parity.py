@@ -127,12 +127,12 @@ def interface_parity(weights: dict[str, Tensor], fixture_dir: Path) -> list[Comp
 
     comparisons: list[Comparison] = []
     for file, reference in (("generic", generic), ("grounding", grounding), ("spatial", spatial)):
-        for name, official in reference.items():
+        for name, expected in reference.items():
             if name.startswith("in."):
                 continue
             if name not in ours or ours[name] is None:
                 raise ParityError(f"{file}.safetensors: {name!r} has no counterpart in our decoder outputs")
-            comparisons.append((qualified_name(file, name), ours[name], official))
+            comparisons.append((qualified_name(file, name), ours[name], expected))
     return comparisons
 
 

@@ -14,7 +14,6 @@ Covered tasks: `class` (class-embedding step of `get_class_embeddings`), `seg` (
 """
 from __future__ import annotations
 
-import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -22,6 +21,9 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+
+from ..encoders.positional import detr_sine_position
+from .heads import MLP
 
 IMAGE = "features_vision_image"
 """The source name of the multi-scale image features in CROSS_ATTENTION (masked attention to pixels)."""
@@ -398,48 +400,12 @@ class FFNLayer(nn.Module):
         return self.norm(x + self.linear2(F.relu(self.linear1(x))))
 
 
-class MLP(nn.Module):
-    """ReLU MLP; the mask embedding head (3 layers)."""
-
-    def __init__(self, dim_in: int, hidden: int, dim_out: int, num_layers: int):
-        super().__init__()
-        dims = [dim_in] + [hidden] * (num_layers - 1) + [dim_out]
-        self.layers = nn.ModuleList(nn.Linear(a, b) for a, b in zip(dims[:-1], dims[1:]))
-
-    def forward(self, x: Tensor) -> Tensor:
-        for i, layer in enumerate(self.layers):
-            x = layer(x)
-            if i < len(self.layers) - 1:
-                x = F.relu(x)
-        return x
-
-
 class _Stack(nn.Module):
     """Holds per-layer modules under `.layers` (upstream's ContentAttention / ConditionAttention)."""
 
     def __init__(self, layers: Sequence[nn.Module]):
         super().__init__()
         self.layers = nn.ModuleList(layers)
-
-
-def sine_position_embedding(feature: Tensor, num_feats: int, temperature: float = 10000.0) -> Tensor:
-    """Normalised 2-D sine embedding [B, 2*num_feats, H, W] (DETR / Mask2Former `PositionEmbeddingSine`
-    with normalize=True): y channels first, then x; each frequency as a (sin, cos) pair."""
-    b, _, h, w = feature.shape
-    ones = torch.ones(b, h, w, dtype=feature.dtype, device=feature.device)
-    y = ones.cumsum(1)
-    x = ones.cumsum(2)
-    eps, scale = 1e-6, 2 * math.pi
-    y = y / (y[:, -1:, :] + eps) * scale
-    x = x / (x[:, :, -1:] + eps) * scale
-    dim_t = torch.arange(num_feats, dtype=feature.dtype, device=feature.device)
-    dim_t = temperature ** (2 * (dim_t // 2) / num_feats)
-
-    def encode(coord: Tensor) -> Tensor:
-        angles = coord[..., None] / dim_t
-        return torch.stack((angles[..., 0::2].sin(), angles[..., 1::2].cos()), dim=4).flatten(3)
-
-    return torch.cat((encode(y), encode(x)), dim=3).permute(0, 3, 1, 2)
 
 
 def sample_stroke_points(mask: Tensor, max_len: int, generator: torch.Generator | None = None) -> Tensor:
@@ -504,7 +470,7 @@ class FindDecoder(nn.Module):
         needs_proj = cfg.in_channels != c or cfg.enforce_input_proj
         self.input_proj = nn.ModuleList(
             nn.Conv2d(cfg.in_channels, c, 1) if needs_proj else nn.Identity() for _ in range(cfg.num_levels))
-        self.mask_embed = MLP(c, c, cfg.mask_dim, 3)
+        self.mask_embed = MLP(c, cfg.mask_dim, 3)
         self.class_embed = nn.Parameter(torch.zeros(c, cfg.dim_proj))
         self.mask_sptial_embed = nn.ParameterList(nn.Parameter(torch.zeros(c, c)) for _ in range(3))
         # spatial memories: used by later interactive rounds (not covered yet), kept for checkpoints
@@ -520,7 +486,8 @@ class FindDecoder(nn.Module):
         src, pos, sizes = [], [], []
         for i, x in enumerate(features):
             sizes.append((x.shape[-2], x.shape[-1]))
-            pos.append(sine_position_embedding(x, self.cfg.hidden_dim // 2).flatten(2).permute(2, 0, 1))
+            position = detr_sine_position(x.shape[-2], x.shape[-1], self.cfg.hidden_dim, x.device, x.dtype)
+            pos.append(position.flatten(1).t()[:, None].expand(-1, x.shape[0], -1))
             content = self.input_proj[i](x).flatten(2) + self.level_embed.weight[i][None, :, None]
             src.append(content.permute(2, 0, 1))
         return src, pos, sizes
