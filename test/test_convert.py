@@ -260,3 +260,20 @@ def test_official_config_sections_refuse_unknown_choices(section, value, message
     from find_core.config import ConfigError
     with pytest.raises(ConfigError, match=message):
         ModelConfig.from_dict({section: value})
+
+
+def test_a_file_holding_a_unicl_tower_gets_a_clip_text_model_and_the_clip_tokenizer(tmp_path):
+    """The *_unicl_lang variants keep a UniCL text transformer: it becomes a CLIPTextModel folder with
+    the CLIP BPE tokenizer built offline, read at its last (ln_final) layer."""
+    from transformers import CLIPTextModel
+    from test_language_official import random_unicl
+    tower = random_unicl(vocab=49408, context=77, width=40, layers=1, heads=8)  # width = the fixtures' lang_proj rows
+    official = dict(load_file(str(SMALL / "weights.safetensors")))
+    official.update({LANGUAGE_TOWER + key: value for key, value in tower.state_dict().items()})
+    path = tmp_path / "unicl.pt"
+    torch.save(official, path)
+    report = convert_official(path, tmp_path / "converted", None, ModelConfig.from_yaml(REFERENCE / "small_model.yaml"))
+    assert any("UniCL" in note for note in report.notes)
+    model = load_checkpoint(tmp_path / "converted")
+    assert isinstance(model.language.model, CLIPTextModel) and model.config.language.layer == -1
+    assert model.language.tokenizer("a photo of a cat")["input_ids"] == [49406, 320, 1125, 539, 320, 2368, 49407]
