@@ -121,8 +121,10 @@ class FindPipeline:
     # ---- tasks ---------------------------------------------------------------------------------
     @torch.inference_mode()
     def segment(self, image: np.ndarray, classes: Sequence[str | ClassPrompt], mode: str = "panoptic",
-                object_threshold: float = 0.5) -> SegmentationResult:
-        """Generic segmentation; classes as names, descriptions or ClassPrompt(example=...)."""
+                object_threshold: float | None = None) -> SegmentationResult:
+        """Generic segmentation; classes as names, descriptions or ClassPrompt(example=...).
+        `object_threshold` None: the model's default (0.5; the official decoder's test setting 0.8,
+        whose instance mode also keeps the top-k (query, class) pairs as the official code does)."""
         prompts = [c if isinstance(c, ClassPrompt) else ClassPrompt(text=c) for c in classes]
         with self._autocast():
             class_embeddings = self._class_embeddings(prompts)
@@ -135,7 +137,11 @@ class FindPipeline:
                 logits = generic.class_logits(self.model, sets.object_semantic[0], class_embeddings)
                 masks = sets.object_masks[0]
             masks = boxes[0].to_original(masks)
-        return generic.decode(mode, logits, masks, prompts, object_threshold)
+        if self.model.official:  # the official test settings: threshold 0.8, top-k instances
+            threshold = official.OBJECT_MASK_THRESHOLD if object_threshold is None else object_threshold
+            return generic.decode(mode, logits, masks, prompts, threshold, official.OVERLAP_THRESHOLD,
+                                  instance_topk=self.model.config.interface.num_object_queries)
+        return generic.decode(mode, logits, masks, prompts, 0.5 if object_threshold is None else object_threshold)
 
     def _class_embeddings(self, prompts: list[ClassPrompt]) -> torch.Tensor:
         """Class embeddings do not depend on the image: cache them for a repeated text class list."""

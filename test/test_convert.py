@@ -277,3 +277,19 @@ def test_a_file_holding_a_unicl_tower_gets_a_clip_text_model_and_the_clip_tokeni
     model = load_checkpoint(tmp_path / "converted")
     assert isinstance(model.language.model, CLIPTextModel) and model.config.language.layer == -1
     assert model.language.tokenizer("a photo of a cat")["input_ids"] == [49406, 320, 1125, 539, 320, 2368, 49407]
+
+
+def test_pipeline_on_a_converted_model_decodes_as_the_official_code(converted_small_model):
+    """Official test settings through FindPipeline: classes + "background", top-k instance pairs."""
+    import numpy as np
+    from find_core import FindPipeline
+    pipe = FindPipeline.from_checkpoint(converted_small_model, device="cpu")
+    image = np.zeros((96, 128, 3), np.uint8)
+    image[20:60, 30:80] = (220, 30, 30)
+    result = pipe.segment(image, ["red square", "floor"], mode="instance")
+    assert len(result.segments) == pipe.model.config.interface.num_object_queries  # top-k of 10 queries x 2 classes
+    scores = [s.score for s in result.segments]
+    assert scores == sorted(scores, reverse=True)
+    assert pipe._class_cache[1].shape[0] == 3  # the two classes and "background"
+    embedding = pipe.embed_pixels(image)
+    assert embedding.embeddings.shape[-1] == 64 and np.isfinite(embedding.embeddings).all()

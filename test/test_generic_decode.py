@@ -50,3 +50,25 @@ def test_object_threshold_and_overlap_rule():
     masks[1, :, 2:] = BIG   # the square now claims the disc's last column too, but the disc wins it (tie → first)
     result = decode("panoptic", logits, masks, CLASSES)
     assert result.segments[0].mask[:, 2].all()
+
+
+def test_official_instance_inference_keeps_the_topk_query_class_pairs():
+    """Official (Mask2Former) instance decoding: every (query, class) pair competes; score = class
+    probability × mean mask probability inside the mask (mask logit > 0)."""
+    masks = torch.full((2, 4, 4), -BIG)
+    masks[0, :2] = 2.0            # query 0: top half, sigmoid(2) inside
+    masks[1, 2:] = BIG            # query 1: bottom half, ~1 inside
+    logits = torch.tensor([[2.0, 1.0, 0.0, -1.0],    # query 0: disc > square > floor
+                           [0.0, 3.0, 0.0, 2.0]])    # query 1: square; no-object second
+    probs = logits.softmax(-1)
+    mask_score = [torch.sigmoid(torch.tensor(2.0)).item(), 1.0]
+    pairs = sorted(((probs[q, k].item(), q, k) for q in range(2) for k in range(3)), reverse=True)[:3]
+    expected = sorted(((p * mask_score[q], q, k) for p, q, k in pairs), reverse=True)
+
+    result = decode("instance", logits, masks, CLASSES, instance_topk=3)
+    assert [(s.label, round(s.score, 5)) for s in result.segments] == \
+        [(CLASSES[k].name, round(score, 5)) for score, _, k in expected]
+    for segment, (_, q, _) in zip(result.segments, expected):
+        assert (segment.mask == (masks[q] > 0).numpy()).all()
+    # the label map paints the best-scored segment first
+    assert result.label_map[3, 0] == 1 and expected[0][1] == 1

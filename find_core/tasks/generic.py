@@ -52,8 +52,13 @@ def class_logits(model: FindModel, object_semantic: torch.Tensor, classes: torch
 
 
 def decode(mode: str, logits: torch.Tensor, masks: torch.Tensor, classes: list[ClassPrompt],
-           object_threshold: float = 0.5, overlap_threshold: float = 0.8) -> SegmentationResult:
-    """One image: logits [Q, K+1], mask logits [Q, H, W] at output resolution → labelled segments."""
+           object_threshold: float = 0.5, overlap_threshold: float = 0.8,
+           instance_topk: int | None = None) -> SegmentationResult:
+    """One image: logits [Q, K+1], mask logits [Q, H, W] at output resolution → labelled segments.
+
+    `instance_topk`: instance mode as the official code (Mask2Former) decodes it — the top-k
+    (query, class) pairs by class probability, each scored by that probability × its mean mask
+    probability — instead of one thresholded class per query."""
     if mode not in MODES:
         raise ValueError(f"unknown segmentation mode '{mode}'; use one of {MODES}")
     probs = logits.float().softmax(dim=-1)
@@ -68,6 +73,8 @@ def decode(mode: str, logits: torch.Tensor, masks: torch.Tensor, classes: list[C
             score = float(per_class[k - 1][label_map == k].mean())
             segments.append(Segment(classes[k - 1].name, score, mask, k - 1, k, classes[k - 1].isthing))
         return SegmentationResult(mode, label_map.cpu().numpy(), segments)
+    if mode == "instance" and instance_topk is not None:
+        return _topk_instances(probs, masks.float(), classes, instance_topk)
     scores, labels = probs[:, :-1].max(dim=-1)
     keep = (probs.argmax(dim=-1) != probs.shape[-1] - 1) & (scores > object_threshold)
     label_map = torch.zeros(height, width, dtype=torch.int32)
@@ -108,3 +115,25 @@ def decode(mode: str, logits: torch.Tensor, masks: torch.Tensor, classes: list[C
         segments.append(Segment(classes[k].name, float(kept_scores[q]), mask.cpu().numpy(), k, segment_id,
                                 classes[k].isthing))
     return SegmentationResult(mode, label_map.numpy(), segments)
+
+
+def _topk_instances(probs: torch.Tensor, mask_logits: torch.Tensor, classes: list[ClassPrompt], k: int) -> SegmentationResult:
+    """Official instance inference: every (query, class) pair is a candidate; the k most probable are
+    kept, a pair's mask is its query's (logit > 0) and its score = class probability × mean mask
+    probability inside that mask. Segments in descending score; the label map paints the best first."""
+    num_classes = probs.shape[-1] - 1
+    flat = probs[:, :-1].flatten()
+    values, indices = flat.topk(min(k, flat.numel()))
+    queries, labels = indices // num_classes, indices % num_classes
+    height, width = mask_logits.shape[-2:]
+    label_map = torch.zeros(height, width, dtype=torch.int32)
+    candidates = []
+    for value, q, label in zip(values.tolist(), queries.tolist(), labels.tolist()):
+        mask = mask_logits[q] > 0
+        mask_score = float((mask_logits[q].sigmoid() * mask).sum() / (mask.sum() + 1e-6))
+        candidates.append((value * mask_score, mask, label))
+    segments: list[Segment] = []
+    for rank, (score, mask, label) in enumerate(sorted(candidates, key=lambda c: -c[0]), start=1):
+        label_map[mask.cpu() & (label_map == 0)] = rank
+        segments.append(Segment(classes[label].name, score, mask.cpu().numpy(), label, rank, classes[label].isthing))
+    return SegmentationResult("instance", label_map.numpy(), segments)

@@ -18,6 +18,8 @@ from ..model import FindModel
 from .common import class_text
 
 NO_OBJECT_CLASS = "background"          # the official no-object class is this text's embedding
+OBJECT_MASK_THRESHOLD = 0.8             # MODEL.DECODER.TEST of the official configs
+OVERLAP_THRESHOLD = 0.8
 CLASS_FEATURE_SIZES = (20, 40, 80, 160)  # the all-zero maps upstream's class step runs on (3 levels + masks)
 
 
