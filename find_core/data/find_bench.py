@@ -9,12 +9,20 @@ Entity file format (as released with FIND)::
 ``sentence[start_idx:end_idx] == phrase`` (end exclusive) and ``annotation_id`` is the COCO panoptic
 segment id of the entity in that image.
 
-Visual-reference extension (ours): a phrase may carry
-``"visual": {"image_id": <other image>, "annotation_id": <segment id there>}``. The entity is then
-given to the model as a crop of that segment in the other image instead of as words (upstream FIND
-instead draws a random shape inside the entity's own segment). The sentence keeps the entity's words,
-so the same entry also serves text-only grounding; the consumer swaps the span for the image.
-The referenced image must be listed in the same panoptic JSON.
+Visual references: a phrase may point at a segment of the same category in *another* image, whose
+crop can stand in for the entity's words. Two keys carry one, with the same fields
+``{"image_id": <other image>, "annotation_id": <segment id there>}``:
+
+- ``"reference"`` — the official FIND-Bench interleave files (``interleave_val2017.json``, extra keys
+  such as ``prob`` are ignored) and ``python -m training.find_bench build``. A reference is a
+  *candidate*: as in the official data mapper (``INTERLEAVE.VISUAL_PROB``), each such phrase is
+  given as the crop with probability ``reference_visual_prob`` and as words otherwise. The draw is a
+  function of ``seed`` and the entry's index, so an index always yields the same sample.
+- ``"visual"`` — this project's earlier extension (the synthetic generator): always given as the crop.
+
+The sentence keeps the entity's words, so the same entry also serves text-only grounding; the
+consumer swaps the span for the image. The referenced image must be listed in the same panoptic
+JSON, be another image than the entry's, and the segment must have the entity's category.
 
 Retrieval split file (ours, for interleave retrieval): ``{"split": str, "entity_file": str,
 "gallery_image_ids": [int]}`` — the images a query entry is ranked against; an entry's target is
@@ -29,7 +37,9 @@ import numpy as np
 from .coco_panoptic import CocoPanoptic
 from .samples import EntityPhrase, EntitySample, load_json, require_keys
 
-__all__ = ["FindBenchEntities", "load_retrieval_gallery", "segment_crop"]
+__all__ = ["FindBenchEntities", "load_retrieval_gallery", "segment_crop", "REFERENCE_KEYS"]
+
+REFERENCE_KEYS = ("visual", "reference")  # a phrase's visual-reference keys, the always-visual one first
 
 
 def segment_crop(image: np.ndarray, mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -56,6 +66,8 @@ class FindBenchEntities:
     Each of ``entity_json``, ``panoptic_json``, ``image_dir`` and ``panoptic_dir`` overrides one
     path (relative paths are taken under ``root``). All spans and segment ids are checked when the
     reader is built, so a broken file fails at once rather than mid-training.
+    ``reference_visual_prob`` and ``seed`` decide which ``reference`` phrases are given as crops
+    (see the module docstring).
     """
 
     def __init__(
@@ -67,7 +79,15 @@ class FindBenchEntities:
         panoptic_json: Path | None = None,
         image_dir: Path | None = None,
         panoptic_dir: Path | None = None,
+        reference_visual_prob: float = 0.5,
+        seed: int = 0,
     ) -> None:
+        if not 0.0 <= reference_visual_prob <= 1.0:
+            raise ValueError(f"reference_visual_prob must lie in [0, 1], got {reference_visual_prob}")
+        if seed < 0:
+            raise ValueError(f"seed must be >= 0, got {seed}")
+        self.reference_visual_prob = reference_visual_prob
+        self.seed = seed
         root = Path(root)
         self.entity_json = root / (entity_json or Path("annotations") / f"entity_{split}.json")
         self.panoptic = CocoPanoptic(root, split, annotation_json=panoptic_json, png_dir=panoptic_dir,
@@ -79,9 +99,10 @@ class FindBenchEntities:
         for n, entry in enumerate(self.entries):
             self._validate(n, entry)
 
-    def _segment_ids(self, image_id: int, where: str) -> set[int]:
+    def _categories(self, image_id: int, where: str) -> dict[int, int]:
+        """Segment id -> category id of one image."""
         try:
-            return {int(s["id"]) for s in self.panoptic.segments_info(image_id)}
+            return {int(s["id"]): int(s["category_id"]) for s in self.panoptic.segments_info(image_id)}
         except KeyError:
             raise ValueError(f"{where}: image {image_id} has no panoptic annotation in "
                              f"{self.panoptic.annotation_json}") from None
@@ -90,21 +111,51 @@ class FindBenchEntities:
         where = f"{self.entity_json} annotation {n}"
         require_keys(entry, ("image_id", "sentence", "phrase"), where)
         sentence = entry["sentence"]
-        own_ids = self._segment_ids(int(entry["image_id"]), where)
+        image_id = int(entry["image_id"])
+        own = self._categories(image_id, where)
         for p in entry["phrase"]:
             require_keys(p, ("phrase", "start_idx", "end_idx", "annotation_id"), f"phrase of {where}")
             if sentence[p["start_idx"]:p["end_idx"]] != p["phrase"]:
                 raise ValueError(f"{where}: span [{p['start_idx']}, {p['end_idx']}) of {sentence!r} is "
                                  f"{sentence[p['start_idx']:p['end_idx']]!r}, not {p['phrase']!r}")
-            if int(p["annotation_id"]) not in own_ids:
+            if int(p["annotation_id"]) not in own:
                 raise ValueError(f"{where}: phrase {p['phrase']!r} points at segment {p['annotation_id']}, "
-                                 f"not a segment of image {entry['image_id']}")
+                                 f"not a segment of image {image_id}")
+            for key in REFERENCE_KEYS:
+                if key in p:
+                    self._validate_reference(p[key], own[int(p["annotation_id"])], image_id,
+                                             f"{key!r} of {p['phrase']!r} in {where}")
+
+    def _validate_reference(self, ref: dict, category: int, image_id: int, where: str) -> None:
+        require_keys(ref, ("image_id", "annotation_id"), where)
+        if int(ref["image_id"]) == image_id:
+            raise ValueError(f"{where}: refers to a segment of the entry's own image {image_id} "
+                             f"(a visual reference must come from another image)")
+        theirs = self._categories(int(ref["image_id"]), where)
+        segment = int(ref["annotation_id"])
+        if segment not in theirs:
+            raise ValueError(f"{where}: points at segment {segment}, not a segment of image {ref['image_id']}")
+        if theirs[segment] != category:
+            raise ValueError(f"{where}: segment {segment} of image {ref['image_id']} has category "
+                             f"{theirs[segment]}, the entity has {category}")
+
+    def visual_references(self, index: int) -> list[dict | None]:
+        """Per phrase of entry ``index``: the reference it is given as (``image_id``,
+        ``annotation_id``), or None when it is given as words (see the module docstring)."""
+        if not -len(self) <= index < len(self):
+            raise IndexError(f"index {index} out of range for {len(self)} entity entries")
+        index %= len(self)
+        phrases = self.entries[index]["phrase"]
+        draws = np.random.default_rng([self.seed, index]).random(len(phrases))
+        out: list[dict | None] = []
+        for p, draw in zip(phrases, draws):
             if "visual" in p:
-                v = p["visual"]
-                require_keys(v, ("image_id", "annotation_id"), f"visual reference of {p['phrase']!r} in {where}")
-                if int(v["annotation_id"]) not in self._segment_ids(int(v["image_id"]), where):
-                    raise ValueError(f"{where}: visual reference of {p['phrase']!r} points at segment "
-                                     f"{v['annotation_id']}, not a segment of image {v['image_id']}")
+                out.append(p["visual"])
+            elif "reference" in p and draw < self.reference_visual_prob:
+                out.append(p["reference"])
+            else:
+                out.append(None)
+        return out
 
     def __len__(self) -> int:
         return len(self.entries)
@@ -116,10 +167,10 @@ class FindBenchEntities:
         sample = self.panoptic.sample(int(entry["image_id"]))
         masks = {s.id: s.mask for s in sample.segments}
         phrases = []
-        for p in entry["phrase"]:
+        for p, ref in zip(entry["phrase"], self.visual_references(index)):
             crop = crop_mask = None
-            if "visual" in p:
-                crop, crop_mask = self._visual_crop(int(p["visual"]["image_id"]), int(p["visual"]["annotation_id"]))
+            if ref is not None:
+                crop, crop_mask = self._visual_crop(int(ref["image_id"]), int(ref["annotation_id"]))
             phrases.append(EntityPhrase(int(p["start_idx"]), int(p["end_idx"]), p["phrase"],
                                         masks[int(p["annotation_id"])], crop, crop_mask))
         return EntitySample(sample.image_id, sample.image, entry["sentence"], phrases)
