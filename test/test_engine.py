@@ -144,17 +144,19 @@ def test_a_few_steps_overfit_a_fixed_batch(model, data_root):
     assert last[0] < 0.7 * first[0] and last[1] < 0.7 * first[1], (first, last)
 
 
-def test_feature_cache_reuses_frozen_features_by_image_id(model, data_root, tmp_path):
+def test_feature_cache_reuses_frozen_features_from_disk(model, data_root, tmp_path):
     batch = batch_of("grounding", data_root)
     plain = Criterion(LossConfig(num_points=256))(model, batch).total.item()
     cache = FeatureCache(model, tmp_path / "features")
     assert Criterion(LossConfig(num_points=256), cache)(model, batch).total.item() == pytest.approx(plain, rel=1e-6)
     assert len(list((tmp_path / "features").glob("*/*.safetensors"))) == len(set(batch.image_ids))
-    reread = FeatureCache(model, tmp_path / "features").encode(model, torch.zeros_like(batch.images), batch.image_ids)
+    again = FeatureCache(model, tmp_path / "features")      # a new process reads what the first one wrote
+    reread = again.encode(model, batch.images)
+    assert (again.hits, again.misses) == (len(batch), 0)       # keyed by weights + image (test_feature_cache.py)
     fresh = model.encode_images(batch.images)
-    assert torch.allclose(reread.mask_features, fresh.mask_features, atol=1e-6)   # read by id, not recomputed
+    assert torch.allclose(reread.mask_features, fresh.mask_features, atol=1e-6)
     trainable = ModelConfig.from_yaml(preset_path("tiny-test"))
-    trainable.pixel_decoder.frozen = False
+    trainable.vision.frozen = False
     with pytest.raises(ValueError, match="frozen"):
         FeatureCache(FindModel(trainable))
 

@@ -1,12 +1,13 @@
-"""Vision adapter: any `transformers` vision model → feature maps at strides 4, 8, 16, 32.
+"""Vision adapter: a `transformers` vision model (or a timm model, or FIND's FocalNet) → maps at strides 4-32.
 
 Hierarchical backbones (FocalNet, Swin, ConvNeXt, ResNet) expose maps at those strides among their
 hidden states. Plain ViTs (DINOv2, CLIP vision, SAM vision) have one stride (their patch size); the
 missing levels are made by resampling that map (ViTDet's simple feature pyramid). Which hidden state
 has which stride is found once by probing the model, so no per-architecture table is needed.
 Composite checkpoints (a full CLIP or SAM) are reduced to their image tower. With `focalnet` set in
-the config, the backbone is the official FIND FocalNet (encoders/focalnet.py), which returns the four
-maps itself.
+the config, the backbone is the official FIND FocalNet (encoders/focalnet.py), and with `timm_model` a
+timm features_only model (encoders/timm_backbone.py, levels picked by its feature_info); both return
+the four maps themselves.
 
 Every map is returned at exactly (H/stride, W/stride): a map that comes out a little off (a patch size
 that does not divide the input, e.g. DINOv2's 14) is resampled to that size, so the pixel decoder can
@@ -24,6 +25,7 @@ from torch import nn
 from ..config import VisionConfig
 from .focalnet import FocalNet
 from .hf import freeze, load_model
+from .timm_backbone import TimmBackbone
 
 STRIDES = (4, 8, 16, 32)
 
@@ -64,7 +66,7 @@ def _patch_size(config: Any) -> int:
 
 
 class VisionAdapter(nn.Module):
-    """Wraps a frozen (or trainable) HF vision model and returns a list of 4 maps, fine to coarse.
+    """Wraps a frozen (or trainable) vision model and returns a list of 4 maps, fine to coarse.
 
     `sources[i]` is (hidden-state index, resampling factor) for stride STRIDES[i], as found by the
     probe at `config.input_size`; `channels[i]` is that map's channel count.
@@ -79,6 +81,9 @@ class VisionAdapter(nn.Module):
         self.register_buffer("pixel_std", torch.tensor(config.pixel_std).view(1, 3, 1, 1), persistent=False)
         if config.focalnet is not None:
             self.model = FocalNet(config.focalnet)
+            self.channels, self.sources = list(self.model.channels), None
+        elif config.timm_model is not None:
+            self.model = TimmBackbone(config, STRIDES)
             self.channels, self.sources = list(self.model.channels), None
         else:
             self._wrap_transformers_model(config)

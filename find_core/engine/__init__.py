@@ -1,7 +1,8 @@
 """Training and evaluation engine: configs, batches, losses per task, the trainer, evaluation."""
-from .batches import Batch, FeatureCache, TaskData, derive_seed, sample_spatial_prompts
+from .batches import Batch, TaskData, derive_seed, sample_spatial_prompts
 from .config import TASKS, EvalConfig, TrainConfig
 from .criterion import Criterion, LossOutput
+from .feature_cache import FeatureCache
 from .trainer import Trainer, latest_checkpoint
 
 __all__ = [

@@ -8,22 +8,17 @@ very same numbers as one uninterrupted process.
 """
 from __future__ import annotations
 
-import hashlib
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
 import numpy as np
 import torch
-from safetensors.torch import load_file, save_file
 from scipy import ndimage
 
 from ..data import CocoCaptions, CocoPanoptic, FindBenchEntities, RefCocoG
 from ..data.samples import CaptionSample, EntitySample, PanopticSample, ReferringSample
 from ..instructions import Entity, Instruction, VisualReference
-from ..interface.inputs import ImageFeatures
-from ..model import FindModel
 from ..preprocess import Letterbox, letterbox
 from ..prompts import SpatialPrompt
 from .config import InteractiveConfig
@@ -226,58 +221,3 @@ def _panoptic(sample: PanopticSample) -> PanopticSample:
     if not isinstance(sample, PanopticSample):
         raise TypeError(f"expected a PanopticSample, got {type(sample).__name__}")
     return sample
-
-
-# ---- frozen feature cache -------------------------------------------------------------------------
-
-class FeatureCache:
-    """Image features of a frozen vision side, keyed by image id (in memory, or on disk too).
-
-    The image ids of all datasets a run uses must name the same pictures (true for the COCO family
-    and for the synthetic set). The disk folder is named by a fingerprint of the frozen weights and
-    the input size, so a different model never reads stale features.
-    """
-
-    def __init__(self, model: FindModel, folder: str | Path | None = None):
-        if not model.vision_frozen:
-            raise ValueError("feature caching needs a frozen vision model and pixel decoder")
-        self._memory: dict[int, dict[str, torch.Tensor]] = {}
-        self.folder = Path(folder).expanduser() / _fingerprint(model) if folder else None
-        if self.folder is not None:
-            self.folder.mkdir(parents=True, exist_ok=True)
-
-    def _load(self, image_id: int) -> dict[str, torch.Tensor] | None:
-        if image_id in self._memory:
-            return self._memory[image_id]
-        if self.folder is not None and (self.folder / f"{image_id}.safetensors").is_file():
-            self._memory[image_id] = load_file(str(self.folder / f"{image_id}.safetensors"))
-            return self._memory[image_id]
-        return None
-
-    def encode(self, model: FindModel, images: torch.Tensor, image_ids: list[int]) -> ImageFeatures:
-        rows = [self._load(i) for i in image_ids]
-        missing = [k for k, row in enumerate(rows) if row is None]
-        if missing:
-            with torch.no_grad():
-                fresh = model.encode_images(images[missing])
-            for j, k in enumerate(missing):
-                row = {"mask_features": fresh.mask_features[j].float().cpu().contiguous()}
-                row.update({f"level{n}": level[j].float().cpu().contiguous() for n, level in enumerate(fresh.levels)})
-                rows[k] = self._memory[image_ids[k]] = row
-                if self.folder is not None:
-                    temporary = self.folder / f".{image_ids[k]}.{os.getpid()}.tmp"
-                    save_file(row, str(temporary))
-                    os.replace(temporary, self.folder / f"{image_ids[k]}.safetensors")
-        device = model.device
-        levels = len([key for key in rows[0] if key.startswith("level")])
-        return ImageFeatures(torch.stack([r["mask_features"] for r in rows]).to(device),
-                             [torch.stack([r[f"level{n}"] for r in rows]).to(device) for n in range(levels)])
-
-
-def _fingerprint(model: FindModel) -> str:
-    digest = hashlib.sha256(str(model.config.vision.input_size).encode())
-    for prefix, module in (("vision", model.vision), ("pixel_decoder", model.pixel_decoder)):
-        for name, tensor in sorted(module.state_dict().items()):
-            digest.update(f"{prefix}.{name}{tuple(tensor.shape)}".encode())
-            digest.update(tensor.detach().float().cpu().contiguous().numpy().tobytes())
-    return digest.hexdigest()[:16]

@@ -154,8 +154,8 @@ class RunConfig:
     log_every: int = 10
     out_dir: str = "runs/find"
     cpu_threads: int | None = None # torch intra-op threads; null = torch's default (1 is best on a busy machine)
-    cache_features: bool = False   # cache frozen image features by image id (vision + pixel decoder frozen)
-    feature_cache_dir: str | None = None  # on-disk cache folder; null = in memory
+    cache_features: bool = False   # compute each training image's frozen features once (needs model.vision.frozen)
+    feature_cache_dir: str | None = None  # on-disk cache folder (shared by torchrun processes); null = in memory
 
     def __post_init__(self) -> None:
         if self.precision not in PRECISIONS:

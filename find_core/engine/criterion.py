@@ -30,9 +30,10 @@ from ..model import FindModel
 from ..prompts import ClassPrompt
 from ..tasks import generic, grounding, interactive, interleave, retrieval
 from ..tasks.common import encode_references
-from .batches import (Batch, FeatureCache, GroundingBatch, InteractiveBatch, InterleaveBatch, RetrievalBatch,
-                      SegmentationBatch, derive_seed)
+from .batches import (Batch, GroundingBatch, InteractiveBatch, InterleaveBatch, RetrievalBatch, SegmentationBatch,
+                      derive_seed)
 from .distributed import global_sum, info
+from .feature_cache import FeatureCache
 
 TERMS = ("ce", "bce", "dice", "contrastive")
 
@@ -78,7 +79,7 @@ class Criterion:
     # ---- shared ------------------------------------------------------------------------------------
     def encode(self, model: FindModel, batch: Batch) -> ImageFeatures:
         if self.feature_cache is not None:
-            return self.feature_cache.encode(model, batch.images, batch.image_ids)
+            return self.feature_cache.encode(model, batch.images)
         return model.encode_images(batch.images)
 
     @staticmethod

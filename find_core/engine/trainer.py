@@ -37,9 +37,10 @@ from ..checkpoint import WEIGHTS, load_weights, save_checkpoint
 from ..config import ConfigError
 from ..model import FindModel
 from . import distributed
-from .batches import Batch, FeatureCache, TaskData, derive_seed
+from .batches import Batch, TaskData, derive_seed
 from .config import TASKS, OptimConfig, TrainConfig
 from .criterion import TERMS, Criterion, LossOutput
+from .feature_cache import FeatureCache
 from .vision_warmup import warm_up_vision
 
 CHECKPOINTS = "checkpoints"
@@ -217,8 +218,8 @@ class Trainer:
 
         cache = None
         if run.cache_features:
-            if not model.vision_frozen:
-                raise ConfigError("train.cache_features needs model.vision.frozen and model.pixel_decoder.frozen")
+            if not model.config.vision.frozen:
+                raise ConfigError("train.cache_features needs model.vision.frozen (cached features must not change)")
             cache = FeatureCache(model, run.feature_cache_dir)
         self.criterion = Criterion(config.loss, cache)
         self.optimizer = build_optimizer(self.model, config.optim)
