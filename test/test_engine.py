@@ -295,3 +295,21 @@ def test_torchrun_two_processes_match_one_process(data_root, tmp_path):
     assert max(float((a[k] - initial[k]).abs().max()) for k in a) > 1e-3   # training moved the weights
     for key in a:
         assert torch.allclose(a[key], b[key], rtol=1e-4, atol=2e-5), key
+
+
+def test_interleave_tasks_read_the_entity_file_the_data_config_names(synthetic_data, tmp_path):
+    """A FIND-Bench file made elsewhere (e.g. by python -m training.find_bench) is what the interleave
+    tasks train on when data.entity_json names it; without it, the split's default file."""
+    import json
+    import shutil
+    from find_core.engine.batches import TaskData
+    from find_core.engine.config import DataConfig
+    root = tmp_path / "data"
+    shutil.copytree(synthetic_data(0), root)
+    default = json.loads((root / "annotations" / "entity_train.json").read_text())
+    kept = dict(default, annotations=default["annotations"][:2])
+    (root / "engine").mkdir()
+    (root / "engine" / "entity_train.json").write_text(json.dumps(kept))
+    assert len(TaskData.open("interleave_grounding", root, "train", 64)) == len(default["annotations"])
+    named = TaskData.open("interleave_grounding", root, "train", 64, data=DataConfig(entity_json="engine/entity_train.json"))
+    assert len(named) == 2

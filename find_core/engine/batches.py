@@ -21,7 +21,7 @@ from ..data.samples import CaptionSample, EntitySample, PanopticSample, Referrin
 from ..instructions import Entity, Instruction, VisualReference
 from ..preprocess import Letterbox, letterbox
 from ..prompts import SpatialPrompt
-from .config import InteractiveConfig
+from .config import DataConfig, InteractiveConfig
 
 PromptRegion = tuple[torch.Tensor, bool]   # a prompt region [S, S] bool at input resolution, positive?
 
@@ -163,17 +163,21 @@ class TaskData:
 
     @classmethod
     def open(cls, task: str, root: Path, split: str, input_size: int,
-             interactive: InteractiveConfig | None = None, captions_file: str = "dataset_coco.json",
-             refcoco_image_dir: str | Path | None = None) -> "TaskData":
-        """The reader each task trains on (see find_core.data for the expected folder layouts)."""
+             interactive: InteractiveConfig | None = None, data: DataConfig | None = None,
+             seed: int = 0) -> "TaskData":
+        """The reader each task trains on (see find_core.data for the expected folder layouts);
+        `data` supplies the file overrides (captions, RefCOCOg images, FIND-Bench entries)."""
+        data = data or DataConfig()
         if task in ("generic", "interactive"):
             reader: Reader = CocoPanoptic(root, split)
         elif task == "grounding":
-            reader = RefCocoG(root, split, image_dir=Path(refcoco_image_dir).expanduser() if refcoco_image_dir else None)
+            image_dir = Path(data.refcoco_image_dir).expanduser() if data.refcoco_image_dir else None
+            reader = RefCocoG(root, split, image_dir=image_dir)
         elif task == "retrieval":
-            reader = CocoCaptions(root, Path(captions_file), split)
+            reader = CocoCaptions(root, Path(data.captions_file), split)
         elif task in ("interleave_grounding", "interleave_retrieval"):
-            reader = FindBenchEntities(root, split)
+            reader = FindBenchEntities(root, split, entity_json=Path(data.entity_json) if data.entity_json else None,
+                                       reference_visual_prob=data.reference_visual_prob, seed=seed)
         else:
             raise ValueError(f"unknown task '{task}'")
         return cls(task, reader, input_size, interactive)

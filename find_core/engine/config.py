@@ -72,6 +72,14 @@ class DataConfig:
     split: str = "train"
     captions_file: str = "dataset_coco.json"   # Karpathy captions, relative to the retrieval root
     refcoco_image_dir: str | None = None       # RefCOCOg images when not under its root (COCO train2014/)
+    entity_json: str | None = None             # FIND-Bench entries (e.g. python -m training.find_bench's
+    #                                            find_bench/entity_train.json), relative to the root;
+    #                                            default annotations/entity_{split}.json
+    reference_visual_prob: float = 0.5         # a phrase with a `reference` is given as its crop this often
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.reference_visual_prob <= 1.0:
+            raise ConfigError(f"data.reference_visual_prob must lie in [0, 1], got {self.reference_visual_prob}")
 
 
 @dataclass
@@ -175,6 +183,8 @@ class EvalConfig:
     refcoco_split: str | None = None        # RefCOCOg umd: val
     captions_split: str | None = None       # Karpathy: test
     entity_split: str | None = None         # FIND-Bench: val2017
+    entity_json: str | None = None          # default annotations/entity_{split}.json under the root
+    retrieval_json: str | None = None       # default annotations/retrieval_{split}.json under the root
     captions_file: str = "dataset_coco.json"
     refcoco_image_dir: str | None = None    # RefCOCOg images when not under the data root
     max_images: int | None = None           # evaluate at most this many samples per dataset

@@ -90,8 +90,7 @@ class _Runner:
         panoptic = self.root / "annotations" / f"panoptic_{self._split(c.panoptic_split)}.json"
         refcoco = self.root / "refcocog" / "instances.json"
         captions = self.root / c.captions_file
-        entity = self.root / "annotations" / f"entity_{self._split(c.entity_split)}.json"
-        gallery = self.root / "annotations" / f"retrieval_{self._split(c.entity_split)}.json"
+        entity, gallery = self._entity_files()
 
         def have(*paths: Path) -> str | bool:
             missing = [str(p) for p in paths if not p.is_file()]
@@ -229,8 +228,18 @@ class _Runner:
                 "captions": len(captions)}
 
     # ---- FIND-Bench interleave grounding and retrieval ---------------------------------------------
+    def _entity_files(self) -> tuple[Path, Path]:
+        """The FIND-Bench entries and retrieval gallery: the config's files, else the split's defaults."""
+        split = self._split(self.config.entity_split)
+        entity = self.config.entity_json or f"annotations/entity_{split}.json"
+        gallery = self.config.retrieval_json or f"annotations/retrieval_{split}.json"
+        return self.root / entity, self.root / gallery
+
+    def _entities(self) -> FindBenchEntities:
+        return FindBenchEntities(self.root, self._split(self.config.entity_split), entity_json=self._entity_files()[0])
+
     def interleave_grounding(self) -> dict[str, Any]:
-        data = FindBenchEntities(self.root, self._split(self.config.entity_split))
+        data = self._entities()
         evaluator = GroundingEvaluator()
         for i in _limit(len(data), self.config):
             sample = data[i]
@@ -240,9 +249,8 @@ class _Runner:
         return {**evaluator.result().as_dict(), "entities": len(evaluator)}
 
     def interleave_retrieval(self) -> dict[str, Any]:
-        split = self._split(self.config.entity_split)
-        data = FindBenchEntities(self.root, split)
-        gallery = load_retrieval_gallery(self.root / "annotations" / f"retrieval_{split}.json")
+        data = self._entities()
+        gallery = load_retrieval_gallery(self._entity_files()[1])
         position = {image_id: k for k, image_id in enumerate(gallery)}
         embeddings = []
         for start in range(0, len(gallery), CHUNK):
@@ -256,6 +264,6 @@ class _Runner:
             entries.append(self.pipe.embed_instruction(entity_instruction(sample, f"entry-{i}")))
             targets.append(position[sample.image_id])
         if not entries:
-            raise ValueError(f"no entry of the {split} entity file has its image in the retrieval gallery")
+            raise ValueError(f"no entry of {self._entity_files()[0]} has its image in the retrieval gallery")
         similarity = np.stack(entries) @ np.concatenate(embeddings).T
         return {**interleave_retrieval(similarity, targets), "entries": len(entries), "gallery": len(gallery)}

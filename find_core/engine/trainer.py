@@ -207,8 +207,8 @@ class Trainer:
         for name, task in self.tasks.items():
             self.local_batch[name] = self._per_process(f"tasks.{name}.batch_size", task.batch_size)
             self.data[name] = TaskData.open(name, config.task_root(name), config.task_split(name),
-                                            model.config.vision.input_size, config.interactive,
-                                            config.data.captions_file, config.data.refcoco_image_dir)
+                                            model.config.vision.input_size, config.interactive, config.data,
+                                            run.seed)
             self.streams[name] = distributed.ShardedStream(len(self.data[name]), self.dist,
                                                            derive_seed(run.seed, TASKS.index(name)) & 0x7FFFFFFF)
 
