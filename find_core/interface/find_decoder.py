@@ -8,9 +8,13 @@ trained upstream gives the same predictions here. Its `state_dict()` uses the up
 `sem_seg_head.predictor.` (prefix removed), without the language encoder: `logit_scale` and the class
 embeddings are inputs, and text prompts arrive already projected by `lang_proj`.
 
-Covered tasks: `class` (class-embedding step of `get_class_embeddings`), `seg` (generic segmentation),
-`grounding_eval` and `spatial` (first interactive round). Layout convention, as upstream: sequences are
-[L, B, C] inside the decoder; predictions are batch-first.
+Covered tasks (TASK_GROUPS): `class` (class-embedding step of `get_class_embeddings`), `seg` (generic
+segmentation), `grounding_eval`, `spatial` (first interactive round), `spatial_memory` (later rounds,
+with the 32 spatial memories reading the previous round's mask), `retrieval` (caption query vs image
+query), `interleave` (entries mixing text and visual entities: grounding, and ranking images against an
+entry) and `train` (the training forward's single call with every prompt group at once; eval-mode
+behaviour, i.e. without upstream's random conditional attention). Layout convention, as upstream:
+sequences are [L, B, C] inside the decoder; predictions are batch-first.
 """
 from __future__ import annotations
 
@@ -48,8 +52,11 @@ class GroupRule:
     copy_of: the group whose initial queries it starts from (DUPLICATION).
     padded: its entries may be padding, which nobody attends to (MASKING).
     full_image: its cross-attention ignores its own predicted mask (IGNORE_CROSS_MASK).
-    per_item: its entries carry an item id (phrase / stroke index); cross-attention between two
-        per-item groups is limited to entries of the same item (upstream `set_indices`).
+    per_item: its entries carry an item id (phrase / stroke / entity index); cross-attention between
+        two per-item groups is limited to entries of the same item (upstream `set_indices`).
+    prev_mask_attention: its image cross-attention is limited to the previous interactive round's
+        selected mask (`prev_mask`) instead of its own prediction (upstream hard-codes this for the
+        spatial memories in `cross_attn_mask`).
     heads: prediction name for each head it exposes (upstream `predict_*_matcher`).
     """
 
@@ -61,24 +68,30 @@ class GroupRule:
     padded: bool = False
     full_image: bool = False
     per_item: bool = False
+    prev_mask_attention: bool = False
     heads: Mapping[str, str] = field(default_factory=dict)
 
 
 def _rule(name: str, self_sees: tuple[str, ...], cross_sees: tuple[str, ...], output: bool,
           copy_of: str | None = None, padded: bool = False, full_image: bool = False,
-          per_item: bool = False, **heads: str) -> GroupRule:
-    return GroupRule(name, self_sees, cross_sees, output, copy_of, padded, full_image, per_item, dict(heads))
+          per_item: bool = False, prev_mask_attention: bool = False, **heads: str) -> GroupRule:
+    return GroupRule(name, self_sees, cross_sees, output, copy_of, padded, full_image, per_item,
+                     prev_mask_attention, dict(heads))
 
 
-OBJ, GRD, SEG = "proposals_vision_object", "proposals_vision_grounding", "proposals_vision_segment"
+OBJ, GRD = "proposals_vision_object", "proposals_vision_grounding"
+SEG, IEP = "proposals_vision_segment", "proposals_interleave_entity"
 IMG, SPQ = "queries_vision_image", "queries_vision_spatial"
-CLQ, DSQ = "queries_language_class", "queries_language_description"
-SPT, DST, CLT = "tokens_vision_spatial", "tokens_language_description", "tokens_language_class"
+CPQ, CLQ, DSQ = "queries_language_caption", "queries_language_class", "queries_language_description"
+ILQ, IEQ = "queries_interleave_legend", "queries_interleave_entity"
+SPT, IPT = "tokens_vision_spatial", "tokens_vision_spatial_"
+DST, CPT, CLT = "tokens_language_description", "tokens_language_caption", "tokens_language_class"
+ILT = "tokens_interleave_legend"
+MEM = "memories_vision_spatial"
 
-# Row order is the yaml order (proposals, queries, tokens; vision before language), which upstream uses
-# for every concatenation. Above each row, the official yaml (configs/find/focalt_llama_lang.yaml,
-# ATTENTION_ARCH) it encodes. Not covered yet, each one more row plus its task in TASK_GROUPS:
-# `memories_vision_spatial` (later interactive rounds), caption / retrieval, and the interleave groups.
+# Row order is the yaml order (proposals, queries, tokens, memories; vision before language before
+# interleave), which upstream uses for every concatenation. Above each row, the official yaml
+# (configs/find/focalt_llama_lang.yaml, ATTENTION_ARCH) it encodes.
 GROUP_TABLE: tuple[GroupRule, ...] = (
     #     group  self-attention sees  cross-attention reads  OUTPUT  (DUPLICATION, MASKING, IGNORE_CROSS_MASK)
     # SELF_ATTENTION.proposals.vision.object: [proposals_vision_object]
@@ -91,11 +104,16 @@ GROUP_TABLE: tuple[GroupRule, ...] = (
     _rule(GRD, (GRD, DST), (IMAGE,), True, copy_of=OBJ,
           mask="pred_gmasks", caption="pred_gtexts"),
     # SELF_ATTENTION.proposals.vision.segment: [proposals_vision_segment, tokens_vision_spatial,
-    #                                           memories_vision_spatial (not covered)]
+    #                                           memories_vision_spatial]
     # CROSS_ATTENTION.proposals.vision.segment: [features_vision_image]
     # DUPLICATION.proposals.vision.segment: proposals_vision_object
-    _rule(SEG, (SEG, SPT), (IMAGE,), True, copy_of=OBJ,
+    _rule(SEG, (SEG, SPT, MEM), (IMAGE,), True, copy_of=OBJ,
           mask="pred_smasks", caption="pred_spatials", maskemb="pred_smaskembs"),
+    # SELF_ATTENTION.proposals.interleave.entity: [proposals_interleave_entity, tokens_interleave_legend]
+    # CROSS_ATTENTION.proposals.interleave.entity: [features_vision_image]
+    # DUPLICATION.proposals.interleave.entity: proposals_vision_object
+    _rule(IEP, (IEP, ILT), (IMAGE,), True, copy_of=OBJ,
+          mask="pred_imasks", caption="pred_interleave_objects", maskemb="pred_imaskembs"),
     # SELF_ATTENTION.queries.vision.image: [queries_vision_image]
     # CROSS_ATTENTION.queries.vision.image: [features_vision_image];  IGNORE_CROSS_MASK: [queries_vision_image]
     _rule(IMG, (IMG,), (IMAGE,), True, full_image=True,
@@ -105,6 +123,11 @@ GROUP_TABLE: tuple[GroupRule, ...] = (
     # DUPLICATION.queries.vision.spatial: queries_vision_image;  items: spatial_query_indices
     _rule(SPQ, (SPQ,), (SPT,), True, copy_of=IMG, per_item=True,
           caption="pred_spatial_class", maskemb="pred_pspatials"),
+    # SELF_ATTENTION.queries.language.caption: [queries_language_caption]
+    # CROSS_ATTENTION.queries.language.caption: [tokens_language_caption]
+    # DUPLICATION.queries.language.caption: queries_vision_image
+    _rule(CPQ, (CPQ,), (CPT,), True, copy_of=IMG,
+          caption="pred_retrievals_lang"),
     # SELF_ATTENTION.queries.language.class: [queries_language_class]
     # CROSS_ATTENTION.queries.language.class: [tokens_language_class]
     # DUPLICATION.queries.language.class: queries_vision_image
@@ -115,32 +138,71 @@ GROUP_TABLE: tuple[GroupRule, ...] = (
     # DUPLICATION.queries.language.description: queries_vision_image;  items: grounding_query_indices
     _rule(DSQ, (DSQ,), (DST,), True, copy_of=IMG, per_item=True,
           caption="pred_grounding_query"),
+    # SELF_ATTENTION.queries.interleave.legend: [queries_interleave_legend]
+    # CROSS_ATTENTION.queries.interleave.legend: [tokens_interleave_legend]
+    # DUPLICATION.queries.interleave.legend: queries_vision_image  (no items: reads the whole entry)
+    _rule(ILQ, (ILQ,), (ILT,), True, copy_of=IMG,
+          caption="pred_interleave_image", maskemb="pred_legend_pixel"),
+    # SELF_ATTENTION.queries.interleave.entity: [queries_interleave_entity]
+    # CROSS_ATTENTION.queries.interleave.entity: [tokens_interleave_legend]
+    # DUPLICATION.queries.interleave.entity: queries_vision_image;  items: interleave_query_indices
+    _rule(IEQ, (IEQ,), (ILT,), True, copy_of=IMG, per_item=True,
+          caption="pred_entity_class", maskemb="pred_entity_pixel"),
     # SELF_ATTENTION.tokens.vision.spatial: [tokens_vision_spatial];  CROSS_ATTENTION: [];  OUTPUT: False
     # MASKING: tokens_vision_spatial;  items: the stroke id of each sampled point
     _rule(SPT, (SPT,), (), False, padded=True, per_item=True),
+    # SELF_ATTENTION.tokens.vision.spatial_: [tokens_vision_spatial_];  CROSS_ATTENTION: [];  OUTPUT: False
+    # MASKING: tokens_vision_spatial_;  items: the entity index of each sampled point (interleave)
+    _rule(IPT, (IPT,), (), False, padded=True, per_item=True),
     # SELF_ATTENTION.tokens.language.description: [proposals_vision_grounding, tokens_language_description]
     # CROSS_ATTENTION: [];  OUTPUT: False;  MASKING: tokens_language_description;  items: grounding_token_indices
     _rule(DST, (GRD, DST), (), False, padded=True, per_item=True),
+    # SELF_ATTENTION.tokens.language.caption: [tokens_language_caption];  CROSS_ATTENTION: [];  OUTPUT: False
+    # MASKING: tokens_language_caption
+    _rule(CPT, (CPT,), (), False, padded=True),
     # SELF_ATTENTION.tokens.language.class: [tokens_language_class];  CROSS_ATTENTION: (no entry);  OUTPUT: False
     # MASKING: tokens_language_class
     _rule(CLT, (CLT,), (), False, padded=True),
+    # SELF_ATTENTION.tokens.interleave.legend: [tokens_interleave_legend]
+    # CROSS_ATTENTION.tokens.interleave.legend: [tokens_vision_spatial_];  OUTPUT: False
+    # MASKING: tokens_interleave_legend;  items: interleave_entity_indices
+    _rule(ILT, (ILT,), (IPT,), False, padded=True, per_item=True),
+    # SELF_ATTENTION.memories.vision.spatial: [memories_vision_spatial]
+    # CROSS_ATTENTION.memories.vision.spatial: [features_vision_image];  OUTPUT: True (no named prediction)
+    # attention mask: the previous round's mask (`prev_mask`), hard-coded upstream in cross_attn_mask
+    _rule(MEM, (MEM,), (IMAGE,), True, prev_mask_attention=True),
 )
 RULES: dict[str, GroupRule] = {rule.name: rule for rule in GROUP_TABLE}
 
-# Which groups take part in each task (upstream decides this from the keys present in `extra`), and
-# which prediction heads are recorded (the class step keeps only the caption projections).
+# Which groups take part in each task (upstream decides this from the task name and the keys present
+# in `extra`), and which prediction heads are recorded (the class step keeps only the captions).
 TASK_GROUPS: dict[str, tuple[str, ...]] = {
+    # get_class_embeddings: task 'class' with class_tokens_emb
     "class": (OBJ, IMG, CLQ, CLT),
+    # generic segmentation: task 'seg', extra {}
     "seg": (OBJ, IMG),
+    # evaluate_grounding (and the text-entity pass of evaluate_retrieval_interleave): grounding_tokens
     "grounding_eval": (OBJ, GRD, IMG, DSQ, DST),
+    # evaluate_interactive, first round (and the refimg pass): spatial_query_pos/neg_mask
     "spatial": (OBJ, SEG, IMG, SPQ, SPT),
+    # evaluate_retrieval: task 'seg' with retrieval_tokens
+    "retrieval": (OBJ, IMG, CPQ, CPT),
+    # evaluate_interactive, later rounds: the spatial prompts plus prev_mask (the 32 spatial memories)
+    "spatial_memory": (OBJ, SEG, IMG, SPQ, SPT, MEM),
+    # evaluate_interleave_grounding / evaluate_retrieval_interleave (its refint pass and its ranking
+    # pass): interleave_tokens with visual entities as point tokens
+    "interleave": (OBJ, IEP, IMG, ILQ, IEQ, IPT, ILT),
+    # forward_seg (training forward): task 'seg' with the class, spatial (no prev_mask), grounding,
+    # retrieval and interleave extras all at once
+    "train": (OBJ, GRD, SEG, IEP, IMG, SPQ, CPQ, CLQ, DSQ, ILQ, IEQ, SPT, IPT, DST, CPT, CLT, ILT),
 }
+_ALL_HEADS = (LOGITS, MASK, CAPTION, MASKEMB)
 TASK_HEADS: dict[str, tuple[str, ...]] = {
     "class": (CAPTION,),
-    "seg": (LOGITS, MASK, CAPTION, MASKEMB),
-    "grounding_eval": (LOGITS, MASK, CAPTION, MASKEMB),
-    "spatial": (LOGITS, MASK, CAPTION, MASKEMB),
+    **{task: _ALL_HEADS for task in TASK_GROUPS if task != "class"},
 }
+# Tasks that end with upstream's `update_spatial_results`: the selected mask per stroke prompt.
+SELECTS_SPATIAL_MASK = ("spatial", "spatial_memory")
 
 
 def active_rules(task: str, predicate: Callable[[GroupRule], bool] | None = None) -> list[GroupRule]:
@@ -295,12 +357,26 @@ class FindDecoderConfig:
 @dataclass
 class TextPrompt:
     """Projected text tokens [T, B, C] (already multiplied by `lang_proj`), padding [B, T] (True = pad),
-    and for grounding the phrase id of each token [B, T] and of each phrase query [B, Q]."""
+    and for grounding the phrase id of each token [B, T] and of each phrase query [B, Q].
+
+    Used by `class` (class_prompt), `grounding_eval` (grounding) and `retrieval` (one caption per batch
+    element; the image features are repeated per caption, as upstream does)."""
 
     tokens: Tensor
     padding: Tensor
     token_items: Tensor | None = None
     query_items: Tensor | None = None
+
+    @classmethod
+    def padded(cls, sequences: Sequence[Tensor]) -> "TextPrompt":
+        """One text per batch element from each one's projected tokens [T_b, C], zero-padded at the end
+        (upstream pads with -1, marks rows summing to -C as padding and zeroes them: the same thing)."""
+        if not sequences:
+            raise ValueError("need at least one token sequence")
+        tokens = nn.utils.rnn.pad_sequence(list(sequences))  # [T, B, C]
+        lengths = torch.tensor([len(s) for s in sequences], device=tokens.device)
+        padding = torch.arange(tokens.shape[0], device=tokens.device)[None] >= lengths[:, None]
+        return cls(tokens, padding)
 
 
 @dataclass
@@ -314,13 +390,107 @@ class StrokePrompt:
 
 
 @dataclass
+class PointTokens:
+    """Point tokens of one feature level: tokens [P, B, C] (projected features at stroke / region pixels
+    plus the positive / negative indicator), padding [B, P] (True = pad) and the prompt or entity id of
+    each point [B, P]. Upstream's `src_*_queries`, `src_*_maskings` and `src_*_indices[..., 0]`."""
+
+    tokens: Tensor
+    padding: Tensor
+    items: Tensor
+
+
+@dataclass
+class InterleavePrompt:
+    """An interleaved entry for task `interleave` (and `train`): text in which each visual entity is a
+    run of placeholder tokens (e.g. the tokens of "[INTERACTIVE]").
+
+    tokens [T, B, C]: projected entry tokens; padding [B, T] (True = pad).
+    token_entities [B, T]: entity index of each token, negative outside every entity (upstream -4).
+        Entity queries read only their entity's tokens; legend tokens read only their entity's points.
+    visual_tokens [B, T]: True for placeholder tokens of visual entities; the decoder adds the image
+        query's content and position to them, so they start as image-query-like entries.
+    entity_items [B, E]: the entity index of each entity query.
+    The visual entities' points, one of:
+      regions: per batch element a bool [E, H, W] at image resolution (all False for text entities),
+          the entity regions on the image being decoded; negative_regions likewise (optional).
+      points: point tokens per feature level, already sampled (e.g. on a reference image; see
+          `entity_point_tokens`), for ranking other images against the entry.
+    """
+
+    tokens: Tensor
+    padding: Tensor
+    token_entities: Tensor
+    visual_tokens: Tensor
+    entity_items: Tensor
+    regions: Sequence[Tensor] | None = None
+    negative_regions: Sequence[Tensor] | None = None
+    points: Sequence[PointTokens] | None = None
+
+    @classmethod
+    def entry(cls, tokens: Tensor, entity_to_tokens: Tensor, is_visual: Tensor, regions: Tensor | None = None,
+              negative_regions: Tensor | None = None,
+              points: Sequence[PointTokens] | None = None) -> "InterleavePrompt":
+        """One entry (batch 1) as upstream's interleave evaluators build it.
+
+        tokens [T, C]: the entry's valid projected tokens; entity_to_tokens [E, T] bool: the tokens of each
+        entity; is_visual [E] bool; regions / negative_regions [E, H, W] bool (or points). A token of no
+        entity gets index -4; upstream sums the indices of a token's entities, kept here so results stay
+        comparable.
+        """
+        mask = entity_to_tokens.bool()
+        entities = torch.arange(len(mask), device=tokens.device, dtype=tokens.dtype)
+        token_entities = (mask * entities[:, None]).sum(dim=0)
+        token_entities[mask.sum(dim=0) == 0] = -4
+        visual_tokens = (mask & is_visual.bool()[:, None]).any(dim=0)
+        return cls(tokens[:, None], torch.zeros(1, len(tokens), dtype=torch.bool, device=tokens.device),
+                   token_entities[None], visual_tokens[None],
+                   torch.arange(len(mask), device=tokens.device)[None],
+                   regions=None if regions is None else [regions],
+                   negative_regions=None if negative_regions is None else [negative_regions], points=points)
+
+
+def entity_point_tokens(entities: Sequence[Sequence[PointTokens] | None], width: int) -> list[PointTokens]:
+    """Per level, the point tokens of an entry's entities for ranking other images (as upstream's
+    `evaluate_retrieval_interleave` assembles `refint_tokens`).
+
+    entities: per entity, None for a text entity, or for a visual entity the `entity_tokens` of an
+    `interleave` pass on its own image with that entity alone (entity index 0 there). A visual entity's
+    points get its index in the entry; a text entity contributes one padded zero token (id -8).
+    """
+    visual = [e for e in entities if e is not None]
+    levels = len(visual[0]) if visual else 3  # the decoder's three feature levels
+    template = visual[0][0].tokens if visual else torch.zeros(0)
+    batch = template.shape[1] if visual else 1
+    merged = []
+    for level in range(levels):
+        tokens, padding, items = [], [], []
+        for index, entity in enumerate(entities):
+            if entity is None:
+                tokens.append(template.new_zeros(1, batch, width))
+                padding.append(torch.ones(batch, 1, dtype=torch.bool, device=template.device))
+                items.append(template.new_full((batch, 1), -8.0))
+            else:
+                points = entity[level]
+                tokens.append(points.tokens)
+                padding.append(points.padding.bool())
+                items.append(points.items.masked_fill(points.items == 0, index).to(template.dtype))
+        merged.append(PointTokens(torch.cat(tokens), torch.cat(padding, dim=1), torch.cat(items, dim=1)))
+    return merged
+
+
+@dataclass
 class DecoderOutput:
     """Final predictions, the `dec_layers - 1` intermediate sets (aux[0] = from the learnable queries
-    before the first layer), and for `spatial` the selected mask per prompt (`prev_mask`)."""
+    before the first layer), for `spatial` / `spatial_memory` the selected mask per prompt (`prev_mask`,
+    input of the next round), and the point tokens sampled from strokes (`stroke_tokens`, upstream's
+    `src_spatial_*`) or entity regions (`entity_tokens`, `src_interleave_*`), per feature level."""
 
     final: dict[str, Tensor]
     aux: list[dict[str, Tensor]]
     prev_mask: Tensor | None = None
+    stroke_tokens: list[PointTokens] | None = None
+    entity_tokens: list[PointTokens] | None = None
 
 
 # --------------------------------------------------------------------------------------------------
@@ -473,7 +643,7 @@ class FindDecoder(nn.Module):
         self.mask_embed = MLP(c, cfg.mask_dim, 3)
         self.class_embed = nn.Parameter(torch.zeros(c, cfg.dim_proj))
         self.mask_sptial_embed = nn.ParameterList(nn.Parameter(torch.zeros(c, c)) for _ in range(3))
-        # spatial memories: used by later interactive rounds (not covered yet), kept for checkpoints
+        # spatial memories: 32 extra image readers in later interactive rounds (task `spatial_memory`)
         self.spatial_embed = nn.Embedding(cfg.spatial_memories, c)
         self.spatial_featured = nn.Embedding(cfg.spatial_memories, c)
 
@@ -492,12 +662,15 @@ class FindDecoder(nn.Module):
             src.append(content.permute(2, 0, 1))
         return src, pos, sizes
 
-    def _stroke_tokens(self, strokes: StrokePrompt, src: list[Tensor], sizes: list[tuple[int, int]],
-                       generator: torch.Generator | None) -> list[tuple[Tensor, Tensor, Tensor]]:
-        """Per level: (tokens [P, B, C], padding [B, P], prompt id [B, P]) of the stroke pixels.
+    def _point_tokens(self, pos_masks: Sequence[Tensor], neg_masks: Sequence[Tensor] | None,
+                      src: list[Tensor], sizes: list[tuple[int, int]], generator: torch.Generator | None,
+                      pad_item: float) -> list[PointTokens]:
+        """Per level, the point tokens of positive / negative pixels (strokes or entity regions).
 
+        pos_masks / neg_masks: per batch element a bool [P, H, W]; a point's item is its channel P.
         Each token is the level's features, projected by `mask_sptial_embed[level]`, bilinearly sampled
-        at a stroke pixel, plus the positive / negative indicator embedding.
+        at a pixel, plus the positive / negative indicator embedding. pad_item: the item id of padding
+        (upstream: -2 for strokes, -7 for entity regions; never attended, but returned).
         """
         per_level = []
         for i, level in enumerate(src):
@@ -505,16 +678,17 @@ class FindDecoder(nn.Module):
             bs, c = level.shape[1], level.shape[2]
             projected = (level.view(h, w, bs, c) @ self.mask_sptial_embed[i]).permute(2, 3, 0, 1)  # [B, C, H, W]
             coords, ids, polarity = [], [], []
-            for pos_mask, neg_mask in zip(strokes.pos_masks, strokes.neg_masks):
+            for b, pos_mask in enumerate(pos_masks):
                 pos_pts = sample_stroke_points(pos_mask, self.cfg.max_spatial_len[i], generator)
-                neg_pts = sample_stroke_points(neg_mask, self.cfg.max_spatial_len[i], generator)
+                neg_pts = (sample_stroke_points(neg_masks[b], self.cfg.max_spatial_len[i], generator)
+                           if neg_masks is not None else pos_pts[:0])
                 pts = torch.cat([pos_pts, neg_pts])
                 coords.append(pts[:, 1:])
                 ids.append(pts[:, 0])
                 polarity.append(torch.cat([torch.ones(len(pos_pts), device=pts.device),
                                            -torch.ones(len(neg_pts), device=pts.device)]))
             coords_b = nn.utils.rnn.pad_sequence(coords, batch_first=True, padding_value=-1.0)  # [B, P, 2] (y, x)
-            ids_b = nn.utils.rnn.pad_sequence(ids, batch_first=True, padding_value=-2.0)
+            ids_b = nn.utils.rnn.pad_sequence(ids, batch_first=True, padding_value=pad_item)
             polarity_b = nn.utils.rnn.pad_sequence(polarity, batch_first=False, padding_value=0.0)  # [P, B]
             padding = coords_b.sum(dim=-1) < 0
             coords_b = coords_b.masked_fill(padding[..., None], 0.0)
@@ -523,8 +697,19 @@ class FindDecoder(nn.Module):
             tokens = tokens.clone()
             tokens[polarity_b == 1] += self.pn_indicator.weight[0:1]
             tokens[polarity_b == -1] += self.pn_indicator.weight[1:2]
-            per_level.append((tokens, padding, ids_b))
+            per_level.append(PointTokens(tokens, padding, ids_b))
         return per_level
+
+    @staticmethod
+    def _prev_mask_blocked(prev_mask: Tensor, size: tuple[int, int], rows: int) -> Tensor:
+        """[B, rows, hw]: the memories attend only where the previous round's mask is on at this level.
+
+        Upstream writes the one mask into all memory rows, which only works for a single prompt."""
+        if prev_mask.shape[1] != 1:
+            raise ValueError(f"spatial memories take one prompt's prev_mask [B, 1, H, W], got {tuple(prev_mask.shape)} "
+                             "(the official decoder cannot run later rounds with several prompts either)")
+        resized = F.interpolate(prev_mask, size=size, mode="bilinear", align_corners=False)
+        return (resized.sigmoid().flatten(2) < 0.5).detach().expand(-1, rows, -1)
 
     # ---- prediction heads ---------------------------------------------------------------------
 
@@ -572,14 +757,18 @@ class FindDecoder(nn.Module):
     def forward(self, features: Sequence[Tensor], mask_features: Tensor, task: str = "seg", *,
                 class_embeddings: Tensor | None = None, logit_scale: Tensor | None = None,
                 class_prompt: TextPrompt | None = None, grounding: TextPrompt | None = None,
-                strokes: StrokePrompt | None = None, generator: torch.Generator | None = None) -> DecoderOutput:
-        """Decode one task.
+                strokes: StrokePrompt | None = None, retrieval: TextPrompt | None = None,
+                interleave: InterleavePrompt | None = None, prev_mask: Tensor | None = None,
+                generator: torch.Generator | None = None) -> DecoderOutput:
+        """Decode one task (see TASK_GROUPS); each task needs the prompts of its groups.
 
         features: the 3 pixel-decoder levels [B, C, h, w], lowest resolution first; layer i reads level i % 3.
         mask_features: [B, mask_dim, H, W]; masks are predicted at this resolution.
         class_embeddings [K, dim_proj] and logit_scale (scalar, pre-exp): for `pred_logits` (not in `class`).
-        class_prompt (task `class`), grounding (task `grounding_eval`), strokes (task `spatial`).
-        generator: for stroke-point / query sampling (deterministic unless a stroke exceeds max_spatial_len).
+        class_prompt (`class`, `train`), grounding (`grounding_eval`, `train`), strokes (`spatial`,
+        `spatial_memory`, `train`), retrieval (`retrieval`, `train`), interleave (`interleave`, `train`),
+        prev_mask [B, 1, H, W] (`spatial_memory`: the previous round's `DecoderOutput.prev_mask`).
+        generator: for point / query sampling (deterministic unless a stroke exceeds max_spatial_len).
         """
         rules = active_rules(task)
         src, pos, sizes = self._levels(features)
@@ -596,41 +785,78 @@ class FindDecoder(nn.Module):
             pick = torch.randint(0, source.pos.shape[0], (count,), generator=generator)
             return _Group(source.out[pick], source.pos[pick])
 
+        def need(prompt: Any, what: str) -> Any:
+            if prompt is None:
+                raise ValueError(f"task {task!r} needs {what}")
+            return prompt
+
         if CLT in names:
-            if class_prompt is None:
-                raise ValueError("task 'class' needs class_prompt")
+            class_prompt = need(class_prompt, "class_prompt")
             groups[CLQ] = duplicate(CLQ)
             groups[CLT] = _Group(class_prompt.tokens, class_prompt.tokens.clone(), padding=class_prompt.padding)
         stroke_levels = None
         if SPT in names:
-            if strokes is None:
-                raise ValueError("task 'spatial' needs strokes")
-            stroke_levels = self._stroke_tokens(strokes, src, sizes, generator)
+            strokes = need(strokes, "strokes")
+            stroke_levels = self._point_tokens(strokes.pos_masks, strokes.neg_masks, src, sizes, generator, -2.0)
             groups[SEG] = duplicate(SEG)
             groups[SPQ] = duplicate(SPQ, strokes.query_items.shape[1])
             groups[SPQ].items = strokes.query_items
+        memory_blocked = None
+        if MEM in names:
+            prev_mask = need(prev_mask, "prev_mask (the previous round's selected mask)")
+            n = self.cfg.spatial_memories
+            groups[MEM] = _Group(self.spatial_featured.weight[:, None].repeat(1, bs, 1),
+                                 self.spatial_embed.weight[:, None].repeat(1, bs, 1))
+            memory_blocked = [self._prev_mask_blocked(prev_mask, size, n) for size in sizes]
         if DST in names:
-            if grounding is None or grounding.token_items is None or grounding.query_items is None:
-                raise ValueError("task 'grounding_eval' needs grounding tokens with token and query items")
+            grounding = need(grounding, "grounding")
+            if grounding.token_items is None or grounding.query_items is None:
+                raise ValueError("grounding tokens need token and query items")
             groups[DST] = _Group(grounding.tokens, grounding.tokens.clone(), padding=grounding.padding,
                                  items=grounding.token_items)
             groups[GRD] = duplicate(GRD)
             groups[DSQ] = duplicate(DSQ, grounding.query_items.shape[1])
             groups[DSQ].items = grounding.query_items
+        if CPT in names:
+            retrieval = need(retrieval, "retrieval (caption tokens)")
+            groups[CPT] = _Group(retrieval.tokens, retrieval.tokens.clone(), padding=retrieval.padding)
+            groups[CPQ] = duplicate(CPQ)
+        entity_levels, sampled_entities = None, None
+        if ILT in names:
+            interleave = need(interleave, "interleave")
+            if interleave.points is not None:
+                entity_levels = list(interleave.points)
+            elif interleave.regions is not None:
+                entity_levels = self._point_tokens(interleave.regions, interleave.negative_regions, src, sizes,
+                                                   generator, -7.0)
+                sampled_entities = entity_levels
+            else:
+                raise ValueError("interleave needs the entities' regions or their point tokens")
+            # visual entities' placeholder tokens start from the image query (content and position)
+            visual = interleave.visual_tokens.to(feat.dtype).t()[:, :, None]  # [T, B, 1]
+            groups[ILT] = _Group(interleave.tokens + visual * feat[-1:], interleave.tokens + visual * qpos[-1:],
+                                 padding=interleave.padding, items=interleave.token_entities)
+            groups[IEP] = duplicate(IEP)
+            groups[ILQ] = duplicate(ILQ)
+            groups[IEQ] = duplicate(IEQ, interleave.entity_items.shape[1])
+            groups[IEQ].items = interleave.entity_items
 
         outputs = [r for r in rules if r.output]
         vision = [r for r in rules if IMAGE in r.cross_sees]
         readers = [r for r in rules if r.cross_sees and IMAGE not in r.cross_sees]
         sources = list(dict.fromkeys(s for r in readers for s in r.cross_sees))
         attenders = [r for r in rules if r.self_sees]
+        per_layer = {SPT: stroke_levels, IPT: entity_levels}  # point tokens are reset at every layer
 
         predict = dict(mask_features=mask_features, class_embeddings=class_embeddings, logit_scale=logit_scale)
         records = [self._predict(groups, outputs, target_size=sizes[0], **predict)]
         for i in range(self.cfg.num_layers):
             level = i % self.cfg.num_levels
-            if stroke_levels is not None:
-                tokens, padding, ids = stroke_levels[level]
-                groups[SPT] = _Group(tokens, tokens.clone(), padding=padding, items=ids)
+            for name, levels in per_layer.items():
+                if levels is not None:
+                    points = levels[level]
+                    groups[name] = _Group(points.tokens, points.tokens.clone(), padding=points.padding,
+                                          items=points.items)
 
             # cross-attention: masked attention to the image level, then prompt reading; both use the
             # same layer weights and both start from the state before this layer
@@ -638,8 +864,8 @@ class FindDecoder(nn.Module):
             layer = self.content_attention.layers[i]
             v_out = torch.cat([groups[r.name].out for r in vision])
             v_pos = torch.cat([groups[r.name].pos for r in vision])
-            blocked = torch.cat([torch.zeros_like(groups[r.name].vision_blocked) if r.full_image
-                                 else groups[r.name].vision_blocked for r in vision], dim=1)
+            blocked = torch.cat([self._vision_blocked(r, groups[r.name], memory_blocked, level)
+                                 for r in vision], dim=1)
             blocked = blocked & ~blocked.all(dim=-1, keepdim=True)  # a row with nothing left sees everything
             v_new = layer(v_out, src[level], blocked, pos[level], v_pos)
             updates.update(zip([r.name for r in vision],
@@ -669,10 +895,23 @@ class FindDecoder(nn.Module):
             records.append(self._predict(groups, outputs, target_size=target, **predict))
 
         named = [self._name_heads(rec, outputs, TASK_HEADS[task]) for rec in records]
-        result = DecoderOutput(final=named[-1], aux=named[:-1])
-        if task == "spatial":
+        result = DecoderOutput(final=named[-1], aux=named[:-1], stroke_tokens=stroke_levels,
+                               entity_tokens=sampled_entities)
+        if task in SELECTS_SPATIAL_MASK:
             result.prev_mask = self._select_spatial_masks(result.final)
         return result
+
+    @staticmethod
+    def _vision_blocked(rule: GroupRule, group: _Group, memory_blocked: list[Tensor] | None, level: int) -> Tensor:
+        """[B, n, hw] image cross-attention mask of one group: its own last predicted mask, nothing for
+        full-image groups, the previous round's mask for the spatial memories."""
+        if rule.full_image:
+            return torch.zeros_like(group.vision_blocked)
+        if rule.prev_mask_attention:
+            if memory_blocked is None:
+                raise ValueError(f"{rule.name} needs prev_mask")
+            return memory_blocked[level]
+        return group.vision_blocked
 
     @staticmethod
     def _name_heads(record: dict[str, dict[str, Tensor]], outputs: list[GroupRule],
