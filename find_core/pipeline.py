@@ -231,10 +231,11 @@ class FindPipeline:
                           frames: Mapping[float, np.ndarray] | None = None) -> np.ndarray:
         """[C] normalised embedding of an (interleaved) instruction, comparable with embed_images."""
         instruction = instruction if isinstance(instruction, Instruction) else parse_instruction(instruction)
-        if self.model.official:
-            raise official.unsupported("interleave retrieval (embed_instruction, localize)")
         with self._autocast():
-            embedding = interleave_retrieval.entry_embeddings(self.model, [instruction], frames)[0]
+            if self.model.official:  # the entry part of the official ranking (see interleave_retrieve)
+                embedding = official.entry_embeddings(self.model, instruction, frames)[0]
+            else:
+                embedding = interleave_retrieval.entry_embeddings(self.model, [instruction], frames)[0]
         return F.normalize(embedding.float(), dim=-1).cpu().numpy()
 
     def _scores(self, queries: np.ndarray, gallery: np.ndarray) -> np.ndarray:
@@ -244,19 +245,29 @@ class FindPipeline:
     @torch.inference_mode()
     def retrieve(self, images: Sequence[np.ndarray], captions: Sequence[str]) -> RetrievalResult:
         """Image–text retrieval: similarity of every caption to every image."""
-        if self.model.official:
-            raise official.unsupported("image-text retrieval")
         with self._autocast():
-            text = F.normalize(retrieval.caption_embeddings(self.model, list(captions)).float(), dim=-1).cpu().numpy()
+            if self.model.official:
+                text = official.caption_embeddings(self.model, list(captions))
+            else:
+                text = retrieval.caption_embeddings(self.model, list(captions))
+            text = F.normalize(text.float(), dim=-1).cpu().numpy()
         return RetrievalResult(self._scores(text, self.embed_images(images)))
 
     @torch.inference_mode()
     def interleave_retrieve(self, instruction: Instruction | str, images: Sequence[np.ndarray] | None = None,
                             image_embeddings: np.ndarray | None = None,
                             frames: Mapping[float, np.ndarray] | None = None) -> RetrievalResult:
-        """Rank images (or precomputed embed_images rows) against an interleaved instruction."""
+        """Rank images (or precomputed embed_images rows) against an interleaved instruction.
+
+        The official decoder ranks as its evaluation does, by cos(entry, image) + 0.5 x how well each
+        entity matches the image's best object query, so it needs the images themselves."""
         if (images is None) == (image_embeddings is None):
             raise ValueError("give either images or image_embeddings")
+        if self.model.official:
+            if images is None:
+                raise ValueError("the official interleave ranking needs the images (their object queries), "
+                                 "not only their embeddings")
+            return RetrievalResult(self._official_interleave_scores(instruction, images, frames)[None])
         gallery = self.embed_images(images) if images is not None else np.asarray(image_embeddings, dtype=np.float32)
         return RetrievalResult(self._scores(self.embed_instruction(instruction, frames)[None], gallery))
 
@@ -265,9 +276,13 @@ class FindPipeline:
                           frames: Mapping[float, np.ndarray] | None = None) -> GroundingResult:
         """One mask per entity of the instruction (text or visual) in `image`."""
         instruction = instruction if isinstance(instruction, Instruction) else parse_instruction(instruction)
-        if self.model.official:
-            return self._official_grounding(image, instruction)[0]
         labels = [e.label or instruction.phrase(i) for i, e in enumerate(instruction.entities)]
+        if self.model.official:
+            with self._autocast():
+                features, boxes = self._encode([image])
+                masks, scores = official.interleave_ground(self.model, features, instruction, frames)
+                kinds = [e.kind for e in instruction.entities]
+                return GroundingResult(_segments(masks, scores, boxes[0], labels, kinds))
         with self._autocast():
             features, boxes = self._encode([image])
             samples = interleave_grounding.samples(self.model, [instruction], frames)
@@ -285,36 +300,25 @@ class FindPipeline:
         if not frames:
             raise ValueError("localize needs at least one frame")
         instruction = instruction if isinstance(instruction, Instruction) else parse_instruction(instruction)
-        if self.model.official:
-            return self._localize_by_grounding(frames, instruction)
         lookup = dict(zip(stamps, frames)) if stamps is not None else None
+        if self.model.official:  # its ranking reads each frame's object queries: re-encode the frames
+            frame_embeddings = None
         ranking = self.interleave_retrieve(instruction, None if frame_embeddings is not None else frames,
                                            frame_embeddings, lookup)
         scores = ranking.similarity[0]
         best = int(np.argmax(scores))
         return LocalizationResult(scores, best, self.interleave_ground(frames[best], instruction, lookup))
 
-    def _official_grounding(self, image: np.ndarray, instruction: Instruction) -> tuple[GroundingResult, float]:
-        """The official decoder grounds each text entity of the instruction as a phrase (its grounding
-        task; interleave grounding is not in it yet), and the mean similarity of the chosen proposals."""
-        if instruction.visual_entities:
-            raise official.unsupported("a visual entity")
-        labels = [e.label or instruction.phrase(i) for i, e in enumerate(instruction.entities)]
+    def _official_interleave_scores(self, instruction: Instruction | str, images: Sequence[np.ndarray],
+                                    frames: Mapping[float, np.ndarray] | None) -> np.ndarray:
+        instruction = instruction if isinstance(instruction, Instruction) else parse_instruction(instruction)
         with self._autocast():
-            features, boxes = self._encode([image])
-            phrases = [instruction.phrase(i) for i in range(len(instruction.entities))]
-            masks, scores, similarity = official.ground(self.model, features, phrases)
-            return GroundingResult(_segments(masks, scores, boxes[0], labels)), float(similarity.float().mean())
-
-    def _localize_by_grounding(self, frames: Sequence[np.ndarray], instruction: Instruction) -> LocalizationResult:
-        """Localization for the official decoder, which has no interleave retrieval here yet: every frame
-        is grounded and ranked by the mean grounding similarity of its chosen proposals. One decoder
-        pass per frame, where retrieval ranks a buffer without one."""
-        graded = [self._official_grounding(frame, instruction) for frame in frames]
-        scores = np.asarray([similarity for _, similarity in graded], dtype=np.float32)
-        best = int(np.argmax(scores))
-        return LocalizationResult(scores, best, graded[best][0])
-
+            entry, entities = official.entry_embeddings(self.model, instruction, frames)
+            features, _ = self._encode(images)
+            outputs = self._official_outputs(features)
+            scores = official.interleave_scores(entry.float(), entities.float(), outputs["pred_retrievals"][:, 0].float(),
+                                                outputs["pred_captions"].float())
+        return scores.cpu().numpy()
 
 def _segments(masks: torch.Tensor, scores: torch.Tensor, box: Letterbox, labels: list[str],
               kinds: list[str] | None = None) -> list[Segment]:

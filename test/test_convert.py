@@ -293,3 +293,46 @@ def test_pipeline_on_a_converted_model_decodes_as_the_official_code(converted_sm
     assert pipe._class_cache[1].shape[0] == 3  # the two classes and "background"
     embedding = pipe.embed_pixels(image)
     assert embedding.embeddings.shape[-1] == 64 and np.isfinite(embedding.embeddings).all()
+
+
+def test_retrieval_and_interleave_steps_on_the_converted_model_compute_the_official_outputs(converted_small_model):
+    """Captions, interleave grounding (a visual entity's points from an entity-alone pass on its
+    reference, here the same image) and the interleave ranking, through the steps FindPipeline takes."""
+    from find_core.tasks import official
+    model = load_checkpoint(converted_small_model).eval()
+    image = load_file(str(SMALL / "backbone.safetensors"))["image_raw"].to(torch.uint8)
+    retrieval, grounding, ranking = (load_file(str(SMALL / f"{name}.safetensors"))
+                                     for name in ("retrieval", "interleave_grounding", "interleave_retrieval"))
+
+    def projected(hidden: torch.Tensor, mask: torch.Tensor) -> list[torch.Tensor]:
+        return [model.language_projection(h[m.bool()]) for h, m in zip(hidden, mask)]
+
+    def entry(saved: dict, regions: torch.Tensor, features) -> official.Entry:
+        valid = saved["in.entity_attention_mask"][0].bool()
+        tokens = projected(saved["in.entity_token_hidden_states"], saved["in.entity_attention_mask"])[0]
+        entity_to_tokens = saved["in.entity_to_tokens"][:, valid].bool()
+        visual = saved["in.interleave_isvisual"][:, 0].bool()
+        alone = [official.entity_alone(model, features, tokens[entity_to_tokens[e]], regions[e]) if visual[e] else None
+                 for e in range(len(visual))]
+        return official.Entry.of(tokens, entity_to_tokens, visual, alone, model.width)
+
+    with torch.no_grad():
+        features = model.encode_images(image)
+        captions = official.caption_embeddings_of(model, projected(retrieval["in.caption_token_hidden_states"],
+                                                                   retrieval["in.caption_attention_mask"]))
+        assert torch.allclose(captions, retrieval["post.text_embeds"], atol=1e-4)
+
+        grounded = entry(grounding, grounding["in.interleave_query_pos_mask"][0], features)
+        masks, _ = official.ground_entry(model, features, grounded)
+        assert torch.allclose(masks, grounding["post.pred_masks"][0], atol=1e-4)
+
+        regions = torch.cat([torch.zeros_like(ranking["in.visual_entity.refint.interleave_query_pos_mask"][0]),
+                             ranking["in.visual_entity.refint.interleave_query_pos_mask"][0]])
+        # the fixture's text entity ran on a blank 64x64 input (upstream: 640x640, README section 6.4)
+        embedding, entities = official.embed_entry(model, entry(ranking, regions, features), blank_size=64)
+        assert torch.allclose(embedding, ranking["post.interleave_embeds"][0, 0], atol=1e-4)
+        assert torch.allclose(entities, ranking["post.interleave_entities"], atol=1e-4)
+        outputs = official.image_outputs(model, features)
+        score = official.interleave_scores(embedding, entities, outputs["pred_retrievals"][:, 0], outputs["pred_captions"])
+        expected = ranking["post.ii_scores"] + 0.5 * ranking["post.eo_scores"]
+        assert torch.allclose(score, expected[0], atol=1e-4)

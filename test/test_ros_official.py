@@ -1,6 +1,6 @@
 """find_perception on a converted official FIND checkpoint (the reduced reference weights), as a real
-process over DDS: it starts from the converted folder, answers a text instruction with a localized,
-grounded frame, and answers what the official decoder does not cover yet with an error result."""
+process over DDS: it starts from the converted folder and answers text and interleaved instructions
+(a visual entity pointing at a buffered frame) with a localized, grounded frame."""
 from __future__ import annotations
 
 import json
@@ -36,18 +36,19 @@ def test_perception_runs_a_converted_official_checkpoint(official_node: Percepti
     assert doc["type"] == "localization" and doc["error"] is None
     loc = doc["localization"]
     assert loc["stamps"] == pytest.approx(stamps)
-    assert loc["best_index"] == int(np.argmax(loc["scores"]))      # frames ranked by grounding similarity
+    assert loc["best_index"] == int(np.argmax(loc["scores"]))      # the official interleave ranking
     assert [e["label"] for e in doc["entities"]] == ["the red square"]
     masks = image_to_labels(node.output("masks", loc["best_stamp"], "masks of the best frame"))
     assert masks.shape == (96, 128)
     assert doc["entities"][0]["pixel_area"] == int((masks == 1).sum())
 
-    # a visual entity needs the official interleave path, which is not there yet: an error result,
-    # and the node keeps serving
-    visual = {"schema_version": 1, "id": "official-2", "text": "find <image>", "entities": [
-        {"start": 5, "end": 12, "kind": "visual", "frame_stamp": stamps[0], "box": [0, 0, 64, 48]}]}
-    node.send_instruction(json.dumps(visual))
-    doc = node.result_where(lambda d: d["instruction_id"] == "official-2", "the error result")
-    assert doc["type"] == "error" and "official FIND decoder" in doc["error"]["message"]
-    node.send_instruction(json.dumps({"schema_version": 1, "id": "official-3", "text": "the red square"}))
-    assert node.result_where(lambda d: d["instruction_id"] == "official-3", "a result after the error")["error"] is None
+    # an interleaved instruction: a text entity and a visual one cut from a buffered frame
+    text = "the red square next to <image>"
+    interleaved = {"schema_version": 1, "id": "official-2", "text": text, "entities": [
+        {"start": 0, "end": 14, "kind": "text"},
+        {"start": 23, "end": 30, "kind": "visual", "frame_stamp": stamps[0], "box": [0, 20, 40, 50]}]}
+    node.send_instruction(json.dumps(interleaved))
+    doc = node.result_where(lambda d: d["instruction_id"] == "official-2", "the interleaved result")
+    assert doc["type"] == "localization" and doc["error"] is None
+    assert [e["kind"] for e in doc["entities"]] == ["text", "visual"]
+    assert doc["localization"]["best_index"] == int(np.argmax(doc["localization"]["scores"]))
