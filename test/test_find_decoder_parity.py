@@ -11,9 +11,9 @@ from safetensors.torch import load_file
 from find_core.convert.interface_parity import (decoder_config, decoder_state, entry_prompt, grounding_prompt,
                                                 interface_parity, padded_text_prompt, phrase_prompt,
                                                 qualified_name, strokes_of)
-from find_core.interface.find_decoder import (GROUP_TABLE, IMAGE, TASK_GROUPS, FindDecoder, InterleavePrompt,
-                                              PointTokens, Segment, active_rules, entity_point_tokens,
-                                              self_attention_allowed, token_cross_allowed)
+from find_core.interface.find_decoder import FindDecoder, InterleavePrompt, PointTokens, entity_point_tokens
+from find_core.interface.official_table import (GROUP_TABLE, IMAGE, TASK_GROUPS, Segment, active_rules,
+                                                self_attention_allowed, token_cross_allowed)
 
 FIXTURES = Path(__file__).parent / "fixtures" / "find_reference" / "small"
 OUTPUT_FILES = ("generic", "grounding", "spatial", "retrieval", "interactive_round2", "interleave_grounding",
