@@ -1,5 +1,9 @@
 """ROS 2 plumbing for the benchmarks: node processes in their own domain, and an in-process probe
-node that records every message with the wall-clock time it arrived."""
+node that records every message with the wall-clock time it arrived.
+
+``python -m bench.ros [--frames 300]`` also prints the camera QoS table: frames find_perception
+received / processed / counted missing from a 30 Hz find_replay, for each camera_reliability
+setting at 320x240 and 640x480 (docs/ros_interface.md, "Reliability")."""
 from __future__ import annotations
 
 import os
@@ -135,3 +139,69 @@ def reliable(depth: int):
 
 def stamp_seconds(header: Any) -> float:
     return header.stamp.sec + header.stamp.nanosec * 1e-9
+
+
+# --------------------------------------------------------------------------- camera QoS figures
+
+
+def camera_qos_run(setting: str, size: tuple[int, int], count: int, folder: Path, rate: float = 30.0) -> dict[str, Any]:
+    """find_replay (reliable publisher, ``rate`` Hz, ``count`` frames of ``size`` = (h, w)) into
+    find_perception (tiny-test, localize mode) with ``camera_reliability: setting``, two processes:
+    what the node received, processed and counted missing, from its last ~/status."""
+    import json
+
+    import numpy as np
+    from PIL import Image as PILImage
+    from std_msgs.msg import String
+
+    height, width = size
+    frames = folder / "frames"
+    frames.mkdir(parents=True, exist_ok=True)
+    ys, xs = np.mgrid[0:height, 0:width]
+    for i in range(count):
+        rgb = np.stack([(xs + 7 * i) % 256, (ys + 3 * i) % 256, np.full_like(xs, (11 * i) % 256)], -1)
+        PILImage.fromarray(rgb.astype(np.uint8)).save(frames / f"{i:04d}.png", compress_level=1)
+    domain = free_domain()
+    perception = NodeProcess("find_ros.perception_node", domain, folder / "perception", params={
+        "model_preset": "tiny-test", "camera_reliability": setting, "stats_period": 0.5, "processing_max_side": 320,
+        "depth": {"enabled": False}, "embeddings": {"enabled": False}})
+    replay = NodeProcess("find_ros.replay_node", domain, folder / "replay", params={
+        "source": str(frames), "rate": rate, "wait_for_subscribers": 1})
+    probe = Probe(domain)
+    try:
+        probe.listen("/find_perception/status", String)
+        probe.wait_for(lambda: not replay.running(), "the replay to finish", 300 + count / rate, perception)
+        def settled() -> dict | None:
+            with probe.cond:
+                docs = [json.loads(m.data) for _, m in probe.received["/find_perception/status"]]
+            return docs[-1] if len(docs) >= 3 and docs[-1]["stats"] == docs[-3]["stats"] else None
+        status = probe.wait_for(settled, "the node's counts to settle", 30, perception)
+    finally:
+        probe.close()
+        perception.stop()
+        replay.stop()
+    stats = status["stats"]
+    return {"setting": setting, "size": f"{width}x{height}", "published": count,
+            "received": stats["frames_received"], "processed": stats["frames_processed"],
+            "missed": stats["frames_missed"], "subscribed": status["camera_reliability"]["image"]}
+
+
+def camera_qos_table(count: int = 300, folder: Path | None = None) -> list[dict[str, Any]]:
+    """camera_qos_run for best_effort / reliable / auto at 320x240 and 640x480."""
+    import tempfile
+    root = folder or Path(tempfile.mkdtemp(prefix="find_qos_"))
+    return [camera_qos_run(setting, size, count, root / f"{setting}_{size[1]}")
+            for size in ((240, 320), (480, 640)) for setting in ("best_effort", "reliable", "auto")]
+
+
+if __name__ == "__main__":
+    import argparse
+    parser = argparse.ArgumentParser(description="camera_reliability figures: frames received / processed by "
+                                                 "find_perception from a 30 Hz find_replay")
+    parser.add_argument("--frames", type=int, default=300)
+    rows = camera_qos_table(parser.parse_args().frames)
+    print("| setting | size | published | received | processed | missed | subscribed |")
+    print("| --- | --- | --- | --- | --- | --- | --- |")
+    for row in rows:
+        print("| " + " | ".join(str(row[k]) for k in ("setting", "size", "published", "received", "processed",
+                                                       "missed", "subscribed")) + " |")

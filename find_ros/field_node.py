@@ -20,6 +20,10 @@ A thin adapter from topics to :mod:`find_core.field` (see docs/ros_interface.md,
 * ``~/command``: ``save``, ``save <path>``, ``clear``; the map is also saved on shutdown (``map_path``).
 * Bad input never stops the node: it is counted in ``~/status`` and logged, bad queries get error
   answers.
+* Input reliability follows the publishers by default (``camera_reliability: auto``, see
+  :mod:`find_ros.qos`): the perception node's ``~/embeddings`` are megabytes and reliable.
+* SIGINT / SIGTERM stop it cleanly in any state (:mod:`find_ros.node_runner`): the worker finishes
+  the frame or query in hand, the map is saved (``map_path``), then the context goes.
 
 ``~/answer`` schema (version 1), one JSON object per query or command::
 
@@ -63,7 +67,6 @@ import numpy as np
 from geometry_msgs.msg import PoseStamped
 from nav_msgs.msg import Odometry
 from rclpy.node import Node
-from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy
 from sensor_msgs.msg import CameraInfo, Image, PointCloud2, PointField
 from std_msgs.msg import Header, String
 from visualization_msgs.msg import Marker, MarkerArray
@@ -74,11 +77,11 @@ from find_core.field.io import relevancy_colors
 from find_core.field.objects import cut_off
 from find_core.instructions import Instruction, InstructionError, parse_instruction
 
-from .node_runner import run_node
+from .node_runner import PublishGate, run_node
 from .image_conversion import ImageConversionError, depth_to_meters, image_to_embeddings
 from .params import DEVICE_PATTERN, ParameterError, _Validated, declare_params, option
 from .perception_node import colour, load_pipeline, scale_intrinsics
-from .qos import RELIABILITIES, image_output_qos, instruction_qos, results_qos
+from .qos import CAMERA_RELIABILITIES, REFRESH_PERIOD, CameraSubscription, image_output_qos, instruction_qos, results_qos
 
 T = TypeVar("T")
 
@@ -177,8 +180,9 @@ class FieldParams(_Validated):
                                    minimum=0.1, maximum=600.0)
     max_rate_hz: float = option(5.0, "Most integrations per second (the newest matched frame wins); "
                                      "0 = as fast as the map allows.", minimum=0.0, maximum=1000.0)
-    camera_reliability: str = option("best_effort", "QoS reliability of the embeddings/depth/camera_info/pose "
-                                                    "subscriptions.", choices=RELIABILITIES)
+    camera_reliability: str = option("auto", "QoS reliability of the embeddings/depth/camera_info/pose "
+                                             "subscriptions: auto follows each topic's publishers (reliable when "
+                                             "all are).", choices=CAMERA_RELIABILITIES)
     map_path: str = option("", "Where 'save' (without a path) and shutdown write the map (.npz, plus a .ply "
                                "preview beside it); empty = no save on shutdown.")
     status_period: float = option(2.0, "Seconds between ~/status messages and log lines; 0 = off.",
@@ -611,13 +615,6 @@ class FrameMatcher:
         return bundle
 
 
-def input_qos(reliability: str, depth: int) -> QoSProfile:
-    """Sensor inputs: keep-last ``depth`` (the matcher needs every depth/pose, not only the newest)."""
-    policy = ReliabilityPolicy.RELIABLE if reliability == "reliable" else ReliabilityPolicy.BEST_EFFORT
-    return QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=depth, reliability=policy,
-                      durability=DurabilityPolicy.VOLATILE)
-
-
 class StartupError(RuntimeError):
     """The node cannot start (bad parameters, model not loadable); the message says why."""
 
@@ -667,30 +664,33 @@ class FindFieldNode(Node):
         self._last_fused_stamp: float | None = None
         self._reported_unmatched = 0
         self._stop = threading.Event()
+        self._job: str | None = None             # what the worker is doing, for the stop log line
 
+        self._gate = PublishGate()               # closed by shutdown(): nothing is published after that
         out = image_output_qos()
-        self._pub_cloud = self.create_publisher(PointCloud2, "~/relevancy", out)
-        self._pub_objects = self.create_publisher(MarkerArray, "~/objects", out)
-        self._pub_answer = self.create_publisher(String, "~/answer", results_qos())
-        self._pub_status = self.create_publisher(String, "~/status", results_qos())
+        self._pub_cloud = self._gate.wrap(self.create_publisher(PointCloud2, "~/relevancy", out))
+        self._pub_objects = self._gate.wrap(self.create_publisher(MarkerArray, "~/objects", out))
+        self._pub_answer = self._gate.wrap(self.create_publisher(String, "~/answer", results_qos()))
+        self._pub_status = self._gate.wrap(self.create_publisher(String, "~/status", results_qos()))
 
-        def sensor(depth: int) -> QoSProfile:
-            return input_qos(p.camera_reliability, depth)
-
-        # depth 2 for images (newest wins downstream anyway), deeper for the small, frequent messages
-        self.create_subscription(Image, "embeddings", self._on_embeddings, sensor(2))
+        # keep-last 2 for images (newest wins downstream anyway), deeper for the small, frequent messages:
+        # the matcher needs every depth / pose near an embeddings stamp, not only the newest
         m = self._matcher
-        self.create_subscription(Image, "depth", lambda msg: self._on_partner(m.depths, msg), sensor(2))
-        self.create_subscription(CameraInfo, "camera_info", lambda msg: self._on_partner(m.infos, msg), sensor(10))
         pose_type = PoseStamped if p.pose_type == "pose_stamped" else Odometry
-        self.create_subscription(pose_type, "pose", lambda msg: self._on_partner(m.poses, msg), sensor(50))
+        self._inputs = {name: CameraSubscription(self, kind, name, callback, depth, p.camera_reliability)
+                        for name, kind, callback, depth in (
+                            ("embeddings", Image, self._on_embeddings, 2),
+                            ("depth", Image, lambda msg, _: self._on_partner(m.depths, msg), 2),
+                            ("camera_info", CameraInfo, lambda msg, _: self._on_partner(m.infos, msg), 10),
+                            ("pose", pose_type, lambda msg, _: self._on_partner(m.poses, msg), 50))}
+        self.create_timer(REFRESH_PERIOD, lambda: [s.refresh() for s in self._inputs.values()])
         self.create_subscription(String, "~/query", lambda m: self._on_request("query", m), instruction_qos())
         self.create_subscription(String, "~/command", lambda m: self._on_request("command", m), instruction_qos())
         if p.status_period > 0:
             self.create_timer(p.status_period, self._report)
         self._worker = threading.Thread(target=self._work, name="find_field_worker", daemon=True)
         self._worker.start()
-        names = ", ".join(self.resolve_topic_name(t) for t in ("embeddings", "depth", "camera_info", "pose"))
+        names = ", ".join(s.topic_name for s in self._inputs.values())
         self._log.info(f"fusing {names} ({pose_type.__name__}, {p.camera_reliability}) into "
                        f"{p.fusion.voxel_size} m voxels at <= {p.max_rate_hz or 'unlimited'} Hz")
 
@@ -702,6 +702,7 @@ class FindFieldNode(Node):
             self._log.info("no model (model_preset and checkpoint empty): embedding queries only")
             return None
         started = time.perf_counter()
+        self._log.info(f"loading the query model {p.model_preset!r} checkpoint={p.checkpoint or '-'} on {p.device}")
         try:
             pipeline = load_pipeline(p)  # the perception node's own loader: same parameters, same model
             width = int(pipeline.embed_text(["object"]).shape[1])
@@ -724,11 +725,24 @@ class FindFieldNode(Node):
         return embedder
 
     def shutdown(self) -> None:
-        """Stop the worker (it finishes the frame or query in hand)."""
+        """Stop the worker (it finishes the frame or query in hand), then close the publishers: called
+        before the node is destroyed, while the context is still valid."""
+        job, started = self._job, time.perf_counter()
         self._stop.set()
         with self._cond:
             self._cond.notify_all()
         self._worker.join(timeout=30.0)
+        self._gate.close()
+        if self._worker.is_alive():
+            self._log.warning(f"worker still busy with {self._job} after 30 s; its outputs are dropped")
+        else:
+            self._log.info(f"worker stopped{f' after finishing {job}' if job else ''} in "
+                           f"{(time.perf_counter() - started) * 1000:.0f} ms; publishers closed")
+
+    def activity(self) -> str:
+        """What the node is doing, for the stop log line."""
+        job = self._job
+        return f"busy ({job})" if job else "idle"
 
     def save_on_exit(self) -> None:
         """Write the map to map_path (the worker must have stopped: see shutdown)."""
@@ -744,7 +758,7 @@ class FindFieldNode(Node):
             self._log.error(f"could not save the map to {self.params.map_path}: {err}")
 
     # ---- callbacks (executor thread): park messages, never compute ------------------------------
-    def _on_embeddings(self, msg: Image) -> None:
+    def _on_embeddings(self, msg: Image, _info: Any = None) -> None:
         with self._cond:
             self._matcher.add_embeddings(stamp_ns(msg.header.stamp), msg, time.monotonic())
             self._cond.notify()
@@ -776,14 +790,19 @@ class FindFieldNode(Node):
                 self._requests.clear()
                 due = not self._stop.is_set() and time.monotonic() >= self._next_due
                 bundle = self._matcher.take() if due else None
-            for job, item in [(self._request, r) for r in requests] + ([(self._fuse, bundle)] if bundle else []):
+            jobs = [(self._request, r, f"a {r[0]}") for r in requests]
+            jobs += [(self._fuse, bundle, "fusing a frame")] if bundle else []
+            for job, item, what in jobs:
                 if self._stop.is_set():
                     break
+                self._job = what
                 try:
                     job(item)
                 except Exception as err:  # a bug must not kill the node: report it and keep serving
                     self._log.error(f"internal error: {err}\n{traceback.format_exc()}")
                     self._publish_error(QueryError("internal_error", f"{type(err).__name__}: {err}"))
+                finally:
+                    self._job = None
 
     def _reject(self, reason: str, message: str) -> None:
         with self._cond:
@@ -999,7 +1018,8 @@ class FindFieldNode(Node):
                 "map": {"voxels": 0 if table is None else int(table.size), "dim": None if table is None else table.dim,
                         "voxel_size": self.params.fusion.voxel_size, "frames_fused": self._fusion.stats.fused},
                 "mean_integrate_ms": round(float(np.mean(self._integrate_ms)), 3) if self._integrate_ms else 0.0,
-                "last_fused_stamp": last, "last_unmatched": last_unmatched}
+                "last_fused_stamp": last, "last_unmatched": last_unmatched,
+                "camera_reliability": {name: sub.current for name, sub in self._inputs.items()}}
 
     def _report(self) -> None:
         doc = self.status()
@@ -1015,7 +1035,9 @@ class FindFieldNode(Node):
 
 
 def main(argv: list[str] | None = None) -> int:
-    return run_node(argv, FindFieldNode, "find_field", StartupError, after_destroy=lambda node: node.save_on_exit())
+    return run_node(argv, FindFieldNode, "find_field", StartupError, FieldParams, __doc__.split("\n\n")[0],
+                    after_destroy=lambda node: node.save_on_exit())
+
 
 if __name__ == "__main__":
     sys.exit(main())

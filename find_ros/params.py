@@ -19,7 +19,7 @@ from typing import Any, TypeVar
 
 from find_core.config import input_size_problem
 
-from .qos import RELIABILITIES
+from .qos import CAMERA_RELIABILITIES, RELIABILITIES
 
 T = TypeVar("T")
 
@@ -131,6 +131,11 @@ class DepthParams(_Validated):
     box_percentile: float = option(2.0, "3D boxes span the [p, 100 - p] percentiles of an entity's points, "
                                         "so a few flying pixels do not inflate them; 0 = min/max.",
                                    minimum=0.0, maximum=49.0)
+    min_valid_fraction: float = option(0.5, "An entity gets a 3D position only when at least this share of its "
+                                            "mask's interior pixels has valid depth; otherwise its position is "
+                                            "null with position_reason 'object_depth_invalid' (a mask over a "
+                                            "depth hole must not take the wall behind it as its place).",
+                                       minimum=0.0, maximum=1.0)
 
 
 @dataclass
@@ -171,9 +176,13 @@ class PerceptionParams(_Validated):
     image_transport: str = option("raw", "'raw' subscribes to 'image' (sensor_msgs/Image); 'compressed' to "
                                          "'<image>/compressed' (PNG/JPEG sensor_msgs/CompressedImage).",
                                   choices=("raw", "compressed"))
-    camera_reliability: str = option("best_effort", "QoS reliability of the image/depth/camera_info "
-                                                    "subscriptions (best_effort hears every publisher).",
-                                     choices=RELIABILITIES)
+    camera_reliability: str = option("auto", "QoS reliability of the image/depth/camera_info subscriptions: "
+                                             "auto follows each topic's publishers (reliable when all are); "
+                                             "best_effort matches every publisher but loses large frames.",
+                                     choices=CAMERA_RELIABILITIES)
+    max_instruction_chars: int = option(1_000_000, "Longer instructions (the whole message, inline images "
+                                                   "included) are refused with an 'instruction_too_long' error "
+                                                   "result before they are parsed.", minimum=1)
     publish_overlay: bool = option(True, "Publish ~/overlay (rgb8 frame with coloured masks and labels).")
     stats_period: float = option(5.0, "Seconds between FPS/latency log lines and ~/status messages; 0 = off.",
                                  minimum=0.0, maximum=3600.0)
@@ -283,3 +292,40 @@ def declare_params(node: Any, cls: type[T]) -> T:
     if problems:
         raise ParameterError(f"invalid {cls.__name__}:\n  - " + "\n  - ".join(problems))
     return params
+
+
+def type_name(value: Any) -> str:
+    """The ROS parameter type of a default value, as `ros2 param describe` and the docs name it."""
+    if isinstance(value, bool):
+        return "bool"
+    if isinstance(value, int):
+        return "int"
+    if isinstance(value, float):
+        return "float"
+    if isinstance(value, list):
+        return "string[]"
+    return "string"
+
+
+def parameter_rows(cls: type, prefix: str = "") -> list[tuple[str, str, Any, str, str]]:
+    """(dotted name, type, default, description, constraints) of every parameter of a params dataclass."""
+    rows = []
+    for f in fields(cls):
+        default = f.default if f.default is not MISSING else f.default_factory()  # type: ignore[misc]
+        if is_dataclass(default):
+            rows += parameter_rows(type(default), prefix + f.name + ".")
+        else:
+            rows.append((prefix + f.name, type_name(default), default, f.metadata["description"],
+                         constraints_text(f.metadata)))
+    return rows
+
+
+def help_text(executable: str, cls: type, summary: str) -> str:
+    """What `<executable> --help` prints: how to pass parameters, then every parameter."""
+    lines = [f"usage: {executable} [--ros-args [--params-file FILE] [-p NAME:=VALUE] [-r FROM:=TO] ...]", "",
+             summary.strip(), "", "parameters (read-only; set with --params-file or -p):"]
+    for name, kind, default, description, constraints in parameter_rows(cls):
+        shown = '""' if default == "" else default
+        lines.append(f"  {name} ({kind}, default {shown}){': ' + constraints if constraints else ''}")
+        lines.append(f"      {description}")
+    return "\n".join(lines)

@@ -10,6 +10,11 @@ A thin adapter from topics to :class:`find_core.pipeline.FindPipeline` (see docs
   ranks the buffer with one text encoding (``localize`` with ``frame_embeddings``).
 * Bad input of any kind becomes an ``error`` result on ``~/results`` and a log line; the node keeps
   serving.
+* 3D positions come only from the depth under an entity's own mask (its interior, see
+  :func:`entity_points`), and only when enough of it is valid; otherwise the entity says why
+  (``position_reason``).
+* SIGINT / SIGTERM stop it cleanly in any state (:mod:`find_ros.node_runner`): the worker finishes
+  the frame in hand and its publishers close before the context goes.
 
 Run: ``python -m find_ros.perception_node --ros-args --params-file config/find_perception.yaml``.
 """
@@ -32,7 +37,6 @@ from PIL import Image as PILImage
 from PIL import ImageDraw
 from rclpy.expand_topic_name import expand_topic_name
 from rclpy.node import Node
-from rclpy.subscription import Subscription
 from sensor_msgs.msg import CameraInfo, CompressedImage, Image
 from std_msgs.msg import Header, String
 from visualization_msgs.msg import Marker, MarkerArray
@@ -41,16 +45,18 @@ from find_core.embedded import EMBEDDED, default_pipeline
 from find_core.instructions import Instruction, InstructionError, VisualReference, parse_instruction
 from find_core.pipeline import FindPipeline
 
-from .node_runner import run_node
+from .node_runner import PublishGate, run_node
 from .frame_buffer import BufferedFrame, DepthFrame, FrameBuffer
 from .image_conversion import (ImageConversionError, compressed_to_rgb, depth_to_meters, embeddings_to_image,
                                image_to_rgb, labels_to_image, rgb_to_image)
 from .params import ParameterError, PerceptionParams, declare_params
-from .qos import camera_qos, image_output_qos, instruction_qos, results_qos
-from .results_schema import (EmbeddingInfo, EntityInfo, FrameInfo, LocalizationInfo, Result, error_result,
-                             projection_matrix, stamp_seconds)
+from .qos import REFRESH_PERIOD, CameraSubscription, gid_key, image_output_qos, instruction_qos, results_qos
+from .results_schema import (POSITION_REASONS, EmbeddingInfo, EntityInfo, FrameInfo, LocalizationInfo, Result,
+                             error_result, projection_matrix, stamp_seconds)
 
 FRAME_STAMP_TOLERANCE = 1e-3  # seconds; how close an instruction's frame_stamp must be to a buffered frame
+OVERLAY_LABEL_CHARS = 40      # longer entity labels are clipped on the overlay
+WORKER_JOIN_TIMEOUT = 30.0    # seconds a stop waits for the frame or instruction in hand
 
 
 # --------------------------------------------------------------------------- pure helpers
@@ -171,22 +177,69 @@ def scale_intrinsics(K: np.ndarray, from_size: tuple[int, int], to_size: tuple[i
     return out
 
 
-def entity_points(labels: np.ndarray, depth: DepthFrame, label_id: int) -> np.ndarray:
-    """[M, 3] camera-frame points (metres) of the depth pixels whose label is ``label_id``.
+def interior(mask: np.ndarray) -> np.ndarray:
+    """The mask without its one-pixel rim (4-neighbourhood), or the mask itself when less than a
+    quarter would remain (thin objects). Rim pixels mix the object with what lies behind it: flying
+    pixels of depth sensors, and a depth image of another resolution than the mask."""
+    core = mask.copy()
+    core[1:] &= mask[:-1]
+    core[:-1] &= mask[1:]
+    core[:, 1:] &= mask[:, :-1]
+    core[:, :-1] &= mask[:, 1:]
+    return core if 4 * int(core.sum()) >= int(mask.sum()) else mask
 
-    Depth is registered to the colour image but may have another resolution: each depth pixel
-    reads the label at the same relative position."""
-    dh, dw = depth.meters.shape
-    lh, lw = labels.shape
-    rows = np.minimum(((np.arange(dh) + 0.5) * lh / dh).astype(int), lh - 1)
-    cols = np.minimum(((np.arange(dw) + 0.5) * lw / dw).astype(int), lw - 1)
-    selected = (labels[rows[:, None], cols[None, :]] == label_id) & np.isfinite(depth.meters)
-    vs, us = np.nonzero(selected)
-    z = depth.meters[selected].astype(np.float64)
+
+def entity_points(labels: np.ndarray, depth: DepthFrame, label_id: int) -> tuple[np.ndarray, float]:
+    """[M, 3] camera-frame points (metres) of the valid depth under the interior of ``label_id``'s
+    mask, and the share of that interior they are (0.0 for an empty mask).
+
+    Depth is registered to the colour image but may have another resolution: the mask is resampled
+    to the depth grid (nearest, at least one pixel), so each depth pixel reads the label at the same
+    relative position. Valid depth is finite and positive."""
+    mask = labels == label_id
+    if not mask.any():
+        return np.zeros((0, 3)), 0.0
+    core = interior(resize_mask(mask, depth.meters.shape))
+    z_all = depth.meters[core]
+    valid = np.isfinite(z_all) & (z_all > 0)
+    vs, us = np.nonzero(core)
+    vs, us, z = vs[valid], us[valid], z_all[valid].astype(np.float64)
     K = depth.K
     x = (us - K[0, 2]) * z / K[0, 0]
     y = (vs - K[1, 2]) * z / K[1, 1]
-    return np.stack([x, y, z], axis=1)
+    return np.stack([x, y, z], axis=1), float(valid.mean())
+
+
+def object_depth(points: np.ndarray) -> np.ndarray:
+    """The points at the object's own depth: within 3 robust standard deviations (MAD) of the median
+    depth, and never a band narrower than 5 % of that depth (sensor noise). A mask that bleeds over
+    the object's edge reaches what lies behind or in front of it; most of its pixels are the object."""
+    z = points[:, 2]
+    median = float(np.median(z))
+    spread = 1.4826 * float(np.median(np.abs(z - median)))
+    return points[np.abs(z - median) <= max(3.0 * spread, 0.05 * median)]
+
+
+def place_entity(entity: EntityInfo, labels: np.ndarray, depth: DepthFrame | None, no_depth_reason: str | None,
+                 min_valid_fraction: float, percentile: float) -> None:
+    """Set ``position`` (mean point) and ``box_3d`` (``percentile`` extents) of an entity from the
+    valid depth of its mask's interior at the object's own depth (:func:`object_depth`), or
+    ``position_reason`` (results_schema.POSITION_REASONS) saying why it has none."""
+    if depth is None:
+        entity.position_reason = no_depth_reason
+        return
+    if entity.pixel_area == 0:
+        entity.position_reason = "empty_mask"
+        return
+    points, share = entity_points(labels, depth, entity.label_id)
+    entity.depth_valid_fraction = round(share, 4)
+    if len(points) == 0 or share < min_valid_fraction:
+        entity.position_reason = "object_depth_invalid"
+        return
+    points = object_depth(points)
+    center, extent = box_3d(points, percentile)
+    entity.position = [float(v) for v in points.mean(axis=0)]
+    entity.box_3d = {"center": [float(v) for v in center], "extent": [float(v) for v in extent]}
 
 
 def box_3d(points: np.ndarray, percentile: float) -> tuple[np.ndarray, np.ndarray]:
@@ -202,6 +255,12 @@ def colour(label_id: int) -> tuple[int, int, int]:
     return int(r * 255), int(g * 255), int(b * 255)
 
 
+def clip(text: str, limit: int = OVERLAY_LABEL_CHARS) -> str:
+    """``text`` cut to ``limit`` characters (with '...'), on one line: for drawing, not for data."""
+    text = " ".join(text.split())
+    return text if len(text) <= limit else text[:limit - 3] + "..."
+
+
 def overlay_image(rgb: np.ndarray, labels: np.ndarray, entities: list[EntityInfo]) -> np.ndarray:
     """The frame with each label's pixels tinted in its colour, its box outlined and its label written."""
     out = rgb.astype(np.float32)
@@ -214,7 +273,8 @@ def overlay_image(rgb: np.ndarray, labels: np.ndarray, entities: list[EntityInfo
         if entity.box is not None:
             x0, y0, x1, y1 = entity.box
             draw.rectangle([x0, y0, x1 - 1, y1 - 1], outline=colour(entity.label_id))
-            draw.text((x0 + 2, y0 + 1), f"{entity.label_id}:{entity.label} {entity.score:.2f}", fill=(255, 255, 255))
+            draw.text((x0 + 2, y0 + 1), f"{entity.label_id}:{clip(entity.label)} {entity.score:.2f}",
+                      fill=(255, 255, 255))
     return np.asarray(image)
 
 
@@ -274,6 +334,7 @@ class FindPerceptionNode(Node):
         p = self.params
         self._log = self.get_logger()
         started = time.perf_counter()
+        self._log.info(f"loading model {p.model_preset!r} checkpoint={p.checkpoint or '-'} on {p.device}")
         try:
             self.pipeline = load_pipeline(p, self._log.warning, p.input_size or None)
         except Exception as err:  # unknown preset, missing weights, CUDA absent, ...: one clear line
@@ -298,39 +359,44 @@ class FindPerceptionNode(Node):
         self._depths: deque[tuple[float, Image]] = deque(maxlen=16)
         self._bad_depths: deque[Image] = deque(maxlen=16)
         self._camera_info: CameraInfo | None = None
-        self._sequence: dict[tuple, int] = {}
+        self._sequence: dict[tuple, int] = {}   # last publication sequence number per image publisher
         self._counts = dict(frames_received=0, frames_processed=0, frames_dropped=0, frames_missed=0, errors=0)
         self._processed_times: deque[float] = deque(maxlen=120)
         self._latencies: deque[float] = deque(maxlen=60)
         self._last_processed_stamp: float | None = None
         self._stop = threading.Event()
+        self._job: str | None = None             # what the worker is doing, for the stop log line
 
+        self._gate = PublishGate()               # closed by shutdown(): nothing is published after that
         out = image_output_qos()
-        self._pub_masks = self.create_publisher(Image, "~/masks", out)
-        self._pub_embeddings = self.create_publisher(Image, "~/embeddings", out)
-        self._pub_overlay = self.create_publisher(Image, "~/overlay", out)
-        self._pub_localized = self.create_publisher(Image, "~/localized_frame", out)
-        self._pub_entities = self.create_publisher(MarkerArray, "~/entities", out)
-        self._pub_results = self.create_publisher(String, "~/results", results_qos())
-        self._pub_status = self.create_publisher(String, "~/status", results_qos())
+        publisher = lambda kind, name, qos: self._gate.wrap(self.create_publisher(kind, name, qos))  # noqa: E731
+        self._pub_masks = publisher(Image, "~/masks", out)
+        self._pub_embeddings = publisher(Image, "~/embeddings", out)
+        self._pub_overlay = publisher(Image, "~/overlay", out)
+        self._pub_localized = publisher(Image, "~/localized_frame", out)
+        self._pub_entities = publisher(MarkerArray, "~/entities", out)
+        self._pub_results = publisher(String, "~/results", results_qos())
+        self._pub_status = publisher(String, "~/status", results_qos())
 
-        cam = camera_qos(p.camera_reliability)
         if p.image_transport == "compressed":
-            topic = self._resolve("image") + "/compressed"
-            self.create_subscription(CompressedImage, topic, self._frame_callback("compressed"), cam)
+            image_type, image_topic = CompressedImage, self._resolve("image") + "/compressed"
         else:
-            topic = self._resolve("image")
-            self.create_subscription(Image, "image", self._frame_callback("raw"), cam)
+            image_type, image_topic = Image, "image"
+        self._inputs = {"image": CameraSubscription(self, image_type, image_topic, self._on_image, 2,
+                                                    p.camera_reliability)}
         if p.depth.enabled:
-            self.create_subscription(Image, "depth", self._on_depth, cam)
-            self.create_subscription(CameraInfo, "camera_info", self._on_camera_info, cam)
+            self._inputs["depth"] = CameraSubscription(self, Image, "depth", self._on_depth, 1, p.camera_reliability)
+            self._inputs["camera_info"] = CameraSubscription(self, CameraInfo, "camera_info", self._on_camera_info,
+                                                             1, p.camera_reliability)
+        self.create_timer(REFRESH_PERIOD, self._refresh_inputs)
         self.create_subscription(String, "instruction", self._on_instruction, instruction_qos())
         if p.stats_period > 0:
             self.create_timer(p.stats_period, self._report)
         self._worker = threading.Thread(target=self._work, name="find_perception_worker", daemon=True)
         self._worker.start()
-        self._log.info(f"listening on {topic} ({p.image_transport}, {p.camera_reliability}), mode={p.mode}, "
-                       f"standing={p.standing}, buffer_size={p.buffer_size}")
+        self._log.info(f"listening on {self._inputs['image'].topic_name} ({p.image_transport}, "
+                       f"camera_reliability {p.camera_reliability}), mode={p.mode}, standing={p.standing}, "
+                       f"buffer_size={p.buffer_size}")
 
     # ---- start-up ------------------------------------------------------------------------------
     def _resolve(self, name: str) -> str:
@@ -354,29 +420,58 @@ class FindPerceptionNode(Node):
         return width
 
     def shutdown(self) -> None:
+        """Stop the worker (it finishes the frame or instruction in hand), then close the publishers:
+        called before the node is destroyed, while the context is still valid."""
+        job = self._job
+        started = time.perf_counter()
         self._stop.set()
         with self._cond:
             self._cond.notify_all()
-        self._worker.join(timeout=5.0)
+        self._worker.join(timeout=WORKER_JOIN_TIMEOUT)
+        self._gate.close()
+        waited = f" after finishing {job}" if job else ""
+        if self._worker.is_alive():
+            self._log.warning(f"worker still busy with {self._job} after {WORKER_JOIN_TIMEOUT:.0f} s; its "
+                              "outputs are dropped")
+        else:
+            self._log.info(f"worker stopped{waited} in {(time.perf_counter() - started) * 1000:.0f} ms; "
+                           "publishers closed")
+
+    def activity(self) -> str:
+        """What the node is doing, for the stop log line."""
+        job = self._job
+        return f"busy ({job})" if job else "idle"
+
+    def _refresh_inputs(self) -> None:
+        for subscription in self._inputs.values():
+            subscription.refresh()
 
     # ---- callbacks (executor thread): park the message, never compute ---------------------------
-    def _count_missed(self, info: Any) -> None:
-        """Sequence gaps per publisher: frames DDS never delivered to us (depth-1 queue, best effort)."""
+    def _count_missed(self, info: Any, initial_publishers: set) -> None:
+        """Sequence gaps per publisher: frames DDS never delivered to us (depth-1 queue, best effort).
+
+        A publisher that appeared after the node subscribed is counted from its sequence number 1
+        (frames lost before the first one that arrived count too); one that was already publishing
+        is counted from the first frame that arrived. Needs rclpy's MessageInfo (Iron and newer)."""
         try:
-            sequence = info["publication_sequence_number"]
-            gid = info["publisher_gid"]
-            key = tuple(gid["data"]) if isinstance(gid, dict) else tuple(gid)
-        except (KeyError, TypeError):
+            sequence = int(info["publication_sequence_number"])
+            key = gid_key(info["publisher_gid"])
+        except (KeyError, TypeError, ValueError):
             return
-        if not sequence:
+        if sequence <= 0:
             return
         last = self._sequence.get(key)
-        self._sequence[key] = sequence
-        if last is not None and sequence > last + 1:
+        if last is None:
+            last = sequence - 1 if key in initial_publishers else 0
+        self._sequence[key] = max(sequence, last)
+        if sequence > last + 1:
             with self._cond:
                 self._counts["frames_missed"] += sequence - last - 1
 
-    def _park(self, msg: Any, kind: str) -> None:
+    def _on_image(self, msg: Any, info: Any) -> None:
+        if info is not None:
+            self._count_missed(info, self._inputs["image"].initial_publishers)
+        kind = "raw" if isinstance(msg, Image) else "compressed"
         with self._cond:
             self._counts["frames_received"] += 1
             if self._pending_frame is not None:
@@ -384,21 +479,11 @@ class FindPerceptionNode(Node):
             self._pending_frame = (msg, kind, time.perf_counter())
             self._cond.notify()
 
-    def _frame_callback(self, kind: str) -> Any:
-        """rclpy >= Iron hands a MessageInfo (sequence numbers) to two-argument callbacks; older
-        distros call with the message only, and then missed frames are not counted."""
-        if hasattr(Subscription, "CallbackType"):
-            def with_info(msg: Any, info: Any) -> None:
-                self._count_missed(info)
-                self._park(msg, kind)
-            return with_info
-        return lambda msg: self._park(msg, kind)
-
-    def _on_depth(self, msg: Image) -> None:
+    def _on_depth(self, msg: Image, _info: Any = None) -> None:
         with self._cond:
             self._depths.append((stamp_seconds(msg.header.stamp.sec, msg.header.stamp.nanosec), msg))
 
-    def _on_camera_info(self, msg: CameraInfo) -> None:
+    def _on_camera_info(self, msg: CameraInfo, _info: Any = None) -> None:
         self._camera_info = msg
 
     def _on_instruction(self, msg: String) -> None:
@@ -418,14 +503,18 @@ class FindPerceptionNode(Node):
                 frame, self._pending_frame = self._pending_frame, None
                 instruction = self._instructions.popleft() if self._instructions else None
             # the frame first: it arrived before the instruction was taken, so localization sees it
-            for job, item in ((self._process_frame, frame), (self._process_instruction, instruction)):
+            for job, item, what in ((self._process_frame, frame, "a frame"),
+                                    (self._process_instruction, instruction, "an instruction")):
                 if item is None or self._stop.is_set():
                     continue
+                self._job = what
                 try:
                     job(*item)
                 except Exception as err:  # a bug must not kill the node: report it and keep serving
                     self._log.error(f"internal error: {err}\n{traceback.format_exc()}")
                     self._publish_error("internal_error", f"{type(err).__name__}: {err}")
+                finally:
+                    self._job = None
 
     def _stats(self) -> dict[str, float]:
         return self._stats_and_stamp()[0]
@@ -480,7 +569,7 @@ class FindPerceptionNode(Node):
             return
         watch.mark("embed_image")
         frame = BufferedFrame(seconds, stamp.sec, stamp.nanosec, msg.header.frame_id, rgb, embedding,
-                              (int(source_size[0]), int(source_size[1])), self._pair_depth(seconds, msg.header.frame_id))
+                              (int(source_size[0]), int(source_size[1])), self._pair_depth(seconds, msg.header.frame_id)[0])
         watch.mark("depth")
         if self._buffer.push(frame):
             self._log.warning(f"frame stamp {seconds:.3f} is older than the newest buffered frame: time jumped "
@@ -532,6 +621,12 @@ class FindPerceptionNode(Node):
 
     def _process_instruction(self, raw: str, received: float) -> None:
         watch = _Stopwatch()
+        limit = self.params.max_instruction_chars
+        if len(raw) > limit:
+            self._publish_error("instruction_too_long", f"the instruction has {len(raw)} characters, "
+                                f"max_instruction_chars is {limit} (inline images count: send a smaller crop, "
+                                "or refer to a buffered frame by frame_stamp)")
+            return
         if is_clear(raw):
             had = self._standing
             self._standing = None
@@ -575,19 +670,24 @@ class FindPerceptionNode(Node):
             self._log.info(f"standing instruction {resolved.id}: {resolved.text!r}")
 
     # ---- depth ------------------------------------------------------------------------------------
-    def _pair_depth(self, stamp: float, image_frame_id: str) -> DepthFrame | None:
-        """The depth image nearest in time (within depth.sync_tolerance) with the latest camera_info."""
+    def _pair_depth(self, stamp: float, image_frame_id: str) -> tuple[DepthFrame | None, str | None]:
+        """The depth image nearest in time (within depth.sync_tolerance) with the latest camera_info,
+        or None and the reason (results_schema.POSITION_REASONS) why there is none."""
         p = self.params.depth
         if not p.enabled:
-            return None
+            return None, "depth_disabled"
         with self._cond:
-            candidates = [c for c in self._depths if not any(c[1] is bad for bad in self._bad_depths)]
+            depths = list(self._depths)
         info = self._camera_info
-        if not candidates or info is None:
-            return None
-        depth_stamp, msg = min(candidates, key=lambda c: abs(c[0] - stamp))
+        if info is None:
+            return None, "no_camera_info"
+        if not depths:
+            return None, "no_depth_in_sync"
+        depth_stamp, msg = min(depths, key=lambda c: abs(c[0] - stamp))
         if abs(depth_stamp - stamp) > p.sync_tolerance:
-            return None
+            return None, "no_depth_in_sync"
+        if any(msg is bad for bad in self._bad_depths):   # reported when it was first paired
+            return None, "bad_depth"
         K = np.asarray(info.k, dtype=np.float64).reshape(3, 3)
         try:
             meters = depth_to_meters(msg, self.params.max_image_pixels)
@@ -596,10 +696,10 @@ class FindPerceptionNode(Node):
         except ImageConversionError as err:
             self._bad_depths.append(msg)  # reported once, not again when a result for this frame looks for depth
             self._publish_error("bad_depth", str(err))
-            return None
+            return None, "bad_depth"
         if info.width and info.height and (info.height, info.width) != meters.shape:
             K = scale_intrinsics(K, (info.height, info.width), meters.shape)
-        return DepthFrame(meters, K, msg.header.frame_id or info.header.frame_id or image_frame_id)
+        return DepthFrame(meters, K, msg.header.frame_id or info.header.frame_id or image_frame_id), None
 
     # ---- publishing --------------------------------------------------------------------------------
     @staticmethod
@@ -641,10 +741,16 @@ class FindPerceptionNode(Node):
         if self.params.embeddings.enabled:
             embedding_info = self._publish_embeddings(frame)
             watch.mark("embed_pixels")
-        depth = frame.depth or self._pair_depth(frame.stamp, frame.frame_id)
+        depth, reason = (frame.depth, None) if frame.depth is not None else self._pair_depth(frame.stamp,
+                                                                                               frame.frame_id)
+        p = self.params.depth
+        for entity in entities:
+            place_entity(entity, labels, depth, reason, p.min_valid_fraction, p.box_percentile)
         if depth is not None:
-            self._publish_markers(header, depth, labels, entities)
+            self._publish_markers(header, depth, entities)
             watch.mark("depth")
+        elif reason != "depth_disabled":
+            self._log.info(f"no 3D positions: {reason} ({POSITION_REASONS[reason]})", throttle_duration_sec=10.0)
         if self.params.publish_overlay:
             self._pub_overlay.publish(rgb_to_image(overlay_image(frame.rgb, labels, entities), header))
         watch.mark("publish")
@@ -656,19 +762,16 @@ class FindPerceptionNode(Node):
                         entities, embedding_info, timings, self._stats())
         self._pub_results.publish(String(data=result.to_json()))
 
-    def _publish_markers(self, header: Header, depth: DepthFrame, labels: np.ndarray,
-                         entities: list[EntityInfo]) -> None:
+    def _publish_markers(self, header: Header, depth: DepthFrame, entities: list[EntityInfo]) -> None:
+        """A DELETEALL, then box, centroid and label markers of every entity that has a position."""
         markers = MarkerArray()
         markers.markers.append(Marker(action=Marker.DELETEALL))
         marker_header = Header(stamp=header.stamp, frame_id=depth.frame_id)
         for entity in entities:
-            points = entity_points(labels, depth, entity.label_id)
-            if len(points) == 0:
+            if entity.position is None or entity.box_3d is None:
                 continue
-            centroid = points.mean(axis=0)
-            center, extent = box_3d(points, self.params.depth.box_percentile)
-            entity.position = [float(v) for v in centroid]
-            entity.box_3d = {"center": [float(v) for v in center], "extent": [float(v) for v in extent]}
+            centroid = np.asarray(entity.position)
+            center, extent = np.asarray(entity.box_3d["center"]), np.asarray(entity.box_3d["extent"])
             r, g, b = (c / 255.0 for c in colour(entity.label_id))
             for ns, shape, position, scale, alpha in (
                     ("find/box", Marker.CUBE, center, np.maximum(extent, 0.005), 0.35),
@@ -681,7 +784,7 @@ class FindPerceptionNode(Node):
                 marker.scale.x, marker.scale.y, marker.scale.z = (float(v) for v in scale)
                 marker.color.r, marker.color.g, marker.color.b, marker.color.a = r, g, b, alpha
                 if shape == Marker.TEXT_VIEW_FACING:
-                    marker.text = f"{entity.label} {entity.score:.2f}"
+                    marker.text = f"{clip(entity.label)} {entity.score:.2f}"
                 markers.markers.append(marker)
         self._pub_entities.publish(markers)
 
@@ -697,12 +800,15 @@ class FindPerceptionNode(Node):
                   "mean_latency_ms": round(latency, 3),
                   "last_processed_stamp": last_stamp,
                   "newest_buffered_stamp": newest.stamp if newest else None,
-                  "standing_instruction_id": self._standing.id if self._standing else None}
+                  "standing_instruction_id": self._standing.id if self._standing else None,
+                  "camera_reliability": {name: sub.current for name, sub in self._inputs.items()}}
         self._pub_status.publish(String(data=json.dumps(status)))
 
 
 def main(argv: list[str] | None = None) -> int:
-    return run_node(argv, FindPerceptionNode, "find_perception", StartupError)
+    return run_node(argv, FindPerceptionNode, "find_perception", StartupError, PerceptionParams,
+                    __doc__.split("\n\n")[0])
+
 
 if __name__ == "__main__":
     sys.exit(main())

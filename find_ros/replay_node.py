@@ -14,12 +14,14 @@ Topics: ``image`` (sensor_msgs/Image), and for frames folders also ``depth`` (32
 messages of one frame carry the same stamp: the node clock when it is published (so a replay looks
 live to every consumer and loops never go back in time).
 
+Ctrl-C / SIGTERM at any moment (opening the source, waiting for subscribers, streaming) ends it
+with exit code 0 (:mod:`find_ros.node_runner`); a source that breaks mid-replay ends it with 1.
+
 Run: ``python -m find_ros.replay_node --ros-args -p source:=/path/to/recording``.
 """
 from __future__ import annotations
 
 import sys
-import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -27,16 +29,14 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import rclpy
 from geometry_msgs.msg import PoseStamped
 from PIL import Image as PILImage
-from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
 from rclpy.node import Node
 from sensor_msgs.msg import CameraInfo, CompressedImage, Image
 from std_msgs.msg import Header
 
 from .image_conversion import ImageConversionError, compressed_to_rgb, rgb_to_image
-from .node_runner import start_node
+from .node_runner import StopSignals, run_node
 from .params import ParameterError, ReplayParams, declare_params
 from .qos import replay_qos
 
@@ -297,17 +297,27 @@ class FindReplayNode(Node):
             self.pub_depth = self.create_publisher(Image, "depth", qos)
             self.pub_info = self.create_publisher(CameraInfo, "camera_info", qos)
             self.pub_pose = self.create_publisher(PoseStamped, "pose", qos)
+        self.state = "starting"
+        self.published = 0
         self.get_logger().info(f"replaying {self.params.source} ({type(self.source).__name__}) on "
                                f"{self.pub_image.topic_name} at "
                                f"{self.params.rate if self.params.rate else 'source'} fps, loop={self.params.loop}")
 
-    def _wait_for_subscribers(self, stop: threading.Event) -> None:
+    def activity(self) -> str:
+        """What the replay is doing, for the stop log line."""
+        return f"{self.state} ({self.published} frames published)"
+
+    def shutdown(self) -> None:
+        """Nothing runs beside the main thread's replay loop, which has returned by now."""
+
+    def _wait_for_subscribers(self, signals: StopSignals) -> None:
         wanted, last_log = self.params.wait_for_subscribers, 0.0
-        while not stop.is_set() and self.pub_image.get_subscription_count() < wanted:
+        self.state = "waiting for subscribers"
+        while signals.requested is None and self.pub_image.get_subscription_count() < wanted:
             if time.monotonic() - last_log > 5.0:
                 self.get_logger().info(f"waiting for {wanted} subscriber(s) on {self.pub_image.topic_name}")
                 last_log = time.monotonic()
-            time.sleep(0.05)
+            signals.wait(0.05)
 
     def publish(self, item: Item) -> None:
         header = Header(stamp=self.get_clock().now().to_msg(),
@@ -324,12 +334,14 @@ class FindReplayNode(Node):
         if self.pub_pose is not None and item.pose is not None:
             self.pub_pose.publish(pose_message(item.pose, Header(stamp=header.stamp, frame_id=self.params.world_frame)))
 
-    def run(self, stop: threading.Event) -> int:
-        """Publish until the end (or forever with loop); returns the number of frames published."""
-        self._wait_for_subscribers(stop)
-        p, published = self.params, 0
-        running = lambda: not stop.is_set() and self.context.ok()  # noqa: E731
+    def run(self, signals: StopSignals) -> int:
+        """Publish until the end (or forever with loop) or a stop signal; returns the number of frames
+        published. Runs in the main thread (where signals land); the executor spins in another."""
+        self._wait_for_subscribers(signals)
+        p = self.params
+        running = lambda: signals.requested is None and self.context.ok()  # noqa: E731
         while running():
+            self.state = "streaming"
             due, previous_time, count = time.monotonic(), None, 0
             for item in self.source:
                 if not running() or (p.max_frames and count >= p.max_frames):
@@ -339,41 +351,33 @@ class FindReplayNode(Node):
                 elif previous_time is not None and item.time is not None:
                     due += min(max(item.time - previous_time, 0.0), 10.0)
                 previous_time = item.time
-                stop.wait(max(0.0, due - time.monotonic()))
+                if signals.wait(max(0.0, due - time.monotonic())):
+                    break
                 self.publish(item)
                 count += 1
-            published += count
+                self.published += 1
             if not p.loop or count == 0:
                 break
-        self.get_logger().info(f"published {published} frames; done")
-        return published
+        self.state = "finished"
+        self.get_logger().info(f"published {self.published} frames; done")
+        return self.published
+
+
+def replay(node: FindReplayNode, signals: StopSignals) -> int:
+    """The main thread's work: the replay, then a moment for reliable subscribers to fetch the last
+    frames before the publisher goes away. Exit code 1 when the source breaks mid-replay."""
+    try:
+        node.run(signals)
+    except SourceError as err:
+        node.get_logger().error(str(err))
+        return 1
+    signals.wait(0.5)
+    return 0
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Unlike the other nodes, the replay loop runs in this thread and the executor in another."""
-    node, code = start_node(argv, FindReplayNode, "find_replay", StartupError)
-    if node is None:
-        return code
-    executor = SingleThreadedExecutor()
-    executor.add_node(node)
-    spinner = threading.Thread(target=executor.spin, daemon=True)
-    spinner.start()
-    stop = threading.Event()
-    code = 0
-    try:
-        node.run(stop)
-        time.sleep(0.5)  # let reliable subscribers fetch the last frames before the publisher goes away
-    except (KeyboardInterrupt, ExternalShutdownException):
-        stop.set()
-    except SourceError as err:
-        node.get_logger().error(str(err))
-        code = 1
-    finally:
-        executor.shutdown(timeout_sec=1.0)
-        spinner.join(2.0)  # a thread still inside spin() at interpreter exit aborts the process
-        node.destroy_node()
-        rclpy.try_shutdown()
-    return code
+    return run_node(argv, FindReplayNode, "find_replay", StartupError, ReplayParams, __doc__.split("\n\n")[0],
+                    work=replay)
 
 
 if __name__ == "__main__":

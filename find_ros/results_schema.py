@@ -23,7 +23,9 @@ Every message on ``~/results`` is one JSON object (``std_msgs/String``)::
          "pixel_area": 1234,                 # pixels of ~/masks equal to label_id
          "box": [x0, y0, x1, y1] | null,     # tight box of those pixels, x1/y1 exclusive
          "position": [x, y, z] | null,       # 3D centroid (mean point), metres, camera frame (needs depth)
-         "box_3d": {"center": [x, y, z], "extent": [dx, dy, dz]} | null}],   # axis-aligned, camera frame
+         "box_3d": {"center": [x, y, z], "extent": [dx, dy, dz]} | null,     # axis-aligned, camera frame
+         "position_reason": null | "no_camera_info" | ...,   # why position is null (POSITION_REASONS)
+         "depth_valid_fraction": 0.97 | null}],  # share of the mask's interior with valid depth
      "embeddings": {                         # when ~/embeddings was published for this frame
         "encoding": "32FC8", "dims": 8, "source_dims": 512,
         "width": 160, "height": 120,         # embedding grid size
@@ -64,6 +66,7 @@ RESULT_TYPES = ("localization", "grounding", "segmentation", "cleared", "error")
 ERROR_CODES = {
     "invalid_json": "the instruction starts with '{' but is not valid JSON",
     "invalid_instruction": "the instruction breaks schema v1 (field names the offending value)",
+    "instruction_too_long": "the instruction has more characters than max_instruction_chars",
     "no_frames": "an instruction arrived before any frame was buffered",
     "unknown_frame_stamp": "a visual entity refers to a frame stamp that is not in the buffer",
     "invalid_reference": "a visual entity's box/mask does not fit the buffered frame it refers to",
@@ -71,6 +74,17 @@ ERROR_CODES = {
     "bad_depth": "a depth image or camera_info could not be used",
     "model_error": "the model raised an exception while processing",
     "internal_error": "an unexpected error in the node (a bug); the node keeps serving",
+}
+
+
+# Why an entity has no 3D position (its "position_reason"); null when it has one.
+POSITION_REASONS = {
+    "depth_disabled": "depth.enabled is false: the node does not subscribe to depth",
+    "no_camera_info": "no camera_info has been received",
+    "no_depth_in_sync": "no depth image within depth.sync_tolerance of the frame's stamp",
+    "bad_depth": "the paired depth image or camera_info could not be used (a bad_depth error was published)",
+    "empty_mask": "the entity's mask has no pixel",
+    "object_depth_invalid": "less than depth.min_valid_fraction of the mask's interior has valid depth",
 }
 
 
@@ -106,6 +120,8 @@ class EntityInfo:
     class_id: int | None = None
     position: list[float] | None = None
     box_3d: dict[str, list[float]] | None = None
+    position_reason: str | None = None
+    depth_valid_fraction: float | None = None
 
 
 @dataclass
@@ -181,7 +197,7 @@ def error_result(node: str, code: str, message: str, field: str | None = None, *
 _TOP_KEYS = ("schema_version", "type", "node", "instruction_id", "instruction_text", "frame", "localization",
              "entities", "embeddings", "timings_ms", "stats", "error")
 _ENTITY_KEYS = ("label_id", "index", "label", "kind", "score", "pixel_area", "box", "class_id", "position",
-                "box_3d")
+                "box_3d", "position_reason", "depth_valid_fraction")
 
 
 def check_result(doc: dict[str, Any]) -> None:
@@ -205,6 +221,10 @@ def check_result(doc: dict[str, Any]) -> None:
             raise ValueError(f"entities[{i}] lacks keys {missing}")
         if not isinstance(entity["label_id"], int) or entity["label_id"] < 1:
             raise ValueError(f"entities[{i}].label_id must be a positive integer")
+        if (entity["position"] is None) == (entity["position_reason"] is None):
+            raise ValueError(f"entities[{i}] needs exactly one of position and position_reason")
+        if entity["position_reason"] is not None and entity["position_reason"] not in POSITION_REASONS:
+            raise ValueError(f"entities[{i}].position_reason {entity['position_reason']!r} is unknown")
     loc = doc["localization"]
     if loc is not None:
         if len(loc["stamps"]) != len(loc["scores"]) or not 0 <= loc["best_index"] < len(loc["stamps"]):

@@ -287,9 +287,18 @@ def stamp_of(msg: Any) -> float:
     return msg.header.stamp.sec + msg.header.stamp.nanosec * 1e-9
 
 
+def interior_of(mask: np.ndarray) -> np.ndarray:
+    """The node's rule for the pixels a 3D position comes from, computed with scipy instead: the mask
+    eroded by a 4-neighbour cross (the image border counts as inside), unless less than a quarter of
+    it would remain."""
+    from scipy.ndimage import binary_erosion
+    core = binary_erosion(mask, structure=[[0, 1, 0], [1, 1, 1], [0, 1, 0]], border_value=1)
+    return core if 4 * core.sum() >= mask.sum() else mask
+
+
 def expected_centroid(labels: np.ndarray, label_id: int, z: float, K: np.ndarray) -> np.ndarray:
-    """Independent: every pixel of the label at constant depth z, back-projected with K."""
-    vs, us = np.nonzero(labels == label_id)
+    """Independent: every interior pixel of the label at constant depth z, back-projected with K."""
+    vs, us = np.nonzero(interior_of(labels == label_id))
     return np.array([np.mean((us - K[0, 2]) * z / K[0, 0]), np.mean((vs - K[1, 2]) * z / K[1, 1]), z])
 
 
@@ -416,6 +425,7 @@ def test_localize_publishes_every_output_for_the_best_frame(localize_node: Perce
     for e in entities:
         if e["pixel_area"] == 0:
             assert e["position"] is None and e["label_id"] not in spheres
+            assert e["position_reason"] == "empty_mask"
             continue
         want = expected_centroid(masks, e["label_id"], 2.0, K)
         sphere = spheres[e["label_id"]]
@@ -423,10 +433,11 @@ def test_localize_publishes_every_output_for_the_best_frame(localize_node: Perce
         got = [sphere.pose.position.x, sphere.pose.position.y, sphere.pose.position.z]
         np.testing.assert_allclose(got, want, atol=1e-4)
         np.testing.assert_allclose(e["position"], want, atol=1e-4)
-        ys, xs = np.nonzero(masks == e["label_id"])           # box_percentile 0: the full extent
+        ys, xs = np.nonzero(interior_of(masks == e["label_id"]))   # box_percentile 0: the full extent
         x_extent = (xs.max() - xs.min()) * 2.0 / K[0, 0]
         assert cubes[e["label_id"]].scale.x == pytest.approx(max(x_extent, 0.005), abs=1e-4)
         assert e["box_3d"]["extent"][2] == pytest.approx(0.0, abs=1e-6)
+        assert e["position_reason"] is None and e["depth_valid_fraction"] == 1.0
     assert doc["timings_ms"]["total"] > 0 and doc["timings_ms"]["latency"] >= doc["timings_ms"]["localize"]
     assert doc["stats"]["buffered"] == 4
 
@@ -487,6 +498,7 @@ def test_every_bad_input_is_an_error_result_and_the_node_keeps_serving(localize_
         (json.dumps({"schema_version": 1, "text": long_text,
                      "entities": [{"start": len(long_text) - 3, "end": len(long_text), "kind": "text"}]}),
          "model_error", None),
+        ("x" * 1_048_576, "instruction_too_long", None),     # 1 MB of plain text: max_instruction_chars 1e6
     ]
     for n, (raw, code, field) in enumerate(bad_instructions):
         before = len(node.results())
@@ -900,12 +912,23 @@ def test_perception_helpers():
     depth[20, 10] = 2.0
     labels = np.zeros((48, 64), np.uint16)
     labels[20, 10] = 5
-    (point,) = entity_points(labels, DepthFrame(depth, half, "cam"), 5)
-    np.testing.assert_allclose(point, [(10 - 31.5) * 2 / 50, (20 - 23.5) * 2 / 50, 2.0])
+    points, share = entity_points(labels, DepthFrame(depth, half, "cam"), 5)   # one pixel: no interior to keep
+    np.testing.assert_allclose(points, [[(10 - 31.5) * 2 / 50, (20 - 23.5) * 2 / 50, 2.0]])
+    assert share == 1.0
 
     tiny = np.zeros((100, 100), bool)
     tiny[50, 50] = True
     assert resize_mask(tiny, (10, 10)).sum() == 1
+
+    # the overlay clips labels (PIL refuses strings over a million characters; a label may be the
+    # whole text of an instruction)
+    from find_ros.perception_node import clip, overlay_image
+    from find_ros.results_schema import EntityInfo
+    huge = EntityInfo(1, 0, "mug " * 500_000, "text", 0.5, 4, [0, 0, 2, 2])
+    square = np.zeros((8, 8), np.uint16)
+    square[:2, :2] = 1
+    assert overlay_image(np.zeros((8, 8, 3), np.uint8), square, [huge]).shape == (8, 8, 3)
+    assert clip("the red\nmug") == "the red mug" and len(clip("x" * 100)) == 40 and clip("x" * 100).endswith("...")
 
     assert is_clear("") and is_clear("  ") and is_clear('{"clear": true}')
     assert not is_clear("a mug") and not is_clear('{"clear": false}') and not is_clear("{broken")
@@ -954,3 +977,21 @@ def test_shipped_configs_declare_cleanly_and_are_documented(config: str, cls: ty
     docs = (REPO / "docs" / "ros_interface.md").read_text()
     for name in parameter_names(cls):
         assert f"| `{name}` |" in docs, f"{name} is not documented"
+
+
+@pytest.mark.slow
+def test_every_executable_prints_its_parameters_with_help():
+    """`<executable> --help` (before any --ros-args) lists every parameter and exits 0 without starting ROS."""
+    from find_ros.field_node import FieldParams
+    from find_ros.params import parameter_rows
+    executables = {"perception_node": ("find_perception", PerceptionParams), "replay_node": ("find_replay", ReplayParams),
+                   "field_node": ("find_field", FieldParams)}
+    running = {module: subprocess.Popen([sys.executable, "-m", f"find_ros.{module}", "--help"], cwd=REPO,
+                                        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+               for module in executables}
+    for module, (name, cls) in executables.items():
+        out, _ = running[module].communicate(timeout=120)
+        assert running[module].returncode == 0, out
+        assert out.startswith(f"usage: {name} [--ros-args") and "FATAL" not in out
+        for parameter, kind, *_ in parameter_rows(cls):
+            assert f"\n  {parameter} ({kind}, default " in out, (name, parameter)
