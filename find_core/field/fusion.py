@@ -6,15 +6,22 @@ Embeddings go into a separate sparse table over the *same* voxel lattice (voxel 
 embedding cell, and the voxel it falls in keeps a weighted running average of L2-normalised
 embeddings (ConceptFusion-style; weight = number of pixels seen there).
 
-Why a torch scatter table and not extra VoxelBlockGrid attributes: both were built and timed on
-20 rendered frames of 160×120 with 64-d embeddings, 2 cm voxels, 8³ blocks (Open3D 0.20, torch
-2.14, one CPU thread, min of 7 runs): TSDF integration alone 0.057 s; TSDF + embeddings as grid
-attributes 0.260 s; TSDF + scatter table 0.164 s — the feature part ~2× faster (0.10 s vs 0.20 s
-per 20 frames). Memory decides it more clearly still: grid attributes are allocated for every voxel
-of every block, r³·(D+1) floats per block (133 kB at D=64, 1 MB at D=512), and updated for every
-voxel of every block in the view frustum (~10⁵ per frame), while the table holds only surface
-voxels (11 k here vs 411 blocks × 512 = 210 k grid voxels, ~19× fewer) and touches only the
-frame's pixels (19 k).
+Why a separate table and not extra VoxelBlockGrid attributes: both were built and timed on 20
+rendered frames of 160×120 with 64-d embeddings, 2 cm voxels, 8³ blocks (Open3D 0.20, torch 2.14,
+one CPU thread, min of 7 runs, with the first, per-pixel version of the table): TSDF integration
+alone 0.057 s; TSDF + embeddings as grid attributes 0.260 s; TSDF + table 0.164 s. Memory decides
+it more clearly still: grid attributes are allocated for every voxel of every block, r³·(D+1)
+floats per block (133 kB at D=64, 1 MB at D=512), and updated for every voxel of every block in the
+view frustum (~10⁵ per frame), while the table holds only surface voxels (11 k here vs 411 blocks ×
+512 = 210 k grid voxels, ~19× fewer).
+
+How a frame reaches the table cheaply (:mod:`.pairs`; the fused map equals the per-pixel version's,
+test/test_fusion_speedup.py): the edge test is two separable 3×3 max/min filters; pixels are
+back-projected in float32 (float64 only next to a rounding boundary, so the voxel keys are the
+float64 ones) and reduced to (voxel, cell) pairs with pixel counts before any D-wide work; each cell
+is normalised once, and one sparse (voxel × cell) product adds the frame's unit embeddings to the
+voxels; colours are summed exactly per run of pixels; a persistent Open3D hash map finds the voxels'
+table rows, so the table is never re-sorted. Figures: bench/RESULTS.md (fusion section).
 
 Bad frames are skipped and counted in :class:`FusionStats` (never fused): missing depth, a depth
 image with no valid pixel (NaN/inf/<=0/out of range pixels are invalid; a frame keeps its valid
@@ -26,6 +33,7 @@ image, an embedding width that changes) raise ValueError instead: they are bugs,
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -35,15 +43,14 @@ import open3d.core as o3c
 import torch
 
 from .io import TsdfBlocks, VoxelFeatureMap
+from .pairs import (FramePairs, cell_layout, edge_pixels, frame_pairs, packed_colours, unpack_keys,
+                    voxel_coordinates)
+from .pairs import pack_keys, voxel_keys  # noqa: F401  (re-exported: nerf.sample builds a FeatureTable too)
 
 if TYPE_CHECKING:
     from ..data.frames import FramesReader
 
 log = logging.getLogger(__name__)
-
-_KEY_BITS = 21                      # per axis in the packed int64 voxel key
-_KEY_OFFSET = 1 << (_KEY_BITS - 1)  # keys in [-2^20, 2^20) voxels: ±21 km at 2 cm
-
 
 @dataclass
 class FusionConfig:
@@ -153,27 +160,26 @@ def depth_in_metres(depth: np.ndarray, config: FusionConfig) -> np.ndarray:
     return d
 
 
-def pack_keys(keys: torch.Tensor) -> torch.Tensor:
-    """N×3 int64 voxel keys → N int64 (21 bits per axis)."""
-    k = keys + _KEY_OFFSET
-    return (k[:, 0] << (2 * _KEY_BITS)) | (k[:, 1] << _KEY_BITS) | k[:, 2]
+def embedding_cells(embeddings: Any, device: torch.device) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """The cell map as a float32 tensor and its per-cell L2 norms, or None if a value is NaN/inf.
 
-
-def voxel_keys(points: torch.Tensor, voxel_size: float) -> torch.Tensor:
-    """The lattice voxel (nearest lattice point) of each world point, N×3 int64; raises past ±2^20."""
-    keys = torch.round(points / voxel_size).long()
-    if keys.numel() and int(keys.abs().max()) >= _KEY_OFFSET:
-        raise ValueError(f"points lie beyond {_KEY_OFFSET * voxel_size:.0f} m of the origin; "
-                         "recentre the poses or use larger voxels")
-    return keys
+    The norms double as the finiteness check (a NaN/inf value makes its cell's norm NaN/inf); the
+    map is scanned value by value only when a norm is not finite, to tell NaN/inf from overflow."""
+    emb = np.asarray(embeddings)
+    shared = np.ascontiguousarray(emb) if emb.flags.writeable else emb.copy()   # torch wants writable memory
+    cells = torch.as_tensor(shared, dtype=torch.float32).to(device)
+    norms = torch.linalg.vector_norm(cells, dim=-1) if cells.ndim else cells.abs()
+    if not bool(torch.isfinite(norms).all()) and not np.isfinite(emb).all():
+        return None
+    return cells, norms
 
 
 class FeatureTable:
     """Sparse voxel table of weighted running-average embeddings, keyed like the TSDF lattice.
 
-    Rows are append-only (grown by doubling up to ``capacity``); a sorted copy of the packed keys with
-    their row numbers finds existing voxels by binary search, so a frame costs O(P log N) for P pixels
-    and never copies the N×D features except when the buffer grows."""
+    Rows are append-only (grown by doubling up to ``capacity``); a persistent Open3D hash map from
+    voxel key to row finds a frame's V voxels in O(V), so the table is never re-sorted and the N×D
+    features are never copied except when the buffer grows."""
 
     def __init__(self, dim: int, capacity: int, device: torch.device):
         self.dim, self.capacity, self.device = dim, capacity, device
@@ -183,19 +189,27 @@ class FeatureTable:
         self.features = torch.zeros(start, dim, dtype=torch.float32, device=device)
         self.weights = torch.zeros(start, dtype=torch.float32, device=device)
         self.colors = torch.zeros(start, 3, dtype=torch.float32, device=device)
-        self._sorted = torch.zeros(0, dtype=torch.int64, device=device)
-        self._rows = torch.zeros(0, dtype=torch.int64, device=device)
+        self._index_device = _o3d_device(device)
+        self._index = o3c.HashMap(start, o3c.int32, (3,), o3c.int64, (1,), self._index_device)
 
-    def lookup(self, packed: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """(found mask, row of each found key) for sorted-or-not packed keys."""
-        pos = torch.searchsorted(self._sorted, packed)
-        inside = pos < len(self._sorted)
-        found = torch.zeros_like(inside)
-        found[inside] = self._sorted[pos[inside]] == packed[inside]
-        return found, self._rows[pos[found]]
+    def _o3c(self, values: torch.Tensor) -> o3c.Tensor:
+        """``values`` as an Open3D tensor on the index's device (shared memory where possible)."""
+        on_cpu = self._index_device.get_type() == o3c.Device.DeviceType.CPU
+        return o3c.Tensor.from_dlpack(torch.utils.dlpack.to_dlpack((values.cpu() if on_cpu else values).contiguous()))
+
+    def find(self, packed: torch.Tensor) -> torch.Tensor:
+        """The row of each packed key, -1 where the table does not hold it."""
+        if self.size == 0 or len(packed) == 0:
+            return torch.full_like(packed, -1)
+        buffer, found = (torch.utils.dlpack.from_dlpack(t.to_dlpack())
+                         for t in self._index.find(self._o3c(unpack_keys(packed).to(torch.int32))))
+        stored = torch.utils.dlpack.from_dlpack(self._index.value_tensor().to_dlpack()).reshape(-1)
+        buffer = buffer.long().clamp_(0, len(stored) - 1)      # a missing key's buffer index is undefined
+        return torch.where(found, stored.index_select(0, buffer), -1).to(self.device)
 
     def count_new(self, packed_unique: torch.Tensor) -> int:
-        return int((~self.lookup(packed_unique)[0]).sum())
+        """How many of these (unique) packed keys the table lacks."""
+        return int((self.find(packed_unique) < 0).sum())
 
     def _grow(self, needed: int) -> None:
         if needed <= len(self.weights):
@@ -207,41 +221,47 @@ class FeatureTable:
             grown[: self.size] = old[: self.size]
             setattr(self, name, grown)
 
+    def append(self, packed: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+        """``rows`` (from :meth:`find`) with a new, empty row for each key the table lacks (in the
+        order given)."""
+        fresh = rows < 0
+        m = int(fresh.sum())
+        if m == 0:
+            return rows
+        if self.size + m > self.capacity:
+            raise RuntimeError("feature table over capacity (callers check count_new first)")
+        self._grow(self.size + m)
+        new_rows = torch.arange(self.size, self.size + m, device=self.device)
+        self.keys[self.size:self.size + m] = unpack_keys(packed[fresh]).to(torch.int32)
+        self._index.insert(self._o3c(self.keys[self.size:self.size + m]), self._o3c(new_rows[:, None]))
+        self.size += m
+        rows = rows.clone()
+        rows[fresh] = new_rows
+        return rows
+
+    def blend(self, rows: torch.Tensor, counts: torch.Tensor, colour_sums: torch.Tensor,
+              add_feature_means: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]) -> None:
+        """Average a frame into ``rows`` (unique): ``counts`` observations per row with these colour
+        sums; ``add_feature_means(weights, out)`` adds Σ unit features / ``weights`` to ``out`` in place
+        and returns it."""
+        w_old = self.weights.index_select(0, rows)
+        w_new = w_old + counts
+        start = self.features.index_select(0, rows).mul_((w_old / w_new)[:, None])
+        self.features.index_copy_(0, rows, add_feature_means(w_new, start))
+        colors = (self.colors.index_select(0, rows) * w_old[:, None] + colour_sums) / w_new[:, None]
+        self.colors.index_copy_(0, rows, colors)
+        self.weights.index_copy_(0, rows, w_new)
+
     def add(self, keys: torch.Tensor, packed: torch.Tensor, features: torch.Tensor, colors: torch.Tensor) -> None:
-        """Average P observations (keys P×3, packed P, features P×D unit rows, colors P×3) in."""
+        """Average P observations (keys P×3, packed P, features P×D unit rows, colors P×3) in; the
+        packed keys carry the voxels (``keys`` stays in the signature for callers)."""
         unique, inverse = torch.unique(packed, return_inverse=True)
         n = len(unique)
         count = torch.zeros(n, device=self.device).index_add_(0, inverse, torch.ones_like(packed, dtype=torch.float32))
         fsum = torch.zeros(n, self.dim, device=self.device).index_add_(0, inverse, features)
         csum = torch.zeros(n, 3, device=self.device).index_add_(0, inverse, colors)
-        first = torch.full((n,), len(packed), dtype=torch.int64, device=self.device)
-        first.scatter_reduce_(0, inverse, torch.arange(len(packed), device=self.device), reduce="amin")
-        found, rows = self.lookup(unique)
-        # voxels seen before: weighted running average
-        w_old = self.weights[rows]
-        w_new = w_old + count[found]
-        self.features[rows] = (self.features[rows] * w_old[:, None] + fsum[found]) / w_new[:, None]
-        self.colors[rows] = (self.colors[rows] * w_old[:, None] + csum[found]) / w_new[:, None]
-        self.weights[rows] = w_new
-        # new voxels: append rows, then merge their keys into the sorted index
-        fresh = ~found
-        m = int(fresh.sum())
-        if m == 0:
-            return
-        if self.size + m > self.capacity:
-            raise RuntimeError("feature table over capacity (callers check count_new first)")
-        self._grow(self.size + m)
-        new_rows = torch.arange(self.size, self.size + m, device=self.device)
-        c = count[fresh][:, None]
-        self.keys[new_rows] = keys[first[fresh]].to(torch.int32)
-        self.features[new_rows] = fsum[fresh] / c
-        self.colors[new_rows] = csum[fresh] / c
-        self.weights[new_rows] = count[fresh]
-        self.size += m
-        merged = torch.cat([self._sorted, unique[fresh]])
-        order = torch.argsort(merged)
-        self._sorted = merged[order]
-        self._rows = torch.cat([self._rows, new_rows])[order]
+        rows = self.append(unique, self.find(unique))
+        self.blend(rows, count, csum, lambda weights, out: out.add_(fsum / weights[:, None]))
 
 
 class FeatureFusion:
@@ -281,6 +301,9 @@ class FeatureFusion:
         cfg = self.config
         k = check_intrinsics(intrinsics)
         reason = self._frame_problem(depth, pose, embeddings, stride)
+        cells = None if reason is not None else embedding_cells(embeddings, self.device)
+        if reason is None and cells is None:
+            reason = BAD_EMBEDDINGS
         if reason is not None:
             self.stats.skip(reason)
             return False
@@ -296,16 +319,18 @@ class FeatureFusion:
             return False
         colour = np.full((height, width, 3), 128, np.uint8) if rgb is None else np.asarray(rgb, np.uint8)
 
-        keys, packed, feats, cols = self._observations(d, np.asarray(pose, np.float64), k, emb, float(stride), colour)
+        pose = np.asarray(pose, np.float64)
+        pairs = self._pairs(d, pose, k, cells, float(stride), None if rgb is None else colour)
         if self.table is None:
             self.table = FeatureTable(emb.shape[2], cfg.max_feature_voxels, self.device)
+        rows = self.table.find(pairs.voxels)
         depth_image = o3d.t.geometry.Image(o3c.Tensor(d, device=self.o3d_device))
         k_tensor = o3c.Tensor(k, o3c.float64)
-        extrinsic = o3c.Tensor(np.linalg.inv(np.asarray(pose, np.float64)), o3c.float64)
+        extrinsic = o3c.Tensor(np.linalg.inv(pose), o3c.float64)
         blocks = self.grid.compute_unique_block_coordinates(depth_image, k_tensor, extrinsic, 1.0,
                                                             cfg.depth_max, cfg.trunc_voxels)
         new_blocks = int((~self.grid.hashmap().find(blocks)[1].cpu().numpy()).sum())
-        new_voxels = self.table.count_new(torch.unique(packed)) if len(packed) else 0
+        new_voxels = int((rows < 0).sum())
         if self.grid.hashmap().size() + new_blocks > cfg.max_blocks or \
                 self.table.size + new_voxels > cfg.max_feature_voxels:
             log.warning("map is full (max_blocks=%d, max_feature_voxels=%d): frame skipped",
@@ -315,8 +340,13 @@ class FeatureFusion:
         color_image = o3d.t.geometry.Image(o3c.Tensor(colour.astype(np.float32) / 255.0, device=self.o3d_device))
         self.grid.integrate(blocks, depth_image, color_image, k_tensor, k_tensor, extrinsic, 1.0,
                             cfg.depth_max, cfg.trunc_voxels)
-        if len(packed):
-            self.table.add(keys, packed, feats, cols)
+        if len(pairs.voxels):
+            values, norms = cells
+            inverse_norms = 1.0 / norms.reshape(-1)
+            flat = values.reshape(-1, values.shape[-1])
+            rows = self.table.append(pairs.voxels, rows)
+            self.table.blend(rows, pairs.counts, pairs.colour_sums,
+                             lambda weights, out: pairs.add_feature_means(flat, inverse_norms, weights, out))
         self.stats.fused += 1
         return True
 
@@ -333,6 +363,7 @@ class FeatureFusion:
         return self.stats
 
     def _frame_problem(self, depth, pose, embeddings, stride) -> str | None:
+        """The skip reason found before looking at values (non-finite embeddings: embedding_cells)."""
         if depth is None:
             return MISSING_DEPTH
         reason = pose_problem(pose)
@@ -340,8 +371,6 @@ class FeatureFusion:
             return reason
         if embeddings is None or stride is None:
             return MISSING_EMBEDDINGS
-        if not np.isfinite(np.asarray(embeddings)).all():
-            return BAD_EMBEDDINGS
         return None
 
     def _check_embeddings(self, emb: np.ndarray, stride: float, height: int, width: int) -> None:
@@ -356,40 +385,18 @@ class FeatureFusion:
             raise ValueError(f"embedding map {emb.shape[1]}×{emb.shape[0]} at stride {stride} does not cover a "
                              f"{width}×{height} image (needs about {need_cols}×{need_rows} cells)")
 
-    def _observations(self, d: np.ndarray, pose: np.ndarray, k: np.ndarray, emb: np.ndarray, stride: float,
-                      colour: np.ndarray) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Voxel keys, packed keys, unit embeddings and colours of the frame's usable pixels."""
-        dev = self.device
-        depth = torch.from_numpy(d).to(dev)
-        valid = depth > 0
+    def _pairs(self, d: np.ndarray, pose: np.ndarray, k: np.ndarray, cells: tuple[torch.Tensor, torch.Tensor],
+               stride: float, colour: np.ndarray | None) -> FramePairs:
+        """The frame's usable pixels (valid depth, not on an edge, non-zero cell) as voxels and
+        (voxel, cell) pairs; see :mod:`.pairs`."""
+        values, norms = cells
+        depth = torch.from_numpy(d).to(self.device)
         if self.config.edge_threshold > 0:
-            valid &= ~self._edges(depth)
-        v, u = torch.nonzero(valid, as_tuple=True)
-        z = depth[v, u].double()
-        cam = torch.stack([(u.double() - k[0, 2]) / k[0, 0] * z, (v.double() - k[1, 2]) / k[1, 1] * z, z], 1)
-        p = torch.from_numpy(pose).to(dev)
-        world = cam @ p[:3, :3].T + p[:3, 3]
-        cells = torch.tensor(emb, dtype=torch.float32, device=dev)
-        rows = torch.clamp((v.double() / stride).long(), max=cells.shape[0] - 1)
-        cols = torch.clamp((u.double() / stride).long(), max=cells.shape[1] - 1)
-        feats = cells[rows, cols]
-        norm = feats.norm(dim=1, keepdim=True)
-        keep = norm[:, 0] > 1e-6                       # an all-zero embedding carries no direction
-        feats = feats[keep] / norm[keep]
-        keys = voxel_keys(world[keep], self.config.voxel_size)
-        cols_rgb = torch.tensor(colour, device=dev)[v[keep], u[keep]].float()
-        return keys, pack_keys(keys), feats, cols_rgb
-
-    def _edges(self, depth: torch.Tensor) -> torch.Tensor:
-        """Pixels whose depth differs from a valid 8-neighbour by more than edge_threshold × depth."""
-        padded = torch.nn.functional.pad(depth[None, None], (1, 1, 1, 1))[0, 0]
-        h, w = depth.shape
-        edge = torch.zeros_like(depth, dtype=torch.bool)
-        for dv in (0, 1, 2):
-            for du in (0, 1, 2):
-                n = padded[dv:dv + h, du:du + w]
-                edge |= (n > 0) & ((n - depth).abs() > self.config.edge_threshold * depth)
-        return edge
+            depth = depth.masked_fill(edge_pixels(depth, self.config.edge_threshold), 0.0)
+        coords = voxel_coordinates(depth, pose, k, self.config.voxel_size)
+        layout = cell_layout(*d.shape, stride, values.shape[:2], self.device)
+        rgb = None if colour is None else packed_colours(colour, self.device)
+        return frame_pairs(depth.reshape(-1), coords, layout, norms.reshape(-1) > 1e-6, rgb, self.config.voxel_size)
 
     # ---- results -------------------------------------------------------------------------------
     def geometry(self) -> TsdfBlocks | None:
