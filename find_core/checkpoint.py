@@ -14,6 +14,7 @@ from safetensors.torch import load_file, save_file
 
 from .config import ModelConfig
 from .model import FindModel
+from .state_report import mismatch_lines
 
 WEIGHTS = "model.safetensors"
 CONFIG = "config.yaml"
@@ -95,17 +96,10 @@ def load_weights(model: FindModel, path: str | Path) -> FindModel:
             recorded = (handle.metadata() or {}).get("sha256")
     except Exception as error:  # safetensors raises several types for truncated / corrupt files
         raise CheckpointError(f"cannot read checkpoint {weights}: {error}") from error
-    expected = checkpoint_state(model)
-    missing = sorted(set(expected) - set(state))
-    unexpected = sorted(set(state) - set(expected))
-    shapes = sorted(f"{k}: checkpoint {tuple(state[k].shape)} vs model {tuple(expected[k].shape)}"
-                    for k in set(state) & set(expected) if state[k].shape != expected[k].shape)
-    if missing or unexpected or shapes:
-        lines = [f"checkpoint {weights} does not fit the model config '{model.config.name}':"]
-        for title, keys in (("missing", missing), ("unexpected", unexpected), ("shape mismatch", shapes)):
-            if keys:
-                lines.append(f"  {title} ({len(keys)}): " + ", ".join(keys[:20]) + (" ..." if len(keys) > 20 else ""))
-        raise CheckpointError("\n".join(lines))
+    lines = mismatch_lines(state, checkpoint_state(model), "checkpoint")
+    if lines:
+        raise CheckpointError("\n".join([f"checkpoint {weights} does not fit the model config '{model.config.name}':",
+                                         *lines]))
     if recorded is not None and recorded != state_digest(state):
         raise CheckpointError(f"checkpoint {weights} is corrupt or was modified: its tensors do not match the "
                               "SHA-256 recorded when it was saved")

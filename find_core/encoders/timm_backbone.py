@@ -19,6 +19,7 @@ from safetensors.torch import load_file
 from torch import nn
 
 from ..config import VisionConfig
+from ..state_report import mismatch_lines
 from .efficientnet_convert import efficientnet_pytorch_to_timm, timm_block_names
 from .hf import WeightsNotFoundError
 
@@ -73,17 +74,9 @@ def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
 
 def load_strict(model: nn.Module, state: dict[str, torch.Tensor], path: Path, name: str) -> None:
     """Load `state` into `model`, refusing any missing, unexpected or mis-shaped tensor."""
-    expected = model.state_dict()
-    missing = sorted(set(expected) - set(state))
-    unexpected = sorted(set(state) - set(expected))
-    shapes = sorted(f"{k}: file {tuple(state[k].shape)} vs model {tuple(expected[k].shape)}"
-                    for k in set(state) & set(expected) if state[k].shape != expected[k].shape)
-    if missing or unexpected or shapes:
-        lines = [f"vision weights '{path}' do not fit timm model '{name}':"]
-        for title, keys in (("missing", missing), ("unexpected", unexpected), ("shape mismatch", shapes)):
-            if keys:
-                lines.append(f"  {title} ({len(keys)}): " + ", ".join(keys[:20]) + (" ..." if len(keys) > 20 else ""))
-        raise WeightsError("\n".join(lines))
+    lines = mismatch_lines(state, model.state_dict(), "file")
+    if lines:
+        raise WeightsError("\n".join([f"vision weights '{path}' do not fit timm model '{name}':", *lines]))
     model.load_state_dict(state)
 
 
