@@ -50,7 +50,7 @@ from .frame_buffer import BufferedFrame, DepthFrame, FrameBuffer
 from .image_conversion import (ImageConversionError, compressed_to_rgb, depth_to_meters, embeddings_to_image,
                                image_to_rgb, labels_to_image, rgb_to_image)
 from .params import ParameterError, PerceptionParams, declare_params
-from .qos import REFRESH_PERIOD, CameraSubscription, gid_key, image_output_qos, instruction_qos, results_qos
+from .qos import IMAGE_DEPTH, REFRESH_PERIOD, CameraSubscription, gid_key, image_output_qos, instruction_qos, results_qos
 from .results_schema import (POSITION_REASONS, EmbeddingInfo, EntityInfo, FrameInfo, LocalizationInfo, Result,
                              error_result, projection_matrix, stamp_seconds)
 
@@ -382,7 +382,7 @@ class FindPerceptionNode(Node):
             image_type, image_topic = CompressedImage, self._resolve("image") + "/compressed"
         else:
             image_type, image_topic = Image, "image"
-        self._inputs = {"image": CameraSubscription(self, image_type, image_topic, self._on_image, 2,
+        self._inputs = {"image": CameraSubscription(self, image_type, image_topic, self._on_image, IMAGE_DEPTH,
                                                     p.camera_reliability)}
         if p.depth.enabled:
             self._inputs["depth"] = CameraSubscription(self, Image, "depth", self._on_depth, 1, p.camera_reliability)
