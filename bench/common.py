@@ -233,14 +233,14 @@ def frame_sizes(config: BenchConfig) -> list[tuple[int, int]]:
 def synthetic_pipeline(device: str = "auto"):
     """The ``synthetic`` preset: the embedded checkpoint (find_core/checkpoints/find-synthetic) when the
     checkout has it, else random weights of that preset. Returns (pipeline, label)."""
-    from find_core.embedded import EMBEDDED_CHECKPOINT, has_embedded_checkpoint
-    from find_core.pipeline import FindPipeline
-    if has_embedded_checkpoint():
-        return FindPipeline.from_checkpoint(EMBEDDED_CHECKPOINT, device=device), \
-            "synthetic (embedded checkpoint find-synthetic)"
     import torch
-    torch.manual_seed(0)
-    return FindPipeline.from_preset("synthetic", device=device), "synthetic (random weights: no embedded checkpoint)"
+    from find_core.embedded import EMBEDDED_CHECKPOINT, has_embedded_checkpoint
+    from find_core.loading import load_pipeline
+    trained = has_embedded_checkpoint()
+    torch.manual_seed(0)  # random weights, when there is no checkpoint: the same every run
+    pipeline = load_pipeline("synthetic", EMBEDDED_CHECKPOINT if trained else None, device=device)
+    return pipeline, ("synthetic (embedded checkpoint find-synthetic)" if trained else
+                      "synthetic (random weights: no embedded checkpoint)")
 
 
 # FocalNet-T (microsoft/focalnet-tiny: embed 96, depths 2-2-6-2, focal level 2, window 3) and a small

@@ -3,9 +3,9 @@
 The package ships a checkpoint trained on the synthetic scenes (``config/models/synthetic.yaml``,
 128 px input) in ``find_core/checkpoints/find-synthetic/`` (``model.safetensors`` + ``config.yaml``).
 Every "run with no model given" path — the library demo, the node demo and the perception node's
-``model_preset: embedded`` — goes through :func:`default_pipeline`, so they all agree on what the
-default is and all fall back the same way (to the untrained ``tiny-test`` preset, with a warning)
-when a checkout has no checkpoint yet.
+``model_preset: embedded`` — resolves "embedded" through :mod:`find_core.loading`, so they all agree
+on what the default is and all fall back the same way (to the untrained ``tiny-test`` preset, with a
+warning) when a checkout has no checkpoint yet.
 """
 from __future__ import annotations
 
@@ -38,16 +38,12 @@ def fallback_warning() -> str:
 def default_pipeline(device: str = "auto", precision: str = "fp32", warn: Callable[[str], object] | None = None,
                      input_size: int | None = None) -> tuple[FindPipeline, str]:
     """The embedded checkpoint when the package has one, otherwise ``tiny-test`` with a warning
-    (through ``warn``, e.g. a ROS logger; this module's logger by default).
+    (through ``warn``, e.g. a ROS logger; this module's logger by default): ``load_pipeline("embedded")``.
 
     Returns the pipeline and a short description of what was loaded, for logs and result files;
     ``input_size`` is :class:`~find_core.pipeline.FindPipeline`'s (None: the model's own)."""
-    from .pipeline import FindPipeline
+    from .loading import load_pipeline, resolve_model
 
-    if has_embedded_checkpoint():
-        return (FindPipeline.from_checkpoint(EMBEDDED_CHECKPOINT, device=device, precision=precision,
-                                             input_size=input_size),
-                f"embedded checkpoint {EMBEDDED_CHECKPOINT}")
-    (warn or log.warning)(fallback_warning())
-    return (FindPipeline.from_preset(FALLBACK_PRESET, device=device, precision=precision, input_size=input_size),
-            f"{FALLBACK_PRESET} (untrained fallback: no embedded checkpoint)")
+    pipeline = load_pipeline(EMBEDDED, device=device, precision=precision, input_size=input_size,
+                             warn=warn or log.warning)
+    return pipeline, resolve_model(EMBEDDED).description

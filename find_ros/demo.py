@@ -62,14 +62,13 @@ from find_core.data.frames import Camera, FrameRecord, FramesError, FramesReader
 from find_core.data.scene_video import render_scene_video
 from find_core.demo import field_demo
 from find_core.config import input_size_problem
-from find_core.embedded import (EMBEDDED, EMBEDDED_CHECKPOINT, FALLBACK_PRESET, default_pipeline, fallback_warning,
-                                has_embedded_checkpoint)
+from find_core.embedded import EMBEDDED, fallback_warning
 from find_core.instructions import Entity, Instruction, VisualReference
+from find_core.loading import ModelLoadError, ModelSource, build_pipeline, resolve_model
 from find_core.metrics.interactive import mask_iou
 
 from .image_conversion import depth_to_meters, image_to_labels, image_to_rgb
-from .params import PerceptionParams
-from .perception_node import load_pipeline, resize_mask
+from .perception_node import resize_mask
 
 log = logging.getLogger("find_ros.demo")
 T = TypeVar("T")
@@ -663,34 +662,15 @@ def clean_outputs(out: Path) -> None:
             shutil.rmtree(out / name)
 
 
-def model_description(config: DemoConfig) -> str:
-    if config.checkpoint:
-        return f"checkpoint {config.checkpoint} (model_preset {config.model})"
-    if config.model != EMBEDDED:
-        return f"preset {config.model} (no checkpoint: untrained interface)"
-    if has_embedded_checkpoint():
-        return f"embedded checkpoint {EMBEDDED_CHECKPOINT}"
-    return f"{FALLBACK_PRESET} (untrained fallback: no embedded checkpoint)"
-
-
-def field_step(config: DemoConfig, reader: FramesReader, referents: Referents) -> dict:
+def field_step(config: DemoConfig, reader: FramesReader, referents: Referents, model: ModelSource) -> dict:
     """Step 6: the 3D field of the recording, in this process, with the same model as the node."""
     hf_logging.disable_progress_bar()  # one screen of output, not a weights-loading bar
     torch.set_num_threads(config.torch_threads)
     torch.manual_seed(config.seed)  # an untrained preset's random weights: the same every run
-    if config.model == EMBEDDED and not config.checkpoint:
-        pipeline, _ = default_pipeline(config.device, warn=log.debug,  # warned at the start already
-                                       input_size=config.inference_size())
-        embedded = has_embedded_checkpoint()
-        metadata = {"preset": None if embedded else FALLBACK_PRESET,
-                    "checkpoint": str(EMBEDDED_CHECKPOINT) if embedded else None}
-    else:
-        pipeline = load_pipeline(PerceptionParams(model_preset=config.model, checkpoint=config.checkpoint,
-                                                  device=config.device), size=config.inference_size())
-        metadata = {"preset": config.model, "checkpoint": config.checkpoint or None}
+    pipeline = build_pipeline(model, device=config.device, input_size=config.inference_size())
     log.info(f"3D field: fusing {config.out / 'recording'} and asking for {referents.text['phrase']!r}")
     return field_demo(config.out / "recording", pipeline, referents.text["phrase"], config.out, config.voxel_size,
-                      metadata={**metadata, "input_size": pipeline.input_size}, truth=reader.scene["objects"])
+                      metadata={**model.metadata(), "input_size": pipeline.input_size}, truth=reader.scene["objects"])
 
 
 def run(config: DemoConfig) -> dict:
@@ -702,8 +682,11 @@ def run(config: DemoConfig) -> dict:
     logs = out / "logs"
     logs.mkdir()
     started = time.perf_counter()
-    model = model_description(config)
-    if "untrained fallback" in model:
+    try:
+        model = resolve_model(config.model, config.checkpoint)
+    except ModelLoadError as err:
+        raise DemoError(str(err)) from None
+    if model.fallback:
         log.warning(fallback_warning())
     reader = prepare_scene(config)
     referents = choose_referents(reader)
@@ -726,10 +709,10 @@ def run(config: DemoConfig) -> dict:
         answer = write_answer(listener, node_run.result, out)
     finally:
         listener.close()
-    summary = summarize(config, reader, referents, instruction, node_run, answer, recorded, model)
+    summary = summarize(config, reader, referents, instruction, node_run, answer, recorded, model.description)
     summary["seconds_nodes"] = round(time.perf_counter() - started, 1)
     (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
-    field = field_step(config, reader, referents) if config.run_field else None
+    field = field_step(config, reader, referents, model) if config.run_field else None
     summary["seconds_total"] = round(time.perf_counter() - started, 1)
     (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     print(screen(summary, field, out), flush=True)

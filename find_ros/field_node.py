@@ -80,8 +80,9 @@ from find_core.instructions import Instruction, InstructionError, parse_instruct
 from .node_runner import PublishGate, run_node
 from .image_conversion import ImageConversionError, depth_to_meters, image_to_embeddings
 from .params import DEVICE_PATTERN, ParameterError, _Validated, declare_params, option
-from .perception_node import colour, load_pipeline, scale_intrinsics
+from .perception_node import colour, scale_intrinsics
 from .qos import CAMERA_RELIABILITIES, REFRESH_PERIOD, CameraSubscription, image_output_qos, instruction_qos, results_qos
+from .startup import StartupError, load_model
 
 T = TypeVar("T")
 
@@ -615,10 +616,6 @@ class FrameMatcher:
         return bundle
 
 
-class StartupError(RuntimeError):
-    """The node cannot start (bad parameters, model not loadable); the message says why."""
-
-
 # --------------------------------------------------------------------------- the node
 
 
@@ -703,12 +700,11 @@ class FindFieldNode(Node):
             return None
         started = time.perf_counter()
         self._log.info(f"loading the query model {p.model_preset!r} checkpoint={p.checkpoint or '-'} on {p.device}")
+        pipeline = load_model(p, self._log.warning)  # the perception node's parameters: the same model
         try:
-            pipeline = load_pipeline(p)  # the perception node's own loader: same parameters, same model
             width = int(pipeline.embed_text(["object"]).shape[1])
-        except Exception as err:  # unknown preset, missing weights, CUDA absent, ...: one clear line
-            raise StartupError(f"cannot load the model (model_preset={p.model_preset!r}, "
-                               f"checkpoint={p.checkpoint!r}, device={p.device!r}): {err}") from None
+        except Exception as err:  # noqa: BLE001 -- one clear line, whatever the model raised
+            raise StartupError(f"the model fails to embed a query: {type(err).__name__}: {err}") from None
         projection = None
         dims = p.embeddings.dims
         if dims > width:

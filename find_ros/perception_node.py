@@ -28,8 +28,6 @@ import threading
 import time
 import traceback
 from collections import deque
-from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -41,9 +39,7 @@ from sensor_msgs.msg import CameraInfo, CompressedImage, Image
 from std_msgs.msg import Header, String
 from visualization_msgs.msg import Marker, MarkerArray
 
-from find_core.embedded import EMBEDDED, default_pipeline
 from find_core.instructions import Instruction, InstructionError, VisualReference, parse_instruction
-from find_core.pipeline import FindPipeline
 
 from .node_runner import PublishGate, run_node
 from .frame_buffer import BufferedFrame, DepthFrame, FrameBuffer
@@ -53,6 +49,7 @@ from .params import ParameterError, PerceptionParams, declare_params
 from .qos import IMAGE_DEPTH, REFRESH_PERIOD, CameraSubscription, gid_key, image_output_qos, instruction_qos, results_qos
 from .results_schema import (POSITION_REASONS, EmbeddingInfo, EntityInfo, FrameInfo, LocalizationInfo, Result,
                              error_result, projection_matrix, stamp_seconds)
+from .startup import StartupError, load_model
 
 FRAME_STAMP_TOLERANCE = 1e-3  # seconds; how close an instruction's frame_stamp must be to a buffered frame
 OVERLAY_LABEL_CHARS = 40      # longer entity labels are clipped on the overlay
@@ -295,30 +292,6 @@ class _Stopwatch:
                 "total": round((time.perf_counter() - self.start) * 1000.0, 3)}
 
 
-def load_pipeline(params: PerceptionParams, warn: Callable[[str], object] | None = None,
-                  size: int | None = None) -> FindPipeline:
-    """The model, loaded once at start-up. A checkpoint with its own config.yaml wins over the preset;
-    ``model_preset: embedded`` is :func:`find_core.embedded.default_pipeline` (``warn`` receives its
-    fallback warning). ``size`` is the pipeline's inference input size (None: the model's own); the
-    field node, which loads its query model with this too, leaves it at None."""
-    if params.checkpoint:
-        path = Path(params.checkpoint).expanduser()
-        folder = path if path.is_dir() else path.parent
-        if (folder / "config.yaml").is_file():
-            return FindPipeline.from_checkpoint(path, params.device, params.precision, size)
-        if params.model_preset == EMBEDDED:
-            raise ValueError(f"checkpoint {path} has no config.yaml beside it: set model_preset to the preset "
-                             "it was trained with")
-        return FindPipeline.from_preset(params.model_preset, path, params.device, params.precision, size)
-    if params.model_preset == EMBEDDED:
-        return default_pipeline(params.device, params.precision, warn, size)[0]
-    return FindPipeline.from_preset(params.model_preset, None, params.device, params.precision, size)
-
-
-class StartupError(RuntimeError):
-    """The node cannot start (bad parameters, model not loadable); the message says why."""
-
-
 # --------------------------------------------------------------------------- the node
 
 
@@ -335,11 +308,7 @@ class FindPerceptionNode(Node):
         self._log = self.get_logger()
         started = time.perf_counter()
         self._log.info(f"loading model {p.model_preset!r} checkpoint={p.checkpoint or '-'} on {p.device}")
-        try:
-            self.pipeline = load_pipeline(p, self._log.warning, p.input_size or None)
-        except Exception as err:  # unknown preset, missing weights, CUDA absent, ...: one clear line
-            raise StartupError(f"cannot load the model (model_preset={p.model_preset!r}, "
-                               f"checkpoint={p.checkpoint!r}, device={p.device!r}): {err}") from None
+        self.pipeline = load_model(p, self._log.warning, p.input_size or None)
         self._embedding_dims = self._warm_up()
         self._projection = None
         if 0 < p.embeddings.dims < self._embedding_dims:

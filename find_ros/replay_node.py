@@ -39,6 +39,7 @@ from .image_conversion import ImageConversionError, compressed_to_rgb, rgb_to_im
 from .node_runner import StopSignals, run_node
 from .params import ParameterError, ReplayParams, declare_params
 from .qos import replay_qos
+from .startup import StartupError
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp"}
 VIDEO_SUFFIXES = {".mp4", ".avi", ".mkv", ".mov", ".webm", ".m4v", ".mpg", ".mpeg"}
@@ -273,10 +274,6 @@ def pose_message(pose: np.ndarray, header: Header) -> PoseStamped:
 
 
 # --------------------------------------------------------------------------- the node
-
-
-class StartupError(RuntimeError):
-    """The replay cannot start (bad parameters or source)."""
 
 
 class FindReplayNode(Node):

@@ -93,15 +93,16 @@ def test_default_pipeline_loads_the_checkpoint_when_present(tmp_path, monkeypatc
 
 def test_perception_node_model_preset_embedded(no_checkpoint, tmp_path):
     from find_ros.params import PerceptionParams
-    from find_ros.perception_node import load_pipeline
+    from find_ros.startup import StartupError, load_model
     assert PerceptionParams().model_preset == embedded.EMBEDDED        # the node's default
     warnings: list[str] = []
-    pipeline = load_pipeline(PerceptionParams(model_preset="embedded", device="cpu"), warnings.append)
+    pipeline = load_model(PerceptionParams(model_preset="embedded", device="cpu"), warnings.append)
     assert pipeline.model.config.name == "tiny-test" and len(warnings) == 1
-    assert load_pipeline(PerceptionParams(model_preset="tiny-test", device="cpu")).model.config.name == "tiny-test"
-    (tmp_path / "weights").mkdir()
-    with pytest.raises(ValueError, match="no config.yaml"):   # a bare weights file needs its preset named
-        load_pipeline(PerceptionParams(model_preset="embedded", checkpoint=str(tmp_path / "weights"), device="cpu"))
+    assert load_model(PerceptionParams(model_preset="tiny-test", device="cpu"), print).model.config.name == "tiny-test"
+    (tmp_path / "weights.safetensors").write_bytes(b"")
+    with pytest.raises(StartupError, match="no config.yaml"):   # a bare weights file needs its preset named
+        load_model(PerceptionParams(model_preset="embedded", checkpoint=str(tmp_path / "weights.safetensors"),
+                                    device="cpu"), print)
 
 
 # --------------------------------------------------------------------------- instruction from the scene
@@ -198,6 +199,14 @@ def test_node_demo_end_to_end(tmp_path):
 
 def result_object(summary: dict, index: int) -> int:
     return next(e["refers_to"]["id"] for e in summary["entities"] if e["index"] == index)
+
+
+def test_node_demo_names_a_missing_checkpoint_before_starting_nodes(tmp_path):
+    out = tmp_path / "demo_out"
+    done = run_demo(out, "--no-field", "--checkpoint", str(tmp_path / "gone"), timeout=120.0)
+    assert done.returncode == 1, done.stdout[-2000:] + done.stderr[-3000:]
+    assert f"demo failed: checkpoint not found: {tmp_path / 'gone'}" in done.stderr
+    assert not (out / "logs" / "pids.json").exists() and not (out / "scene").exists()
 
 
 @pytest.mark.ros

@@ -23,8 +23,6 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from find_core.checkpoint import CheckpointError
-from find_core.config import ConfigError
 from find_core.data.frames import FramesReader
 from find_core.data.scene_video import render_scene_video
 from find_core.embedded import EMBEDDED_CHECKPOINT
@@ -104,7 +102,7 @@ def parse_seeds(text: str) -> list[int]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from find_core.pipeline import FindPipeline
+    from find_core.loading import load_pipeline
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--checkpoint", type=Path, default=EMBEDDED_CHECKPOINT, help="checkpoint folder")
@@ -121,8 +119,8 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError as error:
         parser.error(f"--seeds: {error}")
     try:
-        pipeline = FindPipeline.from_checkpoint(args.checkpoint, device=args.device, input_size=args.input_size)
-    except (ConfigError, CheckpointError, FileNotFoundError, ValueError) as error:
+        pipeline = load_pipeline(None, args.checkpoint, device=args.device, input_size=args.input_size)
+    except (ValueError, FileNotFoundError) as error:  # ModelLoadError, CheckpointError, ConfigError, CUDA absent
         print(f"error: {error}", file=sys.stderr)
         return 2
     metrics = evaluate_field(pipeline, seeds, args.frames, args.voxel_size, args.radius)

@@ -24,13 +24,12 @@ import numpy as np
 
 
 def _pipeline(preset: str | None, checkpoint: str | None, device: str, input_size: int | None = None):
-    from ..pipeline import FindPipeline
+    """The model (:func:`find_core.loading.load_pipeline`'s rule), or None when neither is given."""
+    from ..loading import load_pipeline
 
-    if preset:
-        return FindPipeline.from_preset(preset, checkpoint, device=device, input_size=input_size)
-    if checkpoint:
-        return FindPipeline.from_checkpoint(checkpoint, device=device, input_size=input_size)
-    return None
+    if not (preset or checkpoint):
+        return None
+    return load_pipeline(preset, checkpoint, device=device, input_size=input_size)
 
 
 def build(args: argparse.Namespace) -> dict:
@@ -108,8 +107,8 @@ def parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True)
 
     def model_args(s: argparse.ArgumentParser) -> None:
-        s.add_argument("--preset", help="model preset name (config/models/*.yaml)")
-        s.add_argument("--checkpoint", help="checkpoint file, or a folder with config.yaml")
+        s.add_argument("--preset", help="model preset name (config/models/*.yaml), a model YAML, or 'embedded'")
+        s.add_argument("--checkpoint", help="checkpoint file or folder; its own config.yaml wins over --preset")
         s.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1 ...")
 
     b = sub.add_parser("build", help="fuse a frames folder into a feature map")

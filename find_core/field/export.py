@@ -263,8 +263,9 @@ def parser() -> argparse.ArgumentParser:
     src.add_argument("--bag", type=Path, help="rosbag2 folder (sqlite3 or mcap)")
     p.add_argument("--out", required=True, type=Path, help="nerfstudio dataset folder to write")
     p.add_argument("--overwrite", action="store_true")
-    p.add_argument("--preset", help="FIND model preset for embeddings the recording lacks")
-    p.add_argument("--checkpoint", help="FIND checkpoint (file, or folder with config.yaml)")
+    p.add_argument("--preset", help="FIND model (preset name, model YAML or 'embedded') for embeddings the "
+                                    "recording lacks")
+    p.add_argument("--checkpoint", help="FIND checkpoint file or folder; its own config.yaml wins over --preset")
     p.add_argument("--device", default="auto")
     p.add_argument("--input-size", type=int, help="letterbox side for embeddings it computes (default: the model's)")
     p.add_argument("--recompute", action="store_true", help="recompute stored embeddings with the model")
@@ -289,10 +290,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     temp = None
     try:
         if args.preset or args.checkpoint:
-            from ..pipeline import FindPipeline
-            pipeline = (FindPipeline.from_preset(args.preset, args.checkpoint, args.device, input_size=args.input_size)
-                        if args.preset else
-                        FindPipeline.from_checkpoint(args.checkpoint, args.device, input_size=args.input_size))
+            from ..loading import load_pipeline
+            pipeline = load_pipeline(args.preset, args.checkpoint, device=args.device, input_size=args.input_size)
         frames = args.frames
         if args.bag is not None:
             if args.frames_out is None:
