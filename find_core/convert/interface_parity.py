@@ -101,9 +101,7 @@ def phrase_prompt(hidden: Tensor, attention_mask: Tensor, lang_proj: Tensor) -> 
             unique.append(tokens)
             match = len(unique) - 1
         query_items.append(match)
-    prompt = official.grounding_prompt(unique)
-    prompt.query_items = torch.tensor([query_items], device=prompt.tokens.device)
-    return prompt
+    return TextPrompt.phrases([(unique, query_items)])
 
 
 def strokes_of(saved: dict[str, Tensor], prefix: str = "in.", indices: str | None = None) -> StrokePrompt:

@@ -49,6 +49,10 @@ class CocoCaptions:
     def __len__(self) -> int:
         return len(self._records)
 
+    def captions_by_image(self) -> dict[int, list[str]]:
+        """Every image's captions by COCO id, without reading an image."""
+        return {int(rec["cocoid"]): [str(s["raw"]).strip() for s in rec["sentences"]] for rec in self._records}
+
     def __getitem__(self, index: int) -> CaptionSample:
         if not -len(self) <= index < len(self):
             raise IndexError(f"index {index} out of range for {len(self)} captioned images")

@@ -3,13 +3,14 @@
     model: tiny-test                  # preset name, a model YAML path, or an inline model mapping
     init_checkpoint: null             # optional weights to start from (a checkpoint folder)
     data: {root: data/synthetic, split: train}
-    tasks:                            # weight = how often a step trains that task; 0 / absent = off
+    tasks:                            # per_task mode: how often a step trains that task; 0 / absent = off
       generic: {weight: 1, batch_size: 4}
       retrieval: {weight: 1, batch_size: 8, split: train}
     interactive: {max_objects: 4}     # how training clicks / boxes / scribbles are drawn
     vision_warmup: {steps: 0}         # segment classification first, for a vision side from scratch
     loss: {num_points: 1024}          # find_core.losses.LossConfig overrides
     optim: {lr: 1.0e-4, warmup_steps: 10}
+    official: {batch_size: 8}         # train.mode official: the per-image draws (OfficialRecipeConfig)
     train: {steps: 100, seed: 0, precision: bf16, checkpoint_every: 50}
     eval: {split: val, max_images: 50}
 
@@ -135,6 +136,29 @@ class OptimConfig:
 
 
 @dataclass
+class OfficialRecipeConfig:
+    """`train.mode: official` — the per-image draws of the official mapper and training forward
+    (configs/find/focalt_llama_lang.yaml; see find_core/engine/official_data.py and official_step.py)."""
+
+    batch_size: int = 8                 # GLOBAL images per step, split over the processes
+    max_grounding: int = 5              # GROUNDING.MAX_LEN: each image gets 1 .. max_grounding-1 phrases
+    visual_prob: float = 0.5            # INTERLEAVE.VISUAL_PROB: an entity is given as a stroke this often
+    max_entities: int = 6               # the mapper keeps an entry's first 6 entities
+    spatial_max_iter: int = 1           # SPATIAL.MAX_ITER: 0..n gradient-free rounds add a corrective click
+    conditional_attention: bool = True  # DYNAMICS.CONDITIONAL_ATTENTION in training forwards
+    num_points: int = 12544             # loss / matching points per mask (fewer suit small mask maps)
+
+    def __post_init__(self) -> None:
+        if self.batch_size < 1 or self.max_grounding < 2 or self.max_entities < 1 or self.spatial_max_iter < 0:
+            raise ConfigError("official: need batch_size >= 1, max_grounding >= 2, max_entities >= 1, "
+                              "spatial_max_iter >= 0")
+        if not 0.0 <= self.visual_prob <= 1.0:
+            raise ConfigError(f"official.visual_prob must lie in [0, 1], got {self.visual_prob}")
+        if self.num_points < 1:
+            raise ConfigError(f"official.num_points must be >= 1, got {self.num_points}")
+
+
+@dataclass
 class VisionWarmupConfig:
     """Optional first stage for a vision side trained from scratch (see find_core.engine.vision_warmup):
     `steps` of segment classification on the generic task's panoptic data before FIND training."""
@@ -151,8 +175,13 @@ class VisionWarmupConfig:
                               "log_every >= 1")
 
 
+TRAIN_MODES = ("per_task", "official")
+
+
 @dataclass
 class RunConfig:
+    mode: str = "per_task"         # "official": every task in one forward per batch (FIND's recipe, needs
+    #                                the official interface); "per_task": one task per step (see trainer.py)
     steps: int = 100
     seed: int = 0
     device: str = "auto"           # "auto", "cpu", "cuda", "cuda:1" (torchrun: each rank its LOCAL_RANK GPU)
@@ -166,6 +195,8 @@ class RunConfig:
     feature_cache_dir: str | None = None  # on-disk cache folder (shared by torchrun processes); null = in memory
 
     def __post_init__(self) -> None:
+        if self.mode not in TRAIN_MODES:
+            raise ConfigError(f"train.mode must be one of {TRAIN_MODES}, got {self.mode!r}")
         if self.precision not in PRECISIONS:
             raise ConfigError(f"train.precision must be one of {PRECISIONS}, got {self.precision!r}")
         if self.cpu_threads is not None and self.cpu_threads < 1:
@@ -210,13 +241,14 @@ class TrainConfig:
     tasks: TasksConfig = field(default_factory=TasksConfig)
     interactive: InteractiveConfig = field(default_factory=InteractiveConfig)
     vision_warmup: VisionWarmupConfig = field(default_factory=VisionWarmupConfig)
+    official: OfficialRecipeConfig = field(default_factory=OfficialRecipeConfig)
     loss: LossConfig = field(default_factory=LossConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     train: RunConfig = field(default_factory=RunConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
 
     def __post_init__(self) -> None:
-        if not self.tasks.enabled():
+        if self.train.mode == "per_task" and not self.tasks.enabled():
             raise ConfigError(f"no task has a weight > 0; set tasks.<name>.weight for one of {TASKS}")
 
     def model_config(self) -> ModelConfig:

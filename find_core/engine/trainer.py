@@ -1,10 +1,12 @@
 """Multi-task training loop with exact resume, AMP, DDP, checkpoints and logs.
 
-Task mix: every step trains ONE task, drawn with probability proportional to its weight from a
-generator seeded by (run seed, step). All ranks therefore draw the same task, a resumed run draws
-the same sequence, and each task keeps its own batch size and loss scale. (Summing several tasks
-per step would need every task's data and forward on every step; sampling keeps steps cheap and
-the per-task weights of LossConfig meaningful.)
+Two ways to mix the tasks (`train.mode`):
+- `official` (FIND's recipe, official interface only): every step trains every task in one decoder
+  forward over a batch of images that carry all their targets (official_data.py, official_step.py),
+  with the official loss.
+- `per_task`: every step trains ONE task, drawn with probability proportional to its weight from a
+  generator seeded by (run seed, step). All ranks therefore draw the same task, a resumed run draws
+  the same sequence, and each task keeps its own batch size and loss scale.
 
 A checkpoint folder `OUT/checkpoints/step_NNNNNNN/` holds the model (find_core.checkpoint format:
 model.safetensors + config.yaml, loadable by FindPipeline.from_checkpoint) plus the trainer state:
@@ -41,6 +43,8 @@ from .batches import Batch, TaskData, derive_seed
 from .config import TASKS, OptimConfig, TrainConfig
 from .criterion import TERMS, Criterion, LossOutput
 from .feature_cache import FeatureCache
+from .official_data import OfficialBatch, OfficialData
+from .official_step import OfficialStep
 from .vision_warmup import warm_up_vision
 
 CHECKPOINTS = "checkpoints"
@@ -48,6 +52,8 @@ LATEST = "LATEST"
 WARMUP = "vision_warmup"
 STATE_TENSORS = "trainer_state.safetensors"
 STATE_JSON = "trainer_state.json"
+CLASS_TABLE = "official.class_table"
+OFFICIAL = "official"          # the one "task" of train.mode official: all tasks at once
 LOG_CSV = "train_log.csv"
 LOG_COLUMNS = ("step", "task", "loss", *TERMS, "lr", "grad_norm", "seconds")
 AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
@@ -200,11 +206,19 @@ class Trainer:
             load_weights(model, config.init_checkpoint)
         self.model = model.to(self.device)
 
-        self.tasks = config.tasks.enabled()
-        self.data: dict[str, TaskData] = {}
+        self.official = run.mode == "official"
+        self.tasks = {OFFICIAL: None} if self.official else config.tasks.enabled()
+        self.data: dict[str, TaskData | OfficialData] = {}
         self.streams: dict[str, distributed.ShardedStream] = {}
         self.local_batch: dict[str, int] = {}
-        for name, task in self.tasks.items():
+        if self.official:
+            self.local_batch[OFFICIAL] = self._per_process("official.batch_size", config.official.batch_size)
+            self.data[OFFICIAL] = OfficialData(Path(config.data.root).expanduser(), config.data.split,
+                                               model.config.vision.input_size, config.data, config.interactive,
+                                               config.official, model.config.language.class_template)
+            self.streams[OFFICIAL] = distributed.ShardedStream(len(self.data[OFFICIAL]), self.dist,
+                                                               derive_seed(run.seed, 0x0FF1) & 0x7FFFFFFF)
+        for name, task in ({} if self.official else self.tasks).items():
             self.local_batch[name] = self._per_process(f"tasks.{name}.batch_size", task.batch_size)
             self.data[name] = TaskData.open(name, config.task_root(name), config.task_split(name),
                                             model.config.vision.input_size, config.interactive, config.data,
@@ -221,21 +235,22 @@ class Trainer:
             if not model.config.vision.frozen:
                 raise ConfigError("train.cache_features needs model.vision.frozen (cached features must not change)")
             cache = FeatureCache(model, run.feature_cache_dir)
-        self.criterion = Criterion(config.loss, cache)
+        self.criterion = None if self.official else Criterion(config.loss, cache)
         self.optimizer = build_optimizer(self.model, config.optim)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
             self.optimizer, lambda step: lr_factor(step, config.optim, run.steps))
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.precision == "fp16")
         self.step = 0
         self.history: list[dict[str, Any]] = []
+        train_step = OfficialStep(self.model, config.official, cache) if self.official \
+            else TrainStep(self.model, self.criterion)
+        self.train_module = train_step
         if resume:
             if checkpoint is None:
                 self._log(f"--resume: no checkpoint under {self.out_dir / CHECKPOINTS}; starting from step 0")
             else:
                 self.load_state(checkpoint)
                 self._log(f"resumed from {checkpoint} at step {self.step}")
-
-        train_step = TrainStep(self.model, self.criterion)
         if self.dist.distributed:
             device_ids = [self.device.index] if self.device.type == "cuda" else None
             self.module: nn.Module = DistributedDataParallel(train_step, device_ids=device_ids,
@@ -270,19 +285,25 @@ class Trainer:
 
     # ---- one step ---------------------------------------------------------------------------------
     def draw_task(self, step: int) -> str:
+        if self.official:
+            return OFFICIAL
         names = list(self.tasks)
         weights = np.array([self.tasks[n].weight for n in names], dtype=np.float64)
         rng = np.random.default_rng(derive_seed(self.config.train.seed, step, 0x7A5C))
         return names[int(rng.choice(len(names), p=weights / weights.sum()))]
 
-    def next_batch(self, step: int, task: str) -> Batch:
+    def next_batch(self, step: int, task: str) -> Batch | OfficialBatch:
         indices = self.streams[task].take(self.local_batch[task])
-        seeds = [derive_seed(self.config.train.seed, step, TASKS.index(task), i) for i in indices]
-        batch = self.data[task].batch(indices, seeds)
+        seed = self.config.train.seed
+        if task == OFFICIAL:
+            batch = self.data[task].batch(indices, [derive_seed(seed, step, 0x0FF1, i) for i in indices])
+            batch.step_seed = derive_seed(seed, step, 0x0FF2)
+        else:
+            batch = self.data[task].batch(indices, [derive_seed(seed, step, TASKS.index(task), i) for i in indices])
         batch.images = batch.images.to(self.device)
         return batch
 
-    def train_step(self, batch: Batch) -> dict[str, Any]:
+    def train_step(self, batch: Batch | OfficialBatch) -> dict[str, Any]:
         """Forward, backward and update on one batch; returns the logged numbers."""
         self.module.train()
         autocast = torch.autocast(self.device.type, dtype=AMP_DTYPES[self.precision]) \
@@ -378,7 +399,11 @@ class Trainer:
             "streams": {name: stream.state_dict() for name, stream in self.streams.items()},
             "rng": rng_meta,
         }
-        return {**optimizer_tensors, **rng_tensors}, meta
+        tensors = {**optimizer_tensors, **rng_tensors}
+        table = getattr(self.train_module, "class_table", None)
+        if table is not None:   # the official recipe's kept class table
+            tensors[CLASS_TABLE] = table.detach().cpu().contiguous()
+        return tensors, meta
 
     def load_state(self, folder: Path) -> None:
         meta = json.loads((folder / STATE_JSON).read_text())
@@ -397,6 +422,8 @@ class Trainer:
         for name, stream in self.streams.items():
             stream.load_state_dict(meta["streams"][name])
         _load_rng(tensors, meta["rng"])
+        if CLASS_TABLE in tensors and isinstance(self.train_module, OfficialStep):
+            self.train_module.class_table = tensors[CLASS_TABLE].to(self.device)
         self.step = int(meta["step"])
 
     def _prune(self) -> None:

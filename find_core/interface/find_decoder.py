@@ -28,13 +28,15 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..encoders.positional import detr_sine_position
+from ..gather import gather_keep_local_grad
 from .heads import MLP
 from .official_layers import CrossAttentionLayer, FFNLayer, SelfAttentionLayer, _Stack
 from .official_prompts import (DecoderOutput, InterleavePrompt, PointTokens, StrokePrompt, TextPrompt,
                                entity_point_tokens, sample_stroke_points)
 from .official_table import (CAPTION, CLQ, CLT, CPQ, CPT, DSQ, DST, GRD, IEP, IEQ, ILQ, ILT, IMAGE, IMG, IPT, LOGITS,
-                             MASK, MASKEMB, MEM, OBJ, RULES, SEG, SELECTS_SPATIAL_MASK, SPQ, SPT, TASK_HEADS, GroupRule,
-                             Segment, active_rules, self_attention_allowed, token_cross_allowed)
+                             MASK, MASKEMB, MEM, OBJ, RULES, SEG, SELECTS_SPATIAL_MASK, SPQ, SPT, TASK_HEADS,
+                             ConditionalAttention, GroupRule, Segment, active_rules, self_attention_allowed,
+                             token_cross_allowed)
 
 __all__ = ["FindDecoder", "FindDecoderConfig", "DecoderOutput", "InterleavePrompt", "PointTokens", "StrokePrompt",
            "TextPrompt", "entity_point_tokens"]  # the prompts and outputs callers build and read
@@ -150,8 +152,14 @@ class FindDecoder(nn.Module):
         self.input_proj = nn.ModuleList(
             nn.Conv2d(cfg.in_channels, c, 1) if needs_proj else nn.Identity() for _ in range(cfg.num_levels))
         self.mask_embed = MLP(c, cfg.mask_dim, 3)
-        self.class_embed = nn.Parameter(torch.zeros(c, cfg.dim_proj))
-        self.mask_sptial_embed = nn.ParameterList(nn.Parameter(torch.zeros(c, c)) for _ in range(3))
+        # initialised as upstream (the released weights overwrite all of it; training from scratch needs it)
+        for conv in self.input_proj:
+            if isinstance(conv, nn.Conv2d):          # detectron2's c2_xavier_fill
+                nn.init.kaiming_uniform_(conv.weight, a=1)
+                nn.init.zeros_(conv.bias)
+        self.class_embed = nn.Parameter(nn.init.trunc_normal_(torch.empty(c, cfg.dim_proj), std=0.02))
+        self.mask_sptial_embed = nn.ParameterList(nn.Parameter(nn.init.trunc_normal_(torch.empty(c, c), std=0.02))
+                                                  for _ in range(3))
         # spatial memories: 32 extra image readers in later interactive rounds (task `spatial_memory`)
         self.spatial_embed = nn.Embedding(cfg.spatial_memories, c)
         self.spatial_featured = nn.Embedding(cfg.spatial_memories, c)
@@ -224,9 +232,11 @@ class FindDecoder(nn.Module):
 
     def _predict(self, groups: dict[str, _Group], order: list[GroupRule], mask_features: Tensor,
                  target_size: tuple[int, int], class_embeddings: Tensor | None,
-                 logit_scale: Tensor | None) -> dict[str, dict[str, Tensor]]:
+                 logit_scale: Tensor | None, class_indexes: Tensor | None = None,
+                 tables: list[Tensor] | None = None) -> dict[str, dict[str, Tensor]]:
         """Run the heads on all output groups; store each group's masked-attention mask for the next
-        layer; return per group its head outputs (batch-first)."""
+        layer; return per group its head outputs (batch-first). With `class_indexes` (training), the
+        class table used for the logits is appended to `tables`."""
         names = [r.name for r in order]
         lengths = [groups[n].out.shape[0] for n in names]
         x = self.decoder_norm(torch.cat([groups[n].out for n in names])).transpose(0, 1)  # [B, L, C]
@@ -242,6 +252,11 @@ class FindDecoder(nn.Module):
         caption = x @ self.class_embed
         logits = None
         if class_embeddings is not None and logit_scale is not None:
+            if class_indexes is not None:
+                first_class_query = sum(lengths[:names.index(CLQ)])
+                class_embeddings = self._class_table(class_embeddings, caption[:, first_class_query], class_indexes)
+                if tables is not None:
+                    tables.append(class_embeddings.detach())
             v = caption / (caption.norm(dim=-1, keepdim=True) + 1e-7)
             t = class_embeddings / (class_embeddings.norm(dim=-1, keepdim=True) + 1e-7)
             logits = logit_scale.exp() * v @ t.unsqueeze(0).transpose(1, 2)
@@ -268,7 +283,8 @@ class FindDecoder(nn.Module):
                 class_prompt: TextPrompt | None = None, grounding: TextPrompt | None = None,
                 strokes: StrokePrompt | None = None, retrieval: TextPrompt | None = None,
                 interleave: InterleavePrompt | None = None, prev_mask: Tensor | None = None,
-                generator: torch.Generator | None = None) -> DecoderOutput:
+                generator: torch.Generator | None = None, class_indexes: Tensor | None = None,
+                swaps: Sequence[ConditionalAttention] = ()) -> DecoderOutput:
         """Decode one task (see TASK_GROUPS); each task needs the prompts of its groups.
 
         features: the 3 pixel-decoder levels [B, C, h, w], lowest resolution first; layer i reads level i % 3.
@@ -278,6 +294,13 @@ class FindDecoder(nn.Module):
         `spatial_memory`, `train`), retrieval (`retrieval`, `train`), interleave (`interleave`, `train`),
         prev_mask [B, 1, H, W] (`spatial_memory`: the previous round's `DecoderOutput.prev_mask`).
         generator: for point / query sampling (deterministic unless a stroke exceeds max_spatial_len).
+        Training only (upstream's training-mode behaviour):
+        class_indexes [B]: the class each image's class query encodes (`train`); every prediction set's
+            class logits then use `class_embeddings` with those rows replaced by that set's class-query
+            outputs (gathered over processes, gradient on the local rows), and `DecoderOutput.class_embeddings`
+            returns the last such table, detached, for the caller to keep (upstream keeps it as the
+            language encoder's `default_text_embeddings`).
+        swaps: the conditional attention changes of this forward (`official_table.draw_conditional`).
         """
         rules = active_rules(task)
         src, pos, sizes = self._levels(features)
@@ -357,7 +380,11 @@ class FindDecoder(nn.Module):
         attenders = [r for r in rules if r.self_sees]
         per_layer = {SPT: stroke_levels, IPT: entity_levels}  # point tokens are reset at every layer
 
-        predict = dict(mask_features=mask_features, class_embeddings=class_embeddings, logit_scale=logit_scale)
+        if class_indexes is not None and (CLQ not in names or class_embeddings is None):
+            raise ValueError("class_indexes needs the class query (task 'train') and class_embeddings")
+        tables: list[Tensor] = []
+        predict = dict(mask_features=mask_features, class_embeddings=class_embeddings, logit_scale=logit_scale,
+                       class_indexes=class_indexes, tables=tables)
         records = [self._predict(groups, outputs, target_size=sizes[0], **predict)]
         for i in range(self.cfg.num_layers):
             level = i % self.cfg.num_levels
@@ -393,7 +420,7 @@ class FindDecoder(nn.Module):
 
             # self-attention + FFN over every group that attends
             segments = [groups[r.name].segment(r.name) for r in attenders]
-            allowed = self_attention_allowed(segments, bs, v_out.device)
+            allowed = self_attention_allowed(segments, bs, v_out.device, swaps)
             x = torch.cat([groups[r.name].out for r in attenders])
             x = self.condition_attention.layers[i](x, ~allowed, torch.cat([groups[r.name].pos for r in attenders]))
             x = self.transformer_ffn_layers[i](x)
@@ -405,7 +432,7 @@ class FindDecoder(nn.Module):
 
         named = [self._name_heads(rec, outputs, TASK_HEADS[task]) for rec in records]
         result = DecoderOutput(final=named[-1], aux=named[:-1], stroke_tokens=stroke_levels,
-                               entity_tokens=sampled_entities)
+                               entity_tokens=sampled_entities, class_embeddings=tables[-1] if tables else None)
         if task in SELECTS_SPATIAL_MASK:
             result.prev_mask = self._select_spatial_masks(result.final)
         return result
@@ -421,6 +448,14 @@ class FindDecoder(nn.Module):
                 raise ValueError(f"{rule.name} needs prev_mask")
             return memory_blocked[level]
         return group.vision_blocked
+
+    @staticmethod
+    def _class_table(class_embeddings: Tensor, class_query: Tensor, class_indexes: Tensor) -> Tensor:
+        """Upstream `compute_similarity` in training: the rows of the images' classes replaced by their
+        class queries' outputs [B, C] (every process's images; the gradient flows to the local ones)."""
+        table = class_embeddings.clone()
+        table[gather_keep_local_grad(class_indexes.to(table.device))] = gather_keep_local_grad(class_query).to(table.dtype)
+        return table
 
     @staticmethod
     def _name_heads(record: dict[str, dict[str, Tensor]], outputs: list[GroupRule],

@@ -47,6 +47,13 @@ class MultiheadAttention(nn.Module):
         return self.out_proj(out)
 
 
+def xavier_matrices(module: nn.Module) -> None:
+    """Upstream's `_reset_parameters` of its attention and FFN layers: Xavier-uniform every matrix."""
+    for parameter in module.parameters():
+        if parameter.dim() > 1:
+            nn.init.xavier_uniform_(parameter)
+
+
 class CrossAttentionLayer(nn.Module):
     """Post-norm cross-attention: x + attn(x + pos, memory + memory_pos, memory), then LayerNorm."""
 
@@ -54,6 +61,7 @@ class CrossAttentionLayer(nn.Module):
         super().__init__()
         self.multihead_attn = MultiheadAttention(dim, heads)
         self.norm = nn.LayerNorm(dim)
+        xavier_matrices(self)
 
     def forward(self, x: Tensor, memory: Tensor, blocked: Tensor | None, memory_pos: Tensor, pos: Tensor) -> Tensor:
         return self.norm(x + self.multihead_attn(x + pos, memory + memory_pos, memory, blocked))
@@ -66,6 +74,7 @@ class SelfAttentionLayer(nn.Module):
         super().__init__()
         self.self_attn = MultiheadAttention(dim, heads)
         self.norm = nn.LayerNorm(dim)
+        xavier_matrices(self)
 
     def forward(self, x: Tensor, blocked: Tensor, pos: Tensor) -> Tensor:
         q = x + pos
@@ -80,6 +89,7 @@ class FFNLayer(nn.Module):
         self.linear1 = nn.Linear(dim, hidden)
         self.linear2 = nn.Linear(hidden, dim)
         self.norm = nn.LayerNorm(dim)
+        xavier_matrices(self)
 
     def forward(self, x: Tensor) -> Tensor:
         return self.norm(x + self.linear2(F.relu(self.linear1(x))))

@@ -36,6 +36,22 @@ class TextPrompt:
         padding = torch.arange(tokens.shape[0], device=tokens.device)[None] >= lengths[:, None]
         return cls(tokens, padding)
 
+    @classmethod
+    def phrases(cls, images: Sequence[tuple[Sequence[Tensor], Sequence[int]]]) -> "TextPrompt":
+        """Grounding prompts, per batch element (its distinct phrases' projected tokens [T_p, C], the phrase
+        of each query): all its phrases in one sequence, each token tagged with its phrase; a repeated
+        phrase is given once and read by several queries (upstream `prepare_targets`). Padding as upstream:
+        token items -2, query items -3."""
+        sequences = [torch.cat(list(phrases)) for phrases, _ in images]
+        prompt = cls.padded(sequences)
+        device = prompt.tokens.device
+        token_items = [torch.cat([torch.full((len(p),), i, dtype=torch.long, device=device)
+                                  for i, p in enumerate(phrases)]) for phrases, _ in images]
+        query_items = [torch.tensor(list(queries), dtype=torch.long, device=device) for _, queries in images]
+        prompt.token_items = nn.utils.rnn.pad_sequence(token_items, batch_first=True, padding_value=-2)
+        prompt.query_items = nn.utils.rnn.pad_sequence(query_items, batch_first=True, padding_value=-3)
+        return prompt
+
 
 @dataclass
 class StrokePrompt:
@@ -96,16 +112,31 @@ class InterleavePrompt:
         entity gets index -4; upstream sums the indices of a token's entities, kept here so results stay
         comparable.
         """
-        mask = entity_to_tokens.bool()
-        entities = torch.arange(len(mask), device=tokens.device, dtype=tokens.dtype)
-        token_entities = (mask * entities[:, None]).sum(dim=0)
-        token_entities[mask.sum(dim=0) == 0] = -4
-        visual_tokens = (mask & is_visual.bool()[:, None]).any(dim=0)
-        return cls(tokens[:, None], torch.zeros(1, len(tokens), dtype=torch.bool, device=tokens.device),
-                   token_entities[None], visual_tokens[None],
-                   torch.arange(len(mask), device=tokens.device)[None],
-                   regions=None if regions is None else [regions],
-                   negative_regions=None if negative_regions is None else [negative_regions], points=points)
+        return cls.batch([(tokens, entity_to_tokens, is_visual)],
+                         regions=None if regions is None else [regions],
+                         negative_regions=None if negative_regions is None else [negative_regions], points=points)
+
+    @classmethod
+    def batch(cls, entries: Sequence[tuple[Tensor, Tensor, Tensor]], regions: Sequence[Tensor] | None = None,
+              negative_regions: Sequence[Tensor] | None = None,
+              points: Sequence[PointTokens] | None = None) -> "InterleavePrompt":
+        """One entry per batch element, each (tokens [T, C], entity_to_tokens [E, T], is_visual [E]) as in
+        `entry`; padded as upstream's training forward pads them (token entity -5, entity query -6)."""
+        token_entities, visual_tokens, entity_items = [], [], []
+        for tokens, entity_to_tokens, is_visual in entries:
+            mask = entity_to_tokens.bool()
+            entities = torch.arange(len(mask), device=tokens.device, dtype=tokens.dtype)
+            row = (mask * entities[:, None]).sum(dim=0)
+            row[mask.sum(dim=0) == 0] = -4
+            token_entities.append(row)
+            visual_tokens.append((mask & is_visual.bool()[:, None]).any(dim=0))
+            entity_items.append(torch.arange(len(mask), device=tokens.device))
+        text = TextPrompt.padded([tokens for tokens, _, _ in entries])
+        pad = nn.utils.rnn.pad_sequence
+        return cls(text.tokens, text.padding, pad(token_entities, batch_first=True, padding_value=-5),
+                   pad(visual_tokens, batch_first=True, padding_value=False),
+                   pad(entity_items, batch_first=True, padding_value=-6),
+                   regions=regions, negative_regions=negative_regions, points=points)
 
 
 def entity_point_tokens(entities: Sequence[Sequence[PointTokens] | None], width: int) -> list[PointTokens]:
@@ -142,13 +173,15 @@ class DecoderOutput:
     """Final predictions, the `dec_layers - 1` intermediate sets (aux[0] = from the learnable queries
     before the first layer), for `spatial` / `spatial_memory` the selected mask per prompt (`prev_mask`,
     input of the next round), and the point tokens sampled from strokes (`stroke_tokens`, upstream's
-    `src_spatial_*`) or entity regions (`entity_tokens`, `src_interleave_*`), per feature level."""
+    `src_spatial_*`) or entity regions (`entity_tokens`, `src_interleave_*`), per feature level, and in
+    training (with `class_indexes`) the updated class table."""
 
     final: dict[str, Tensor]
     aux: list[dict[str, Tensor]]
     prev_mask: Tensor | None = None
     stroke_tokens: list[PointTokens] | None = None
     entity_tokens: list[PointTokens] | None = None
+    class_embeddings: Tensor | None = None  # training with class_indexes: the class table after the last set
 
 
 

@@ -7,8 +7,10 @@ row, a new task one entry.
 """
 from __future__ import annotations
 
+import random
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -158,6 +160,37 @@ GROUP_TABLE: tuple[GroupRule, ...] = (
 )
 RULES: dict[str, GroupRule] = {rule.name: rule for rule in GROUP_TABLE}
 
+
+@dataclass(frozen=True)
+class ConditionalAttention:
+    """A training-time change of the table (upstream DYNAMICS.CONDITIONAL_ATTENTION): in each training
+    forward, with probability `prob`, `group` attends `instead` where the table says `sees`."""
+
+    group: str
+    sees: str
+    instead: str
+    prob: float
+
+
+# DYNAMICS.CONDITIONAL_ATTENTION.proposals.vision.segment: [['tokens_vision_spatial', 'queries_vision_spatial', 0.3]]
+# (segment proposals sometimes read the stroke *queries* instead of the raw stroke tokens)
+CONDITIONAL_ATTENTION: tuple[ConditionalAttention, ...] = (ConditionalAttention(SEG, SPT, SPQ, 0.3),)
+
+
+def draw_conditional(rng: random.Random | Any) -> tuple[ConditionalAttention, ...]:
+    """The conditional changes one training forward applies (each with its own probability), drawn
+    from `rng` (anything with `.random()`), in table order."""
+    return tuple(c for c in CONDITIONAL_ATTENTION if rng.random() < c.prob)
+
+
+def self_sees(name: str, swaps: Sequence[ConditionalAttention] = ()) -> tuple[str, ...]:
+    """What `name` attends in self-attention, after the conditional changes in `swaps`."""
+    sees = RULES[name].self_sees
+    for swap in swaps:
+        if swap.group == name:
+            sees = tuple(swap.instead if s == swap.sees else s for s in sees)
+    return sees
+
 # Which groups take part in each task (upstream decides this from the task name and the keys present
 # in `extra`), and which prediction heads are recorded (the class step keeps only the captions).
 TASK_GROUPS: dict[str, tuple[str, ...]] = {
@@ -207,18 +240,20 @@ class Segment:
     items: Tensor | None = None
 
 
-def self_attention_allowed(segments: Sequence[Segment], batch: int, device: torch.device | None = None) -> Tensor:
+def self_attention_allowed(segments: Sequence[Segment], batch: int, device: torch.device | None = None,
+                           swaps: Sequence[ConditionalAttention] = ()) -> Tensor:
     """Boolean [B, L, L], True where row i may attend column j in self-attention.
 
-    Allowed when the table lets group(i) see group(j) and neither entry is padding (upstream blocks a
-    padded entry's row and column in every allowed block). Item ids are not used here, as upstream.
+    Allowed when the table (after the training-time `swaps`) lets group(i) see group(j) and neither entry
+    is padding (upstream blocks a padded entry's row and column in every allowed block). Item ids are not
+    used here, as upstream.
     """
     total = sum(s.length for s in segments)
     allowed = torch.zeros(batch, total, total, dtype=torch.bool, device=device)
     starts = _starts(segments)
     for seg_q in segments:
         for seg_k in segments:
-            if seg_k.name in RULES[seg_q.name].self_sees:
+            if seg_k.name in self_sees(seg_q.name, swaps):
                 allowed[:, starts[seg_q.name]:starts[seg_q.name] + seg_q.length,
                         starts[seg_k.name]:starts[seg_k.name] + seg_k.length] = True
     pad = torch.cat([_padding(s, batch, device) for s in segments], dim=1)

@@ -52,6 +52,7 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ..gather import gather_keep_local_grad, world_size
 from ..interface.official_prompts import DecoderOutput
 from .official_points import MatchCosts, PointSampling, match_one_image, point_mask_losses
 
@@ -160,22 +161,6 @@ class OfficialResult:
 # helpers
 # --------------------------------------------------------------------------------------------------
 
-def _world() -> int:
-    return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
-
-
-def _gather_keep_local_grad(x: Tensor) -> Tensor:
-    """All processes' rows in rank order; only this process's rows keep their gradient (upstream
-    `all_gather_grad`). Identity in a single process."""
-    world = _world()
-    if world == 1:
-        return x
-    parts = [torch.zeros_like(x) for _ in range(world)]
-    dist.all_gather(parts, x.contiguous())
-    parts[dist.get_rank()] = x
-    return torch.cat(parts)
-
-
 def _unit(x: Tensor) -> Tensor:
     return x / (x.norm(dim=-1, keepdim=True) + 1e-7)
 
@@ -192,8 +177,8 @@ def _soft_ce(logits: Tensor, target: Tensor) -> Tensor:
 def image_text_contrastive(image: Tensor, text: Tensor, logit_scale: Tensor) -> Tensor:
     """Symmetric InfoNCE between paired rows of image [B, C] and text [B, C] embeddings (cosine ×
     clamped exp(logit_scale)); across processes the batch is gathered (see the module docstring)."""
-    image = _unit(_gather_keep_local_grad(image))
-    text = _unit(_gather_keep_local_grad(text))
+    image = _unit(gather_keep_local_grad(image))
+    text = _unit(gather_keep_local_grad(text))
     logits = _scale(logit_scale) * (image @ text.t())
     labels = torch.arange(logits.shape[0], device=logits.device)
     return (F.cross_entropy(logits, labels) + F.cross_entropy(logits.t(), labels)) / 2
@@ -272,7 +257,7 @@ class OfficialCriterion(nn.Module):
 
     def _instance_normaliser(self, targets: Sequence[ImageTargets], device: torch.device) -> float:
         count = torch.tensor([float(sum(len(t.labels) for t in targets))], device=device)
-        world = _world()
+        world = world_size()
         if world > 1:
             dist.all_reduce(count)
         return max(count.item() / world, 1.0)

@@ -22,6 +22,7 @@ from torch import Tensor
 from ..instructions import Instruction
 from ..interface.find_decoder import (DecoderOutput, InterleavePrompt, PointTokens, StrokePrompt, TextPrompt,
                                       entity_point_tokens)
+from ..encoders.language import TokenFeatures
 from ..interface.inputs import ImageFeatures
 from ..model import FindModel
 from .common import class_text, encode_references
@@ -52,11 +53,7 @@ def class_prompt(tokens: Tensor) -> TextPrompt:
 def grounding_prompt(phrases: list[Tensor]) -> TextPrompt:
     """All phrases' projected tokens in one sequence, each token tagged with its phrase, one query per
     phrase (`evaluate_grounding`)."""
-    tokens = torch.cat(phrases)
-    device = tokens.device
-    items = torch.cat([torch.full((len(p),), i, dtype=torch.long, device=device) for i, p in enumerate(phrases)])
-    return TextPrompt(tokens[:, None], torch.zeros(1, len(tokens), dtype=torch.bool, device=device),
-                      items[None], torch.arange(len(phrases), device=device)[None])
+    return TextPrompt.phrases([(phrases, range(len(phrases)))])
 
 
 def projected_tokens(model: FindModel, texts: list[str]) -> list[Tensor]:
@@ -154,35 +151,50 @@ def interactive(model: FindModel, features: ImageFeatures,
 def entry_text(instruction: Instruction) -> tuple[str, list[tuple[int, int]]]:
     """The instruction's text with every visual entity's span replaced by the placeholder, and the
     entities' spans in that text."""
-    pieces, spans, cursor, length = [], [], 0, 0
-    for entity in sorted(instruction.entities, key=lambda e: e.start):
-        before = instruction.text[cursor:entity.start]
-        words = PLACEHOLDER if entity.kind == "visual" else instruction.text[entity.start:entity.end]
+    return placeholder_text(instruction.text, [(e.start, e.end, e.kind == "visual") for e in instruction.entities])
+
+
+def placeholder_text(text: str, spans: list[tuple[int, int, bool]]) -> tuple[str, list[tuple[int, int]]]:
+    """`text` with each visual (start, end, True) span replaced by the placeholder, as the FIND-Bench
+    mapper rewrites an entry; returns the new text and every span's place in it (input order)."""
+    pieces, placed, cursor, length = [], {}, 0, 0
+    for index in sorted(range(len(spans)), key=lambda i: spans[i][0]):
+        start, end, visual = spans[index]
+        before = text[cursor:start]
+        words = PLACEHOLDER if visual else text[start:end]
         pieces += [before, words]
-        start = length + len(before)
-        spans.append((entity, (start, start + len(words))))
-        length = start + len(words)
-        cursor = entity.end
-    pieces.append(instruction.text[cursor:])
-    order = {id(entity): span for entity, span in spans}
-    return "".join(pieces), [order[id(entity)] for entity in instruction.entities]
+        first = length + len(before)
+        placed[index] = (first, first + len(words))
+        length = first + len(words)
+        cursor = end
+    pieces.append(text[cursor:])
+    return "".join(pieces), [placed[i] for i in range(len(spans))]
 
 
 def entry_tokens(model: FindModel, instruction: Instruction) -> tuple[Tensor, Tensor, Tensor]:
     """(projected tokens [T, C], entity → token [E, T] bool, is-visual [E]) of the entry."""
     text, spans = entry_text(instruction)
     encoded = model.encode_texts([text])
-    valid = encoded.valid[0]
+    entity_to_tokens = span_tokens(encoded, 0, spans, [instruction.phrase(i) for i in range(len(spans))])
+    visual = torch.tensor([e.kind == "visual" for e in instruction.entities], device=entity_to_tokens.device)
+    return encoded.features[0][encoded.valid[0]], entity_to_tokens, visual
+
+
+def span_tokens(encoded: TokenFeatures, row: int, spans: list[tuple[int, int]], names: list[str],
+                strict: bool = True) -> Tensor:
+    """[E, T_valid] bool: which of text `row`'s valid tokens each character span covers (`encoded`: the
+    result of `model.encode_texts`). A span with no token (cut off by max_length) is an error naming its
+    entity, or with strict=False an empty row (training keeps such an entity, as upstream does)."""
+    valid = encoded.valid[row]
     position = valid.long().cumsum(0) - 1  # a token's index among the valid ones
     entity_to_tokens = torch.zeros(len(spans), int(valid.sum()), dtype=torch.bool, device=valid.device)
     for index, (start, end) in enumerate(spans):
-        tokens = encoded.tokens_in_span(0, start, end)
-        if tokens.numel() == 0:
-            raise ValueError(f"entity {index} ('{instruction.phrase(index)}') maps to no token "
+        tokens = encoded.tokens_in_span(row, start, end)
+        if tokens.numel() == 0 and strict:
+            raise ValueError(f"entity {index} ('{names[index]}') maps to no token "
                              "(cut off beyond the language model's max_length?)")
         entity_to_tokens[index, position[tokens]] = True
-    visual = torch.tensor([e.kind == "visual" for e in instruction.entities], device=valid.device)
-    return encoded.features[0][valid], entity_to_tokens, visual
+    return entity_to_tokens
 
 
 def entity_alone(model: FindModel, features: ImageFeatures, own_tokens: Tensor,

@@ -1,0 +1,187 @@
+"""Training images for the official FIND recipe: every task's targets of one image in one sample.
+
+Upstream trains all tasks in one forward over COCO images that carry everything at once
+(`coco_panoptic_interleave_dataset_mapper.py`): panoptic instances, one class drawn from the whole
+vocabulary, a few referring phrases (or, without any, class names of the image), interactive strokes
+on the instances, one caption and one FIND-Bench entry whose entities are, with probability
+VISUAL_PROB each, given as a stroke on their own instance instead of their words. `OfficialData`
+joins our readers (COCO panoptic, RefCOCOG, Karpathy captions, FIND-Bench entities) by image id and
+draws the same things. All randomness of a sample comes from its seed (see `batches.derive_seed`).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ..data import CocoCaptions, CocoPanoptic, FindBenchEntities, RefCocoG
+from ..data.samples import Segment
+from ..preprocess import Letterbox, letterbox
+from .batches import _stack, sample_spatial_prompts
+from .config import DataConfig, InteractiveConfig, OfficialRecipeConfig
+
+
+@dataclass
+class Grounding:
+    texts: list[str]                    # one per target mask; equal texts = the same phrase
+    masks: torch.Tensor                 # [G, S, S] bool
+    mode: str                           # "text" (referring phrases) or "class" (class names)
+
+
+@dataclass
+class Entry:
+    text: str                           # with "[INTERACTIVE]" in place of each visual entity's words
+    spans: list[tuple[int, int]]        # each entity's characters in `text`
+    visual: list[bool]
+    masks: torch.Tensor                 # [E, S, S] bool: each entity's instance
+    strokes: torch.Tensor               # [E, S, S] bool: a visual entity's stroke (empty for text)
+
+
+@dataclass
+class OfficialSample:
+    """One image's targets at the model's input resolution."""
+
+    image_id: int
+    labels: torch.Tensor                # [N] class index of each instance
+    masks: torch.Tensor                 # [N, S, S]
+    class_index: int                    # the class this image's class query encodes
+    class_text: str                     # its prompt text (the model's class template)
+    grounding: Grounding
+    strokes: torch.Tensor               # [P, S, S] positive strokes, one per prompted instance
+    stroke_targets: torch.Tensor        # [P, S, S] their instances
+    caption: str
+    entry: Entry
+
+
+@dataclass
+class OfficialBatch:
+    images: torch.Tensor                # [B, 3, S, S] float in [0, 255]
+    samples: list[OfficialSample]
+    seeds: list[int]                    # per image: its draws here, its loss points in the step
+    class_names: list[str] = field(default_factory=list)
+    step_seed: int = 0                  # the step's own draws (same on every process)
+    task: str = "official"
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+
+class OfficialData:
+    """Panoptic images joined with their phrases, captions and entries (same image ids)."""
+
+    def __init__(self, root: Path, split: str, input_size: int, data: DataConfig, interactive: InteractiveConfig,
+                 recipe: OfficialRecipeConfig, class_template: str = "{}"):
+        from ..tasks.common import class_text
+        self.panoptic = CocoPanoptic(root, split)
+        self.input_size, self.interactive, self.recipe = input_size, interactive, recipe
+        self.class_names = [c.name for c in self.panoptic.categories]
+        self.class_texts = [class_text(name, class_template) for name in self.class_names]
+        self._class_index = {c.id: i for i, c in enumerate(self.panoptic.categories)}
+        self.captions = CocoCaptions(root, Path(data.captions_file), split).captions_by_image()
+        self.refs: dict[int, list] = {}
+        self.referring = None
+        if (root / "refcocog").is_dir():
+            image_dir = Path(data.refcoco_image_dir).expanduser() if data.refcoco_image_dir else None
+            self.referring = RefCocoG(root, split, image_dir=image_dir)
+            for ref in self.referring.refs:
+                self.refs.setdefault(ref.image_id, []).append(ref)
+        self.entries: dict[int, list[dict]] = {}
+        entity_json = Path(data.entity_json) if data.entity_json else Path("annotations") / f"entity_{split}.json"
+        if (root / entity_json).is_file():
+            for entry in FindBenchEntities(root, split, entity_json=entity_json).entries:
+                self.entries.setdefault(int(entry["image_id"]), []).append(entry)
+        # images with something to segment (upstream's training set is filtered the same way)
+        self._ids = [i for i in self.panoptic.image_ids
+                     if any(not seg.get("iscrowd", 0) for seg in self.panoptic.segments_info(i))]
+        if not self._ids:
+            raise ValueError(f"no image of {root} / {split} has a non-crowd segment")
+        missing = [i for i in self._ids if i not in self.captions]
+        if missing:
+            raise ValueError(f"{len(missing)} training images have no caption in {data.captions_file} "
+                             f"(e.g. {missing[:3]}); the official recipe trains retrieval on every image")
+
+    def __len__(self) -> int:
+        return len(self._ids)
+
+    def batch(self, indices: list[int], seeds: list[int]) -> OfficialBatch:
+        ids = [self._ids[i] for i in indices]
+        samples = [self.panoptic.sample(image_id) for image_id in ids]
+        images, boxes = letterbox([s.image for s in samples], self.input_size)
+        drawn = [self._sample(s.image_id, [seg for seg in s.segments if not seg.iscrowd], box,
+                              np.random.default_rng(seed))
+                 for s, box, seed in zip(samples, boxes, seeds)]
+        return OfficialBatch(images, drawn, list(seeds), self.class_names)
+
+    # ---- one image ----------------------------------------------------------------------------------
+    def _sample(self, image_id: int, segments: list[Segment], box: Letterbox, rng: np.random.Generator) -> OfficialSample:
+        masks = _stack([seg.mask for seg in segments], box)
+        labels = torch.tensor([self._class_index[seg.category_id] for seg in segments], dtype=torch.long)
+        strokes, stroke_targets = self._strokes(segments, box, rng)
+        captions = self.captions[image_id]
+        class_index = int(rng.integers(len(self.class_names)))   # from the whole vocabulary, as upstream
+        return OfficialSample(
+            image_id=image_id, labels=labels, masks=masks,
+            class_index=class_index, class_text=self.class_texts[class_index],
+            grounding=self._grounding(image_id, segments, masks, box, rng),
+            strokes=strokes, stroke_targets=stroke_targets,
+            caption=captions[int(rng.integers(len(captions)))],
+            entry=self._entry(image_id, segments, box, rng))
+
+    def _stroke(self, mask: np.ndarray, box: Letterbox, rng: np.random.Generator) -> torch.Tensor:
+        """The positive strokes the interactive sampler draws for one instance, as one mask."""
+        height, width = mask.shape
+        drawn = [p for p in sample_spatial_prompts(mask, rng, self.interactive) if p.positive]
+        union = np.zeros_like(mask)
+        for prompt in drawn:
+            union |= prompt.rasterize(height, width)
+        return box.to_input(union)  # a stroke thinner than an input pixel keeps one pixel
+
+    def _strokes(self, segments: list[Segment], box: Letterbox,
+                 rng: np.random.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+        chosen = rng.permutation(len(segments))[: self.interactive.max_objects].tolist()
+        chosen = [k for k in chosen if segments[k].mask.any()]
+        strokes = [self._stroke(segments[k].mask, box, rng) for k in chosen]
+        empty = torch.zeros(0, box.size, box.size, dtype=torch.bool)
+        return (torch.stack(strokes) if strokes else empty,
+                _stack([segments[k].mask for k in chosen], box))
+
+    def _grounding(self, image_id: int, segments: list[Segment], masks: torch.Tensor, box: Letterbox,
+                   rng: np.random.Generator) -> Grounding:
+        count = int(rng.integers(1, self.recipe.max_grounding))          # randint(1, MAX_LEN - 1)
+        refs = self.refs.get(image_id, [])
+        if refs and self.referring is not None:
+            order = rng.permutation(len(refs))[:count]
+            texts = [refs[k].sentences[int(rng.integers(len(refs[k].sentences)))].lower() for k in order]
+            return Grounding(texts, _stack([self.referring.mask(refs[k].ann_id) for k in order], box), "text")
+        names = [self.class_texts[int(label)] for label in
+                 [self._class_index[seg.category_id] for seg in segments]]
+        unique = sorted(set(names))
+        keep = {unique[k] for k in rng.permutation(len(unique))[:count]}
+        rows = [i for i, name in enumerate(names) if name in keep]
+        return Grounding([names[i] for i in rows], masks[rows], "class")
+
+    def _entry(self, image_id: int, segments: list[Segment], box: Letterbox, rng: np.random.Generator) -> Entry:
+        from ..tasks.official import placeholder_text
+        entries = self.entries.get(image_id, [])
+        size = box.size
+        if not entries:  # the mapper's empty entry: "N/A", one entity with an empty mask
+            empty = torch.zeros(1, size, size, dtype=torch.bool)
+            return Entry("N/A", [(0, 3)], [False], empty, empty.clone())
+        entry = entries[int(rng.integers(len(entries)))]
+        phrases = sorted(entry["phrase"], key=lambda p: p["start_idx"])[: self.recipe.max_entities]
+        visual = (rng.random(len(phrases)) < self.recipe.visual_prob).tolist()
+        by_id = {seg.id: seg.mask for seg in segments}
+        text, spans = placeholder_text(entry["sentence"], [(int(p["start_idx"]), int(p["end_idx"]), v)
+                                                           for p, v in zip(phrases, visual)])
+        masks, strokes = [], []
+        for phrase, is_visual in zip(phrases, visual):
+            mask = by_id.get(int(phrase["annotation_id"]))
+            if mask is None or not mask.any():
+                masks.append(torch.zeros(size, size, dtype=torch.bool))
+                strokes.append(torch.zeros(size, size, dtype=torch.bool))
+                continue
+            masks.append(box.to_input(mask))
+            strokes.append(self._stroke(mask, box, rng) if is_visual else torch.zeros(size, size, dtype=torch.bool))
+        return Entry(text, spans, visual, torch.stack(masks), torch.stack(strokes))
