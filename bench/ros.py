@@ -19,6 +19,8 @@ from typing import Any
 
 import yaml
 
+from find_core.messages import stamp_seconds  # noqa: F401 -- bench.transport and bench.node read stamps with it
+
 from .common import REPO
 
 _next_domain = [0]
@@ -135,10 +137,6 @@ def reliable(depth: int):
     from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy
     return QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=depth, reliability=ReliabilityPolicy.RELIABLE,
                       durability=DurabilityPolicy.VOLATILE)
-
-
-def stamp_seconds(header: Any) -> float:
-    return header.stamp.sec + header.stamp.nanosec * 1e-9
 
 
 # --------------------------------------------------------------------------- camera QoS figures

@@ -54,7 +54,7 @@ from rclpy.executors import SingleThreadedExecutor
 from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy
 from rclpy.signals import SignalHandlerOptions
 from sensor_msgs.msg import CameraInfo, Image
-from std_msgs.msg import Header, String
+from std_msgs.msg import String
 from transformers.utils import logging as hf_logging
 
 from find_core.data.find_bench import segment_crop
@@ -64,11 +64,12 @@ from find_core.demo import field_demo
 from find_core.config import input_size_problem
 from find_core.embedded import EMBEDDED, fallback_warning
 from find_core.instructions import Entity, Instruction, VisualReference
+from find_core.messages import pose_matrix, stamp_seconds
 from find_core.loading import ModelLoadError, ModelSource, build_pipeline, resolve_model
 from find_core.metrics.interactive import mask_iou
 
 from .image_conversion import depth_to_meters, image_to_labels, image_to_rgb
-from .perception_node import resize_mask
+from .entity_geometry import resize_mask
 
 log = logging.getLogger("find_ros.demo")
 T = TypeVar("T")
@@ -342,10 +343,6 @@ class Listener:
         rclpy.try_shutdown(context=self.context)
 
 
-def stamp_of(header: Header) -> float:
-    return header.stamp.sec + header.stamp.nanosec * 1e-9
-
-
 def wait_until(predicate: Callable[[], T], what: str, timeout: float, watched: list[NodeProcess],
                may_exit: tuple[str, ...] = ()) -> T:
     """Poll ``predicate`` until truthy; a watched node exiting (other than cleanly, for those in
@@ -435,7 +432,7 @@ def run_nodes(config: DemoConfig, listener: Listener, nodes: list[NodeProcess], 
     images = listener.get(f"{CAMERA_NS}/image")
     if not images:
         raise DemoError("find_replay finished but no frame reached this process")
-    newest = stamp_of(images[-1].header)
+    newest = stamp_seconds(images[-1].header)
 
     def caught_up() -> dict | None:
         return next((s for s in reversed(listener.jsons(f"{PERCEPTION}/status"))
@@ -461,7 +458,7 @@ def run_nodes(config: DemoConfig, listener: Listener, nodes: list[NodeProcess], 
                         f"{error['message']}")
     stamp = result["frame"]["stamp"]
     for topic in ("overlay", "masks", "localized_frame"):
-        wait_until(lambda t=topic: any(abs(stamp_of(m.header) - stamp) < STAMP_TOLERANCE
+        wait_until(lambda t=topic: any(abs(stamp_seconds(m.header) - stamp) < STAMP_TOLERANCE
                                        for m in listener.get(f"{PERCEPTION}/{t}")),
                    f"~/{topic} of the answer", 10.0, [perception])
     return NodeRun(result, len(images))
@@ -496,21 +493,10 @@ def write_recording(listener: Listener, folder: Path) -> list[tuple[float, str]]
     with FramesWriter(folder, camera, overwrite=True) as writer:
         for i, msg in enumerate(images):
             depth, pose, rgb = depths.get(key(msg.header)), poses.get(key(msg.header)), image_to_rgb(msg)
-            writer.write(FrameRecord(i, stamp_of(msg.header), rgb, None if depth is None else depth_to_meters(depth),
+            writer.write(FrameRecord(i, stamp_seconds(msg.header), rgb, None if depth is None else depth_to_meters(depth),
                                      None if pose is None else pose_matrix(pose)))
-            frames.append((stamp_of(msg.header), frame_hash(rgb)))
+            frames.append((stamp_seconds(msg.header), frame_hash(rgb)))
     return frames
-
-
-def pose_matrix(msg: PoseStamped) -> np.ndarray:
-    """geometry_msgs/PoseStamped -> 4x4 camera-to-world."""
-    from scipy.spatial.transform import Rotation  # scipy is slow to import: only here
-
-    p, q = msg.pose.position, msg.pose.orientation
-    pose = np.eye(4)
-    pose[:3, :3] = Rotation.from_quat([q.x, q.y, q.z, q.w]).as_matrix()
-    pose[:3, 3] = (p.x, p.y, p.z)
-    return pose
 
 
 def frame_hash(rgb: np.ndarray) -> str:
@@ -524,7 +510,7 @@ def write_answer(listener: Listener, result: dict, out: Path) -> dict[str, np.nd
 
     def newest(topic: str) -> Image:
         return next(m for m in reversed(listener.get(f"{PERCEPTION}/{topic}"))
-                    if abs(stamp_of(m.header) - stamp) < STAMP_TOLERANCE)
+                    if abs(stamp_seconds(m.header) - stamp) < STAMP_TOLERANCE)
 
     overlay, frame = image_to_rgb(newest("overlay")), image_to_rgb(newest("localized_frame"))
     labels = image_to_labels(newest("masks"))

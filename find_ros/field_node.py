@@ -25,477 +25,55 @@ A thin adapter from topics to :mod:`find_core.field` (see docs/ros_interface.md,
 * SIGINT / SIGTERM stop it cleanly in any state (:mod:`find_ros.node_runner`): the worker finishes
   the frame or query in hand, the map is saved (``map_path``), then the context goes.
 
-``~/answer`` schema (version 1), one JSON object per query or command::
-
-    {"schema_version": 1,
-     "type": "answer" | "saved" | "cleared" | "error",
-     "node": "/find_field",
-     "id": "..." | null,                    # the query's id (instruction id / "id" key / content hash)
-     "query": {"kind": "text" | "instruction" | "embedding" | "command", "text": "..."} | null,
-     "frame_id": "map",                     # frame of every position below (the pose messages' frame)
-     "stamp": 12.5 | null,                  # header stamp of this answer's ~/relevancy and ~/objects
-     "map": {"voxels": N, "dim": D, "voxel_size": 0.02, "frames_fused": F} | null,
-     "relevancy": {"max": .., "mean": .., "threshold": ..} | null,   # threshold: the object cut used
-     "objects": [{"rank": 1, "centroid": [x, y, z], "box_min": [..], "box_max": [..],
-                  "score": ..,              # mean relevancy of its voxels
-                  "peak": .., "voxels": n}],  # best first
-     "files": {"map": "/path/map.npz", "ply": "/path/map.ply"} | null,   # "saved" only
-     "timings_ms": {"embed": .., "relevancy": .., "publish": .., "total": ..},
-     "error": {"code": "...", "message": "...", "field": "..." | null} | null}
+Its parts: parameters in :mod:`find_ros.field_params`, stamp pairing in :mod:`find_ros.frame_matching`,
+the ``~/query`` / ``~/answer`` schema in :mod:`find_ros.answer_schema`, the cloud and markers in
+:mod:`find_ros.visuals`.
 
 Run: ``python -m find_ros.field_node --ros-args --params-file config/find_field.yaml``.
 """
 from __future__ import annotations
 
-import array
-import bisect
 import dataclasses
-import hashlib
 import json
-import math
 import sys
 import threading
 import time
 import traceback
 from collections import deque
 from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Generic, TypeVar
+from typing import Any
 
 import numpy as np
 from geometry_msgs.msg import PoseStamped
 from nav_msgs.msg import Odometry
 from rclpy.node import Node
-from sensor_msgs.msg import CameraInfo, Image, PointCloud2, PointField
+from sensor_msgs.msg import CameraInfo, Image, PointCloud2
 from std_msgs.msg import Header, String
-from visualization_msgs.msg import Marker, MarkerArray
+from visualization_msgs.msg import MarkerArray
 
-from find_core.field import (CANONICAL_NEGATIVES, FeatureFusion, FieldObject, FieldQuery, FusionConfig,
-                             ObjectConfig, VoxelFeatureMap, locate, query_from_pipeline, save_map, write_color_ply)
-from find_core.field.io import relevancy_colors
+from find_core.field import (FeatureFusion, FieldQuery, FusionConfig, ObjectConfig, VoxelFeatureMap, locate,
+                             query_from_pipeline, save_map, write_color_ply)
 from find_core.field.objects import cut_off
-from find_core.instructions import Instruction, InstructionError, parse_instruction
+from find_core.instructions import InstructionError
+from find_core.messages import pose_matrix, stamp_ns, stamp_seconds
 
-from .node_runner import PublishGate, run_node
+from .answer_schema import QueryError, QuerySpec, answer_doc, parse_query
+from .entity_geometry import scale_intrinsics
+from .field_params import FieldParams, parse_offset
+from .frame_matching import Bundle, FrameMatcher, GridMismatch, StampBuffer, depth_stride
 from .image_conversion import ImageConversionError, depth_to_meters, image_to_embeddings
-from .params import DEVICE_PATTERN, ParameterError, _Validated, declare_params, option
-from .perception_node import colour, scale_intrinsics
-from .qos import CAMERA_RELIABILITIES, REFRESH_PERIOD, CameraSubscription, image_output_qos, instruction_qos, results_qos
+from .node_runner import PublishGate, run_node
+from .params import ParameterError, declare_params
+from .qos import REFRESH_PERIOD, CameraSubscription, image_output_qos, instruction_qos, results_qos
+from .results_schema import projection_matrix
 from .startup import StartupError, load_model
+from .visuals import object_markers, pca_colors, relevancy_cloud
 
-T = TypeVar("T")
-
-ANSWER_SCHEMA_VERSION = 1
-ANSWER_TYPES = ("answer", "saved", "cleared", "error")
-ANSWER_ERROR_CODES = {
-    "invalid_json": "the query starts with '{' but is not valid JSON",
-    "invalid_query": "the query breaks its schema (field names the offending value)",
-    "empty_map": "nothing has been fused yet (or the map was cleared)",
-    "dim_mismatch": "the query embedding's width differs from the map's (projection parameters?)",
-    "no_model": "a text/instruction query (or an embedding query without negatives) needs the model",
-    "model_error": "the model raised an exception while embedding the query",
-    "invalid_command": "~/command is not 'save', 'save <path>' or 'clear'",
-    "save_failed": "the map could not be written",
-    "internal_error": "an unexpected error in the node (a bug); it keeps serving",
-}
-POSE_TYPES = ("pose_stamped", "odometry")
-MAX_PENDING = 16           # embeddings frames waiting for their partners
 MAX_REQUESTS = 32          # queries/commands waiting for the worker
-BUFFER_LIMIT = 2000        # messages per partner topic, whatever buffer_seconds says
 
 
-# --------------------------------------------------------------------------- parameters
-
-
-@dataclass
-class EmbeddingInputParams(_Validated):
-    """How the incoming embeddings relate to the depth image and to query vectors."""
-
-    stride: float = option(0.0, "Embedding cell size in pixels of the image described by camera_info (the depth "
-                                "image when camera_info has no size). 0 = the grid spans the image's longer side, "
-                                "which is exact for find_perception's ~/embeddings at any processing size.",
-                           minimum=0.0, maximum=4096.0)
-    dims: int = option(0, "find_perception's embeddings.dims: query vectors are projected with the same "
-                          "seeded orthogonal projection; 0 = no projection.", minimum=0, maximum=4096)
-    projection_seed: int = option(0, "find_perception's embeddings.projection_seed.", minimum=0,
-                                  maximum=2**31 - 1)
-
-
-@dataclass
-class FusionParams(_Validated):
-    """The voxel map (find_core.field.FusionConfig)."""
-
-    voxel_size: float = option(0.02, "Voxel edge in metres.", minimum=0.001, maximum=10.0)
-    depth_min: float = option(0.05, "Nearer depth pixels are ignored (metres).", minimum=0.0, maximum=1000.0)
-    depth_max: float = option(5.0, "Farther depth pixels are ignored (metres).", minimum=0.01, maximum=1000.0)
-    edge_threshold: float = option(0.05, "Relative depth jump that marks a silhouette edge (no embedding fused "
-                                         "there); 0 disables.", minimum=0.0, maximum=10.0)
-    max_feature_voxels: int = option(1_000_000, "Most embedding voxels; frames beyond are skipped "
-                                                "(over_capacity).", minimum=1)
-    max_blocks: int = option(50_000, "Most TSDF blocks (8^3 voxels each).", minimum=1)
-
-
-@dataclass
-class QueryParams(_Validated):
-    """Relevancy and object extraction (find_core.field.query / objects)."""
-
-    negatives: list = option(list(CANONICAL_NEGATIVES), "Generic phrases a query is scored against (LERF "
-                                                        "relevancy); also the default negatives of "
-                                                        "embedding queries.")
-    temperature: float = option(0.1, "Relevancy temperature.", minimum=1e-4, maximum=10.0)
-    threshold: float = option(0.0, "Absolute relevancy a voxel needs to belong to an object; 0 = adaptive "
-                                   "(the top 'relative' part above 0.5).", minimum=0.0, maximum=1.0)
-    relative: float = option(0.5, "Adaptive threshold: keep the top part of (0.5, max].", minimum=0.01,
-                             maximum=1.0)
-    min_voxels: int = option(5, "Smaller clusters are not objects.", minimum=1)
-    top_k: int = option(5, "Most objects in an answer.", minimum=1, maximum=1000)
-
-
-@dataclass
-class FieldParams(_Validated):
-    """Parameters of find_field (``config/find_field.yaml``)."""
-
-    model_preset: str = option("embedded", "Model preset for query embeddings: the perception node's (default: the embedded checkpoint). Empty "
-                                            "with an empty checkpoint = no model (embedding queries only).")
-    checkpoint: str = option("", "Checkpoint folder or model.safetensors file: the perception node's.")
-    device: str = option("auto", "Torch device of the model and the fusion: auto, cpu, cuda, cuda:N or mps.")
-    precision: str = option("fp32", "Model precision.", choices=("fp32", "fp16", "bf16"))
-    cpu_threads: int = option(0, "torch CPU threads (torch.set_num_threads); 0 = torch's default. A small "
-                                 "number avoids thread oversubscription on a shared CPU.", minimum=0, maximum=1024)
-    pose_type: str = option("pose_stamped", "Message type on 'pose': geometry_msgs/PoseStamped or "
-                                            "nav_msgs/Odometry (its pose.pose).", choices=POSE_TYPES)
-    pose_offset: str = option("0 0 0 0 0 0 1", "Fixed transform from the pose's frame to the depth camera's "
-                                               "optical frame, 'x y z qx qy qz qw' (metres, quaternion); "
-                                               "identity when 'pose' already is the optical frame's pose.")
-    map_frame: str = option("", "frame_id of the map and all outputs; empty = the pose messages' frame_id. "
-                                "Poses in another frame are rejected.")
-    sync_tolerance: float = option(0.005, "Largest |stamp difference| (s) between an embeddings image and its "
-                                          "depth and camera_info; 0 = exact.", minimum=0.0, maximum=10.0)
-    pose_tolerance: float = option(0.02, "Largest |stamp difference| (s) between an embeddings image and its "
-                                         "pose; 0 = exact.", minimum=0.0, maximum=10.0)
-    match_timeout: float = option(2.0, "Seconds an embeddings image waits for its partners before it counts "
-                                       "as unmatched.", minimum=0.01, maximum=600.0)
-    buffer_seconds: float = option(5.0, "How far back (by stamp) depth, camera_info and poses are kept for "
-                                        "late embeddings; more than the perception node's latency.",
-                                   minimum=0.1, maximum=600.0)
-    max_rate_hz: float = option(5.0, "Most integrations per second (the newest matched frame wins); "
-                                     "0 = as fast as the map allows.", minimum=0.0, maximum=1000.0)
-    camera_reliability: str = option("auto", "QoS reliability of the embeddings/depth/camera_info/pose "
-                                             "subscriptions: auto follows each topic's publishers (reliable when "
-                                             "all are).", choices=CAMERA_RELIABILITIES)
-    map_path: str = option("", "Where 'save' (without a path) and shutdown write the map (.npz, plus a .ply "
-                               "preview beside it); empty = no save on shutdown.")
-    status_period: float = option(2.0, "Seconds between ~/status messages and log lines; 0 = off.",
-                                  minimum=0.0, maximum=3600.0)
-    embeddings: EmbeddingInputParams = option(EmbeddingInputParams(), "Incoming embeddings.")
-    fusion: FusionParams = option(FusionParams(), "The voxel map.")
-    query: QueryParams = option(QueryParams(), "Queries.")
-
-    def _rules(self) -> list[str]:
-        out = []
-        if not DEVICE_PATTERN.match(self.device):
-            out.append(f"'device' must be auto, cpu, cuda, cuda:N or mps, got {self.device!r}")
-        try:
-            parse_offset(self.pose_offset)
-        except ValueError as err:
-            out.append(f"'pose_offset': {err}")
-        if self.fusion.depth_min >= self.fusion.depth_max:
-            out.append(f"'fusion.depth_min' ({self.fusion.depth_min}) must be below 'fusion.depth_max' "
-                       f"({self.fusion.depth_max})")
-        if not [n for n in self.query.negatives if n.strip()]:
-            out.append("'query.negatives' must hold at least one phrase")
-        if self.map_path and Path(self.map_path).suffix not in ("", ".npz"):
-            out.append(f"'map_path' must end in .npz (or have no suffix), got {self.map_path!r}")
-        return out
-
-
-# --------------------------------------------------------------------------- pure helpers
-
-
-def stamp_ns(stamp: Any) -> int:
-    """A builtin_interfaces/Time as integer nanoseconds (exact, hashable)."""
-    return int(stamp.sec) * 1_000_000_000 + int(stamp.nanosec)
-
-
-def quaternion_matrix(x: float, y: float, z: float, w: float) -> np.ndarray:
-    """3x3 rotation of a unit quaternion; NaN when it is not finite or its norm is off by more than 1%
-    (a zero or garbage quaternion is a broken pose, not one to guess at)."""
-    q = np.array([x, y, z, w], np.float64)
-    norm = float(np.linalg.norm(q))
-    if not np.isfinite(q).all() or abs(norm - 1.0) > 0.01:
-        return np.full((3, 3), np.nan)
-    x, y, z, w = q / norm
-    return np.array([[1 - 2 * (y * y + z * z), 2 * (x * y - z * w), 2 * (x * z + y * w)],
-                     [2 * (x * y + z * w), 1 - 2 * (x * x + z * z), 2 * (y * z - x * w)],
-                     [2 * (x * z - y * w), 2 * (y * z + x * w), 1 - 2 * (x * x + y * y)]])
-
-
-def pose_matrix(pose: Any) -> np.ndarray:
-    """4x4 transform of a geometry_msgs/Pose (NaN rotation for a bad quaternion)."""
-    out = np.eye(4)
-    o, p = pose.orientation, pose.position
-    out[:3, :3] = quaternion_matrix(o.x, o.y, o.z, o.w)
-    out[:3, 3] = (p.x, p.y, p.z)
-    return out
-
-
-def parse_offset(text: str) -> np.ndarray:
-    """'x y z qx qy qz qw' -> 4x4; ValueError naming what is wrong."""
-    parts = text.replace(",", " ").split()
-    try:
-        values = [float(v) for v in parts]
-    except ValueError:
-        raise ValueError(f"must be 7 numbers 'x y z qx qy qz qw', got {text!r}") from None
-    if len(values) != 7 or not all(math.isfinite(v) for v in values):
-        raise ValueError(f"must be 7 finite numbers 'x y z qx qy qz qw', got {text!r}")
-    out = np.eye(4)
-    out[:3, :3] = quaternion_matrix(*values[3:])
-    if not np.isfinite(out).all():
-        raise ValueError(f"the quaternion {values[3:]} is not a unit quaternion")
-    out[:3, 3] = values[:3]
-    return out
-
-
-class GridMismatch(ValueError):
-    """The embedding grid does not fit the depth image with the configured stride."""
-
-
-def depth_stride(depth_size: tuple[int, int], grid_size: tuple[int, int], stride: float,
-                 reference_size: tuple[int, int] | None = None) -> float:
-    """Depth pixels per embedding cell, for FeatureFusion.integrate.
-
-    ``stride`` > 0 is the cell size in pixels of the ``reference_size`` (height, width) image (the
-    camera_info size; the depth size when None), so it scales by depth width / reference width.
-    ``stride`` 0: the grid spans the image's longer side. That is exact for FindPipeline.embed_pixels
-    (find_perception): the frame is letterboxed into a square whose side is a multiple of the cell
-    size, so the longer side holds a whole number of cells, whatever the processing size was.
-    Raises GridMismatch when the grid cannot belong to this image (wrong stride or aspect ratio)."""
-    height, width = depth_size
-    rows, cols = grid_size
-    if stride > 0:
-        _, ref_w = reference_size or depth_size
-        result = stride * width / ref_w
-    else:
-        result = width / cols if width >= height else height / rows
-    need = (math.ceil(height / result - 1e-6), math.ceil(width / result - 1e-6))
-    if abs(need[0] - rows) > 1 or abs(need[1] - cols) > 1:
-        how = f"stride {stride:g} px" if stride > 0 else "a grid spanning the longer side"
-        raise GridMismatch(f"embedding grid {cols}x{rows} does not fit a {width}x{height} depth image with {how} "
-                           f"(expected about {need[1]}x{need[0]} cells); check 'embeddings.stride'")
-    return result
-
-
-class StampBuffer(Generic[T]):
-    """Messages of one topic keyed by stamp (ns): the last ``seconds`` before the newest stamp, at most
-    ``limit``. A stamp older than that window (time jumped back: a looping bag) starts it afresh."""
-
-    def __init__(self, seconds: float, limit: int = BUFFER_LIMIT) -> None:
-        self.window = int(seconds * 1e9)
-        self.limit = limit
-        self._stamps: list[int] = []
-        self._items: dict[int, T] = {}
-
-    def __len__(self) -> int:
-        return len(self._stamps)
-
-    def add(self, stamp: int, item: T) -> None:
-        if self._stamps and stamp < self._stamps[-1] - self.window:
-            self.clear()
-        if stamp not in self._items:
-            bisect.insort(self._stamps, stamp)
-        self._items[stamp] = item
-        horizon = self._stamps[-1] - self.window
-        while self._stamps and (self._stamps[0] < horizon or len(self._stamps) > self.limit):
-            del self._items[self._stamps.pop(0)]
-
-    def _nearest_stamp(self, stamp: int) -> int | None:
-        i = bisect.bisect_left(self._stamps, stamp)
-        return min(self._stamps[max(i - 1, 0):i + 1], key=lambda s: abs(s - stamp), default=None)
-
-    def nearest(self, stamp: int, tolerance: int) -> T | None:
-        """The item whose stamp is nearest to ``stamp``, if within ``tolerance`` ns."""
-        best = self._nearest_stamp(stamp)
-        return None if best is None or abs(best - stamp) > tolerance else self._items[best]
-
-    def gap(self, stamp: int) -> int | None:
-        """|stamp difference| (ns) to the nearest kept item; None when empty."""
-        best = self._nearest_stamp(stamp)
-        return None if best is None else abs(best - stamp)
-
-    def clear(self) -> None:
-        self._stamps.clear()
-        self._items.clear()
-
-
-CLOUD_FIELDS = ("x", "y", "z", "rgb", "relevancy")
-
-
-def relevancy_cloud(points: np.ndarray, relevancy: np.ndarray, header: Header) -> PointCloud2:
-    """An unordered PointCloud2 of float32 fields x, y, z, rgb (packed 0x00RRGGBB, coloured like
-    write_relevancy_ply: blue at <= 0.5 to red at 1) and relevancy."""
-    points = np.asarray(points, np.float64)
-    relevancy = np.asarray(relevancy, np.float64)
-    if points.ndim != 2 or points.shape[1] != 3 or len(points) != len(relevancy):
-        raise ValueError(f"need N×3 points and N relevancy values, got {points.shape} and {relevancy.shape}")
-    rows = np.zeros(len(points), np.dtype([(name, "<f4") for name in CLOUD_FIELDS]))
-    for axis, name in enumerate("xyz"):
-        rows[name] = points[:, axis]
-    rgb = np.round(relevancy_colors(np.clip((relevancy - 0.5) / 0.5, 0.0, 1.0)) * 255).astype(np.uint32)
-    rows["rgb"] = ((rgb[:, 0] << 16) | (rgb[:, 1] << 8) | rgb[:, 2]).astype("<u4").view("<f4")
-    rows["relevancy"] = relevancy
-    msg = PointCloud2(header=header, height=1, width=len(rows), is_bigendian=False,
-                      point_step=rows.dtype.itemsize, row_step=rows.dtype.itemsize * len(rows), is_dense=True)
-    msg.fields = [PointField(name=name, offset=4 * i, datatype=PointField.FLOAT32, count=1)
-                  for i, name in enumerate(CLOUD_FIELDS)]
-    msg.data = array.array("B", rows.tobytes())
-    return msg
-
-
-def object_markers(objects: Sequence[FieldObject], header: Header, label: str, voxel_size: float) -> MarkerArray:
-    """DELETEALL, then per object a translucent CUBE (its box, ns find_field/box) and a TEXT label
-    above it (ns find_field/label); marker id = rank, colour as find_perception's label ``rank``."""
-    markers = MarkerArray()
-    markers.markers.append(Marker(header=header, action=Marker.DELETEALL))
-    for rank, obj in enumerate(objects, 1):
-        center = (obj.box_min + obj.box_max) / 2.0
-        size = np.maximum(obj.box_max - obj.box_min, voxel_size)
-        for ns, shape, position, scale, alpha in (
-                ("find_field/box", Marker.CUBE, center, size, 0.4),
-                ("find_field/label", Marker.TEXT_VIEW_FACING, center + [0.0, 0.0, size[2] / 2 + 0.06],
-                 np.full(3, 0.06), 1.0)):
-            marker = Marker(header=header, ns=ns, id=rank, type=shape, action=Marker.ADD)
-            marker.pose.position.x, marker.pose.position.y, marker.pose.position.z = (float(v) for v in position)
-            marker.pose.orientation.w = 1.0
-            marker.scale.x, marker.scale.y, marker.scale.z = (float(v) for v in scale)
-            r, g, b = (c / 255.0 for c in colour(rank))
-            marker.color.r, marker.color.g, marker.color.b, marker.color.a = r, g, b, alpha
-            if shape == Marker.TEXT_VIEW_FACING:
-                marker.text = f"{rank}: {label} {obj.score:.2f}"
-            markers.markers.append(marker)
-    return markers
-
-
-def pca_colors(features: np.ndarray) -> np.ndarray:
-    """N×3 uint8: the first three principal components of the unit features, each stretched to 0-255
-    (a colour preview of the embedding field; similar embeddings get similar colours)."""
-    f = np.asarray(features, np.float64)
-    norm = np.linalg.norm(f, axis=1, keepdims=True)
-    f = np.divide(f, norm, out=np.zeros_like(f), where=norm > 0)
-    f -= f.mean(axis=0)
-    _, vectors = np.linalg.eigh(f.T @ f)
-    top = vectors[:, ::-1][:, :3]
-    projected = np.zeros((len(f), 3))
-    projected[:, :top.shape[1]] = f @ top
-    low, high = projected.min(axis=0), projected.max(axis=0)
-    scaled = (projected - low) / np.where(high > low, high - low, 1.0)
-    return np.round(scaled * 255).astype(np.uint8)
-
-
-class QueryError(Exception):
-    """A query or command that cannot be answered; ``code`` is one of ANSWER_ERROR_CODES."""
-
-    def __init__(self, code: str, message: str, field: str | None = None) -> None:
-        super().__init__(message)
-        self.code, self.message, self.field = code, message, field
-
-
-@dataclass
-class QuerySpec:
-    """A parsed ~/query message."""
-
-    kind: str                                  # text | instruction | embedding
-    id: str
-    text: str
-    instruction: Instruction | None = None
-    embedding: np.ndarray | None = None        # D
-    negatives: np.ndarray | None = None        # K×D (embedding queries; None = the model's)
-
-
-def _vector(value: Any, field: str) -> np.ndarray:
-    if not isinstance(value, list) or not value or not all(
-            isinstance(v, (int, float)) and not isinstance(v, bool) for v in value):
-        raise QueryError("invalid_query", "must be a non-empty list of numbers", field)
-    vector = np.asarray(value, np.float64)
-    if not np.isfinite(vector).all() or np.linalg.norm(vector) < 1e-8:
-        raise QueryError("invalid_query", "must be finite and not all zero", field)
-    return vector.astype(np.float32)
-
-
-def parse_query(raw: str) -> QuerySpec:
-    """Plain text, an instruction (schema v1), or ``{"schema_version": 1, "embedding": [...],
-    "negatives": [[...], ...], "label": "...", "id": "..."}`` (negatives, label and id optional)."""
-    if raw.lstrip().startswith("{"):
-        try:
-            doc = json.loads(raw)
-        except ValueError as err:
-            raise QueryError("invalid_json", f"not valid JSON: {err}", "json") from None
-        if isinstance(doc, dict) and "embedding" in doc:
-            return _embedding_query(doc)
-    try:
-        instruction = parse_instruction(raw)
-    except InstructionError as err:
-        raise QueryError("invalid_json" if err.field == "json" else "invalid_query", err.message,
-                         err.field or None) from None
-    for i, entity in enumerate(instruction.entities):
-        if entity.reference is not None and entity.reference.frame_stamp is not None:
-            raise QueryError("invalid_query", "the field node keeps no frames: give visual entities an inline "
-                                              "image", f"entities[{i}].frame_stamp")
-    if raw.lstrip().startswith("{"):
-        return QuerySpec("instruction", instruction.id, instruction.text, instruction)
-    return QuerySpec("text", instruction.id, instruction.text.strip())
-
-
-def _embedding_query(doc: dict) -> QuerySpec:
-    version = doc.get("schema_version")
-    if type(version) is not int or version != ANSWER_SCHEMA_VERSION:
-        raise QueryError("invalid_query", f"must be {ANSWER_SCHEMA_VERSION}, got {version!r}", "schema_version")
-    embedding = _vector(doc["embedding"], "embedding")
-    negatives = None
-    if doc.get("negatives") is not None:
-        raw = doc["negatives"]
-        if not isinstance(raw, list) or not raw:
-            raise QueryError("invalid_query", "must be a non-empty list of vectors", "negatives")
-        negatives = np.stack([_vector(v, f"negatives[{i}]") for i, v in enumerate(raw)])
-        if negatives.shape[1] != len(embedding):
-            raise QueryError("invalid_query", f"vectors must have the embedding's width {len(embedding)}, got "
-                                              f"{negatives.shape[1]}", "negatives")
-    label, qid = doc.get("label", "embedding"), doc.get("id")
-    if not isinstance(label, str):
-        raise QueryError("invalid_query", f"must be a string, got {label!r}", "label")
-    if qid is not None and not isinstance(qid, str):
-        raise QueryError("invalid_query", f"must be a string, got {qid!r}", "id")
-    if qid is None:
-        qid = hashlib.sha256(embedding.tobytes()).hexdigest()[:12]
-    return QuerySpec("embedding", qid, label, embedding=embedding, negatives=negatives)
-
-
-def answer_doc(type_: str, node: str, frame_id: str, *, spec: QuerySpec | None = None, kind: str | None = None,
-               text: str | None = None, fmap: VoxelFeatureMap | None = None,
-               relevancy: dict[str, float] | None = None, objects: Sequence[FieldObject] = (),
-               files: dict[str, str] | None = None, timings: dict[str, float] | None = None,
-               error: QueryError | None = None, stamp: float | None = None) -> dict[str, Any]:
-    """One ~/answer message (schema in the module docstring); every key is always present."""
-    if type_ not in ANSWER_TYPES:
-        raise ValueError(f"unknown answer type {type_!r}")
-    if (type_ == "error") != (error is not None):
-        raise ValueError("an 'error' answer needs an error, and only it may carry one")
-    if error is not None and error.code not in ANSWER_ERROR_CODES:
-        raise ValueError(f"unknown error code {error.code!r}")
-    query = None
-    if spec is not None:
-        query = {"kind": spec.kind, "text": spec.text}
-    elif kind is not None:
-        query = {"kind": kind, "text": text}
-    doc = {"schema_version": ANSWER_SCHEMA_VERSION, "type": type_, "node": node,
-           "id": spec.id if spec else None, "query": query, "frame_id": frame_id, "stamp": stamp,
-           "map": None if fmap is None else {"voxels": len(fmap), "dim": fmap.dim, "voxel_size": fmap.voxel_size,
-                                             "frames_fused": fmap.metadata.get("frames_fused")},
-           "relevancy": relevancy,
-           "objects": [{"rank": rank, **obj.to_json()} for rank, obj in enumerate(objects, 1)],
-           "files": files, "timings_ms": dict(timings or {}),
-           "error": None if error is None else {"code": error.code, "message": error.message, "field": error.field}}
-    return doc
+# --------------------------------------------------------------------------- query embeddings
 
 
 class ProjectedEmbedder:
@@ -525,95 +103,7 @@ class ProjectedEmbedder:
         return self._project(self.pipeline.embed_images(images))
 
 
-@dataclass
-class Bundle:
-    """One matched frame: the four messages to fuse."""
 
-    stamp: int                 # ns
-    embeddings: Any            # sensor_msgs/Image
-    depth: Any                 # sensor_msgs/Image
-    camera_info: Any           # sensor_msgs/CameraInfo
-    pose: Any                  # PoseStamped or Odometry
-
-
-class FrameMatcher:
-    """Embeddings frames waiting for the depth, camera_info and pose with their stamp (no rclpy; the
-    node calls it under its lock).
-
-    A waiting frame leaves in one of three ways, each counted: ``take`` hands out the newest
-    *matched* frame and drops the older waiting ones (``skipped`` if they were matched too,
-    ``unmatched`` if not); ``expire`` drops frames that found no partners within ``match_timeout``
-    (``unmatched``); more than ``max_pending`` waiting drops the oldest."""
-
-    def __init__(self, sync_tolerance: float, pose_tolerance: float, match_timeout: float, buffer_seconds: float,
-                 max_pending: int = MAX_PENDING) -> None:
-        self.sync_tolerance, self.pose_tolerance = int(sync_tolerance * 1e9), int(pose_tolerance * 1e9)
-        self.match_timeout, self.max_pending = match_timeout, max_pending
-        self.depths: StampBuffer[Any] = StampBuffer(buffer_seconds)
-        self.infos: StampBuffer[Any] = StampBuffer(buffer_seconds)
-        self.poses: StampBuffer[Any] = StampBuffer(buffer_seconds)
-        self.pending: dict[int, tuple[Any, float]] = {}
-        self.counts = {"received": 0, "skipped": 0, "unmatched": 0}
-        self.last_unmatched: str | None = None     # why the latest unmatched frame found no partners
-
-    def add_embeddings(self, stamp: int, msg: Any, now: float) -> None:
-        self.counts["received"] += 1
-        if stamp in self.pending:          # the same stamp again: the newer message wins
-            self._drop(stamp)
-        self.pending[stamp] = (msg, now)
-        while len(self.pending) > self.max_pending:
-            self._drop(min(self.pending))
-
-    def partners(self, stamp: int) -> Bundle | None:
-        depth = self.depths.nearest(stamp, self.sync_tolerance)
-        info = self.infos.nearest(stamp, self.sync_tolerance)
-        pose = self.poses.nearest(stamp, self.pose_tolerance)
-        if depth is None or info is None or pose is None:
-            return None
-        return Bundle(stamp, self.pending[stamp][0], depth, info, pose)
-
-    def missing(self, stamp: int) -> str:
-        """Which partners a frame lacks, and how far off the nearest ones are (for tuning tolerances)."""
-        parts = []
-        for name, buffer, tolerance in (("depth", self.depths, self.sync_tolerance),
-                                        ("camera_info", self.infos, self.sync_tolerance),
-                                        ("pose", self.poses, self.pose_tolerance)):
-            gap = buffer.gap(stamp)
-            if gap is None:
-                parts.append(f"no {name} kept")
-            elif gap > tolerance:
-                parts.append(f"nearest {name} {gap * 1e-9:.4f} s away (tolerance {tolerance * 1e-9:g} s)")
-        return "; ".join(parts)
-
-    def _drop(self, stamp: int) -> None:
-        if self.partners(stamp) is not None:
-            self.counts["skipped"] += 1
-        else:
-            self.counts["unmatched"] += 1
-            self.last_unmatched = f"stamp {stamp * 1e-9:.4f}: {self.missing(stamp)}"
-        del self.pending[stamp]
-
-    def expire(self, now: float) -> None:
-        for stamp, (_, arrived) in list(self.pending.items()):
-            if now - arrived > self.match_timeout and self.partners(stamp) is None:
-                self._drop(stamp)
-
-    def newest(self) -> Bundle | None:
-        """The newest waiting frame whose partners are all there."""
-        for stamp in sorted(self.pending, reverse=True):
-            bundle = self.partners(stamp)
-            if bundle is not None:
-                return bundle
-        return None
-
-    def take(self) -> Bundle | None:
-        """The newest matched frame, removed; older waiting frames are dropped (never a backlog)."""
-        bundle = self.newest()
-        if bundle is not None:
-            for stamp in [s for s in self.pending if s < bundle.stamp]:
-                self._drop(stamp)
-            del self.pending[bundle.stamp]
-        return bundle
 
 
 # --------------------------------------------------------------------------- the node
@@ -710,7 +200,6 @@ class FindFieldNode(Node):
         if dims > width:
             raise StartupError(f"'embeddings.dims' is {dims} but the model's embeddings have only {width} channels")
         if 0 < dims < width:
-            from .results_schema import projection_matrix
             projection = projection_matrix(width, dims, p.embeddings.projection_seed)
         embedder = ProjectedEmbedder(pipeline, projection)
         embedder.embed_text([n for n in p.query.negatives if n.strip()])
@@ -829,13 +318,12 @@ class FindFieldNode(Node):
             stride = depth_stride(depth.shape, embeddings.shape[:2], self.params.embeddings.stride, reference)
         except GridMismatch as err:
             return self._reject("grid_mismatch", str(err))
-        pose_msg = bundle.pose.pose.pose if isinstance(bundle.pose, Odometry) else bundle.pose.pose
         frame = bundle.pose.header.frame_id
         if not self._map_frame:
             self._map_frame = frame
         elif frame and frame != self._map_frame:
             return self._reject("pose_frame_mismatch", f"pose in frame {frame!r}, the map is in {self._map_frame!r}")
-        pose = pose_matrix(pose_msg) @ self._offset
+        pose = pose_matrix(bundle.pose) @ self._offset
         with self._map_lock:
             before = dict(self._fusion.stats.skipped)
             try:
@@ -935,7 +423,7 @@ class FindFieldNode(Node):
                    "publish": (done - scored) * 1e3, "total": (done - started) * 1e3}
         doc = answer_doc("answer", self._fqn, header.frame_id, spec=spec, fmap=fmap, relevancy=summary,
                          objects=objects, timings={k: round(v, 3) for k, v in timings.items()},
-                         stamp=header.stamp.sec + header.stamp.nanosec * 1e-9)
+                         stamp=stamp_seconds(header))
         self._pub_answer.publish(String(data=json.dumps(doc)))
         best = f"best at {objects[0].to_json()['centroid']} score {objects[0].score:.2f}" if objects else "no object"
         self._log.info(f"query {spec.kind} {spec.text!r}: {len(objects)} object(s), {best}")

@@ -20,8 +20,6 @@ Run: ``python -m find_ros.perception_node --ros-args --params-file config/find_p
 """
 from __future__ import annotations
 
-import colorsys
-import dataclasses
 import json
 import sys
 import threading
@@ -31,248 +29,29 @@ from collections import deque
 from typing import Any
 
 import numpy as np
-from PIL import Image as PILImage
-from PIL import ImageDraw
 from rclpy.expand_topic_name import expand_topic_name
 from rclpy.node import Node
 from sensor_msgs.msg import CameraInfo, CompressedImage, Image
 from std_msgs.msg import Header, String
-from visualization_msgs.msg import Marker, MarkerArray
+from visualization_msgs.msg import MarkerArray
 
-from find_core.instructions import Instruction, InstructionError, VisualReference, parse_instruction
+from find_core.instructions import Instruction, InstructionError, parse_instruction
+from find_core.messages import stamp_seconds
 
-from .node_runner import PublishGate, run_node
+from .entity_geometry import label_map, place_entity, region_stats, resize_max_side, scale_intrinsics
 from .frame_buffer import BufferedFrame, DepthFrame, FrameBuffer
 from .image_conversion import (ImageConversionError, compressed_to_rgb, depth_to_meters, embeddings_to_image,
                                image_to_rgb, labels_to_image, rgb_to_image)
+from .node_runner import PublishGate, run_node
 from .params import ParameterError, PerceptionParams, declare_params
 from .qos import IMAGE_DEPTH, REFRESH_PERIOD, CameraSubscription, gid_key, image_output_qos, instruction_qos, results_qos
 from .results_schema import (POSITION_REASONS, EmbeddingInfo, EntityInfo, FrameInfo, LocalizationInfo, Result,
-                             error_result, projection_matrix, stamp_seconds)
+                             error_result, projection_matrix)
+from .references import ReferenceProblem, is_clear, resolve_frame_references
 from .startup import StartupError, load_model
+from .visuals import entity_markers, overlay_image
 
-FRAME_STAMP_TOLERANCE = 1e-3  # seconds; how close an instruction's frame_stamp must be to a buffered frame
-OVERLAY_LABEL_CHARS = 40      # longer entity labels are clipped on the overlay
 WORKER_JOIN_TIMEOUT = 30.0    # seconds a stop waits for the frame or instruction in hand
-
-
-# --------------------------------------------------------------------------- pure helpers
-
-
-class ReferenceProblem(Exception):
-    """A visual entity's frame reference cannot be resolved against the buffer."""
-
-    def __init__(self, code: str, field: str, message: str) -> None:
-        super().__init__(message)
-        self.code, self.field, self.message = code, field, message
-
-
-def resize_max_side(rgb: np.ndarray, max_side: int) -> np.ndarray:
-    """Downscale so the longer side is at most ``max_side`` (0 = unchanged); never upscales."""
-    height, width = rgb.shape[:2]
-    if max_side <= 0 or max(height, width) <= max_side:
-        return rgb
-    scale = max_side / max(height, width)
-    size = (max(1, round(width * scale)), max(1, round(height * scale)))
-    return np.asarray(PILImage.fromarray(rgb).resize(size, PILImage.BILINEAR, reducing_gap=2.0))
-
-
-def resize_mask(mask: np.ndarray, size: tuple[int, int]) -> np.ndarray:
-    """Nearest-neighbour resize of a bool mask to (height, width), keeping at least one pixel."""
-    height, width = size
-    rows = np.minimum(((np.arange(height) + 0.5) * mask.shape[0] / height).astype(int), mask.shape[0] - 1)
-    cols = np.minimum(((np.arange(width) + 0.5) * mask.shape[1] / width).astype(int), mask.shape[1] - 1)
-    out = mask[rows[:, None], cols[None, :]]
-    if mask.any() and not out.any():
-        ys, xs = np.nonzero(mask)
-        out[min(int(ys.mean() * height / mask.shape[0]), height - 1),
-            min(int(xs.mean() * width / mask.shape[1]), width - 1)] = True
-    return out
-
-
-def is_clear(raw: str) -> bool:
-    """An empty instruction, or a JSON object with ``"clear": true``, clears the standing instruction."""
-    if not raw.strip():
-        return True
-    if raw.lstrip().startswith("{"):
-        try:
-            doc = json.loads(raw)
-        except (ValueError, RecursionError):  # the instruction parser reports it as invalid_json
-            return False
-        return isinstance(doc, dict) and doc.get("clear") is True
-    return False
-
-
-def resolve_frame_references(instruction: Instruction, buffer: FrameBuffer,
-                             tolerance: float = FRAME_STAMP_TOLERANCE) -> Instruction:
-    """Replace every ``frame_stamp`` reference by the buffered frame's pixels (an inline image).
-
-    Box and mask are given in camera pixels; they are checked against the camera image size and
-    scaled to the processing size. Inline references keep working after the frame leaves the
-    buffer, which standing instructions need."""
-    entities = []
-    for i, entity in enumerate(instruction.entities):
-        ref = entity.reference
-        if ref is None or ref.frame_stamp is None:
-            entities.append(entity)
-            continue
-        frame = buffer.find(ref.frame_stamp, tolerance)
-        if frame is None:
-            stamps = [f.stamp for f in buffer.snapshot()]
-            span = f"{min(stamps):.3f}..{max(stamps):.3f}" if stamps else "nothing"
-            raise ReferenceProblem("unknown_frame_stamp", f"entities[{i}].frame_stamp",
-                                   f"no buffered frame with stamp {ref.frame_stamp:.6f} (buffer holds {span})")
-        src_h, src_w = frame.source_size
-        height, width = frame.size
-        box = None
-        if ref.box is not None:
-            x0, y0, x1, y1 = ref.box
-            if x1 > src_w or y1 > src_h:
-                raise ReferenceProblem("invalid_reference", f"entities[{i}].box",
-                                       f"{list(ref.box)} lies outside the {src_w}x{src_h} frame")
-            sx, sy = width / src_w, height / src_h
-            box = (x0 * sx, y0 * sy, min(x1 * sx, width), min(y1 * sy, height))
-        mask = None
-        if ref.mask is not None:
-            if ref.mask.shape != (src_h, src_w):
-                raise ReferenceProblem("invalid_reference", f"entities[{i}].mask",
-                                       f"is {ref.mask.shape[1]}x{ref.mask.shape[0]} but the frame is {src_w}x{src_h}")
-            mask = resize_mask(ref.mask, (height, width))
-        try:
-            inline = VisualReference(image=frame.rgb, box=box, mask=mask)
-        except InstructionError as err:
-            raise ReferenceProblem("invalid_reference", f"entities[{i}].{err.field}", err.message) from None
-        entities.append(dataclasses.replace(entity, reference=inline))
-    return Instruction(text=instruction.text, entities=tuple(entities), id=instruction.id)
-
-
-def label_map(masks: list[tuple[int, float, np.ndarray]], size: tuple[int, int]) -> np.ndarray:
-    """(label_id, score, H x W bool) -> uint16 label image; where masks overlap the higher score wins."""
-    labels = np.zeros(size, dtype=np.uint16)
-    for label_id, _, mask in sorted(masks, key=lambda m: (np.nan_to_num(m[1], nan=-np.inf), -m[0])):
-        labels[mask] = label_id
-    return labels
-
-
-def region_stats(labels: np.ndarray, label_id: int) -> tuple[int, list[int] | None]:
-    """Pixel area and tight [x0, y0, x1, y1] (exclusive) box of ``label_id`` in a label image."""
-    ys, xs = np.nonzero(labels == label_id)
-    if ys.size == 0:
-        return 0, None
-    return int(ys.size), [int(xs.min()), int(ys.min()), int(xs.max()) + 1, int(ys.max()) + 1]
-
-
-def scale_intrinsics(K: np.ndarray, from_size: tuple[int, int], to_size: tuple[int, int]) -> np.ndarray:
-    """Intrinsics of an image of (height, width) ``from_size`` resized to ``to_size`` (pixel centres
-    at integer coordinates: u' + 0.5 = (u + 0.5) * s)."""
-    sy, sx = to_size[0] / from_size[0], to_size[1] / from_size[1]
-    out = np.array(K, dtype=np.float64)
-    out[0, 0] *= sx
-    out[0, 2] = (out[0, 2] + 0.5) * sx - 0.5
-    out[1, 1] *= sy
-    out[1, 2] = (out[1, 2] + 0.5) * sy - 0.5
-    return out
-
-
-def interior(mask: np.ndarray) -> np.ndarray:
-    """The mask without its one-pixel rim (4-neighbourhood), or the mask itself when less than a
-    quarter would remain (thin objects). Rim pixels mix the object with what lies behind it: flying
-    pixels of depth sensors, and a depth image of another resolution than the mask."""
-    core = mask.copy()
-    core[1:] &= mask[:-1]
-    core[:-1] &= mask[1:]
-    core[:, 1:] &= mask[:, :-1]
-    core[:, :-1] &= mask[:, 1:]
-    return core if 4 * int(core.sum()) >= int(mask.sum()) else mask
-
-
-def entity_points(labels: np.ndarray, depth: DepthFrame, label_id: int) -> tuple[np.ndarray, float]:
-    """[M, 3] camera-frame points (metres) of the valid depth under the interior of ``label_id``'s
-    mask, and the share of that interior they are (0.0 for an empty mask).
-
-    Depth is registered to the colour image but may have another resolution: the mask is resampled
-    to the depth grid (nearest, at least one pixel), so each depth pixel reads the label at the same
-    relative position. Valid depth is finite and positive."""
-    mask = labels == label_id
-    if not mask.any():
-        return np.zeros((0, 3)), 0.0
-    core = interior(resize_mask(mask, depth.meters.shape))
-    z_all = depth.meters[core]
-    valid = np.isfinite(z_all) & (z_all > 0)
-    vs, us = np.nonzero(core)
-    vs, us, z = vs[valid], us[valid], z_all[valid].astype(np.float64)
-    K = depth.K
-    x = (us - K[0, 2]) * z / K[0, 0]
-    y = (vs - K[1, 2]) * z / K[1, 1]
-    return np.stack([x, y, z], axis=1), float(valid.mean())
-
-
-def object_depth(points: np.ndarray) -> np.ndarray:
-    """The points at the object's own depth: within 3 robust standard deviations (MAD) of the median
-    depth, and never a band narrower than 5 % of that depth (sensor noise). A mask that bleeds over
-    the object's edge reaches what lies behind or in front of it; most of its pixels are the object."""
-    z = points[:, 2]
-    median = float(np.median(z))
-    spread = 1.4826 * float(np.median(np.abs(z - median)))
-    return points[np.abs(z - median) <= max(3.0 * spread, 0.05 * median)]
-
-
-def place_entity(entity: EntityInfo, labels: np.ndarray, depth: DepthFrame | None, no_depth_reason: str | None,
-                 min_valid_fraction: float, percentile: float) -> None:
-    """Set ``position`` (mean point) and ``box_3d`` (``percentile`` extents) of an entity from the
-    valid depth of its mask's interior at the object's own depth (:func:`object_depth`), or
-    ``position_reason`` (results_schema.POSITION_REASONS) saying why it has none."""
-    if depth is None:
-        entity.position_reason = no_depth_reason
-        return
-    if entity.pixel_area == 0:
-        entity.position_reason = "empty_mask"
-        return
-    points, share = entity_points(labels, depth, entity.label_id)
-    entity.depth_valid_fraction = round(share, 4)
-    if len(points) == 0 or share < min_valid_fraction:
-        entity.position_reason = "object_depth_invalid"
-        return
-    points = object_depth(points)
-    center, extent = box_3d(points, percentile)
-    entity.position = [float(v) for v in points.mean(axis=0)]
-    entity.box_3d = {"center": [float(v) for v in center], "extent": [float(v) for v in extent]}
-
-
-def box_3d(points: np.ndarray, percentile: float) -> tuple[np.ndarray, np.ndarray]:
-    """Axis-aligned (center, extent) spanning the [p, 100 - p] percentiles of ``points``."""
-    low = np.percentile(points, percentile, axis=0)
-    high = np.percentile(points, 100.0 - percentile, axis=0)
-    return (low + high) / 2.0, high - low
-
-
-def colour(label_id: int) -> tuple[int, int, int]:
-    """A distinct, stable colour per label id (golden-ratio hue steps)."""
-    r, g, b = colorsys.hsv_to_rgb((label_id * 0.618033988749895) % 1.0, 0.75, 1.0)
-    return int(r * 255), int(g * 255), int(b * 255)
-
-
-def clip(text: str, limit: int = OVERLAY_LABEL_CHARS) -> str:
-    """``text`` cut to ``limit`` characters (with '...'), on one line: for drawing, not for data."""
-    text = " ".join(text.split())
-    return text if len(text) <= limit else text[:limit - 3] + "..."
-
-
-def overlay_image(rgb: np.ndarray, labels: np.ndarray, entities: list[EntityInfo]) -> np.ndarray:
-    """The frame with each label's pixels tinted in its colour, its box outlined and its label written."""
-    out = rgb.astype(np.float32)
-    for entity in entities:
-        selected = labels == entity.label_id
-        out[selected] = 0.5 * out[selected] + 0.5 * np.array(colour(entity.label_id), np.float32)
-    image = PILImage.fromarray(out.round().astype(np.uint8))
-    draw = ImageDraw.Draw(image)
-    for entity in entities:
-        if entity.box is not None:
-            x0, y0, x1, y1 = entity.box
-            draw.rectangle([x0, y0, x1 - 1, y1 - 1], outline=colour(entity.label_id))
-            draw.text((x0 + 2, y0 + 1), f"{entity.label_id}:{clip(entity.label)} {entity.score:.2f}",
-                      fill=(255, 255, 255))
-    return np.asarray(image)
 
 
 class _Stopwatch:
@@ -450,7 +229,7 @@ class FindPerceptionNode(Node):
 
     def _on_depth(self, msg: Image, _info: Any = None) -> None:
         with self._cond:
-            self._depths.append((stamp_seconds(msg.header.stamp.sec, msg.header.stamp.nanosec), msg))
+            self._depths.append((stamp_seconds(msg.header), msg))
 
     def _on_camera_info(self, msg: CameraInfo, _info: Any = None) -> None:
         self._camera_info = msg
@@ -520,7 +299,7 @@ class FindPerceptionNode(Node):
         watch = _Stopwatch()
         p = self.params
         stamp = msg.header.stamp
-        seconds = stamp_seconds(stamp.sec, stamp.nanosec)
+        seconds = stamp_seconds(stamp)
         try:
             rgb = image_to_rgb(msg, p.max_image_pixels) if kind == "raw" else compressed_to_rgb(msg, p.max_image_pixels)
         except ImageConversionError as err:
@@ -716,7 +495,7 @@ class FindPerceptionNode(Node):
         for entity in entities:
             place_entity(entity, labels, depth, reason, p.min_valid_fraction, p.box_percentile)
         if depth is not None:
-            self._publish_markers(header, depth, entities)
+            self._pub_entities.publish(entity_markers(entities, Header(stamp=header.stamp, frame_id=depth.frame_id)))
             watch.mark("depth")
         elif reason != "depth_disabled":
             self._log.info(f"no 3D positions: {reason} ({POSITION_REASONS[reason]})", throttle_duration_sec=10.0)
@@ -730,32 +509,6 @@ class FindPerceptionNode(Node):
                         instruction.text if instruction else None, self._frame_info(frame), localization,
                         entities, embedding_info, timings, self._stats())
         self._pub_results.publish(String(data=result.to_json()))
-
-    def _publish_markers(self, header: Header, depth: DepthFrame, entities: list[EntityInfo]) -> None:
-        """A DELETEALL, then box, centroid and label markers of every entity that has a position."""
-        markers = MarkerArray()
-        markers.markers.append(Marker(action=Marker.DELETEALL))
-        marker_header = Header(stamp=header.stamp, frame_id=depth.frame_id)
-        for entity in entities:
-            if entity.position is None or entity.box_3d is None:
-                continue
-            centroid = np.asarray(entity.position)
-            center, extent = np.asarray(entity.box_3d["center"]), np.asarray(entity.box_3d["extent"])
-            r, g, b = (c / 255.0 for c in colour(entity.label_id))
-            for ns, shape, position, scale, alpha in (
-                    ("find/box", Marker.CUBE, center, np.maximum(extent, 0.005), 0.35),
-                    ("find/centroid", Marker.SPHERE, centroid, np.full(3, 0.04), 1.0),
-                    ("find/label", Marker.TEXT_VIEW_FACING, center - [0.0, extent[1] / 2 + 0.05, 0.0],
-                     np.full(3, 0.06), 1.0)):
-                marker = Marker(header=marker_header, ns=ns, id=entity.label_id, type=shape, action=Marker.ADD)
-                marker.pose.position.x, marker.pose.position.y, marker.pose.position.z = (float(v) for v in position)
-                marker.pose.orientation.w = 1.0
-                marker.scale.x, marker.scale.y, marker.scale.z = (float(v) for v in scale)
-                marker.color.r, marker.color.g, marker.color.b, marker.color.a = r, g, b, alpha
-                if shape == Marker.TEXT_VIEW_FACING:
-                    marker.text = f"{clip(entity.label)} {entity.score:.2f}"
-                markers.markers.append(marker)
-        self._pub_entities.publish(markers)
 
     def _report(self) -> None:
         """Periodic FPS / latency log line and ~/status message."""

@@ -35,6 +35,8 @@ from rclpy.node import Node
 from sensor_msgs.msg import CameraInfo, CompressedImage, Image
 from std_msgs.msg import Header
 
+from find_core.messages import stamp_seconds
+
 from .image_conversion import ImageConversionError, compressed_to_rgb, rgb_to_image
 from .node_runner import StopSignals, run_node
 from .params import ParameterError, ReplayParams, declare_params
@@ -206,7 +208,7 @@ class BagSource:
             for connection, timestamp, raw in reader.messages(connections=connections):
                 msg = deserialize_message(bytes(raw), BAG_IMAGE_TYPES[connection.msgtype])
                 stamp = msg.header.stamp
-                seconds = stamp.sec + stamp.nanosec * 1e-9 if (stamp.sec or stamp.nanosec) else timestamp * 1e-9
+                seconds = stamp_seconds(stamp) if (stamp.sec or stamp.nanosec) else timestamp * 1e-9
                 if isinstance(msg, CompressedImage):
                     try:
                         yield Item(rgb=compressed_to_rgb(msg), time=seconds, frame_id=msg.header.frame_id)

@@ -233,11 +233,6 @@ def check_result(doc: dict[str, Any]) -> None:
         raise ValueError(f"a {doc['type']} result needs its frame")
 
 
-def stamp_seconds(sec: int, nanosec: int) -> float:
-    """A header stamp as float seconds (the unit of frame_stamp in instructions)."""
-    return sec + nanosec * 1e-9
-
-
 def projection_matrix(source_dims: int, dims: int, seed: int) -> np.ndarray:
     """[source_dims, dims] float32 with orthonormal columns; the recipe is in the module docstring."""
     if not 0 < dims <= source_dims:

@@ -27,9 +27,11 @@ from sensor_msgs.msg import CameraInfo, Image, PointCloud2
 from std_msgs.msg import String
 from visualization_msgs.msg import Marker, MarkerArray
 
-from find_ros.field_node import (ANSWER_ERROR_CODES, CLOUD_FIELDS, FieldParams, FrameMatcher, GridMismatch, StampBuffer,
-                                 answer_doc, depth_stride, parse_offset, parse_query, pca_colors,
-                                 quaternion_matrix, relevancy_cloud, QueryError)
+from find_core.messages import quaternion_matrix
+from find_ros.answer_schema import ANSWER_ERROR_CODES, QueryError, answer_doc, parse_query
+from find_ros.field_params import FieldParams, parse_offset
+from find_ros.frame_matching import FrameMatcher, GridMismatch, StampBuffer, depth_stride
+from find_ros.visuals import CLOUD_FIELDS, pca_colors, relevancy_cloud
 from find_ros.image_conversion import embeddings_to_image
 from find_ros.params import ParameterError, declare_params, parameter_names
 from test_ros_nodes import REPO, START_TIMEOUT, NodeProcess, Probe, depth_image, header, next_domain

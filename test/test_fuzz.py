@@ -27,7 +27,7 @@ from find_core.instructions import Instruction, InstructionError, encode_image_p
 from find_ros.image_conversion import (ImageConversionError, compressed_to_rgb, depth_to_meters, embeddings_to_image,
                                        image_to_embeddings, image_to_labels, image_to_rgb, labels_to_image,
                                        rgb_to_image)
-from find_ros.perception_node import is_clear
+from find_ros.references import is_clear
 
 FUZZ = settings(max_examples=250, deadline=None, database=None,
                 suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much])

@@ -33,7 +33,7 @@ LAUNCH = REPO / "launch"
 
 
 def field_params() -> type:
-    from find_ros.field_node import FieldParams
+    from find_ros.field_params import FieldParams
     return FieldParams
 
 

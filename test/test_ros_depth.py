@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 from find_ros.frame_buffer import DepthFrame
-from find_ros.perception_node import entity_points, place_entity, resize_mask, scale_intrinsics
+from find_ros.entity_geometry import entity_points, place_entity, resize_mask, scale_intrinsics
 from find_ros.results_schema import POSITION_REASONS, EntityInfo
 from test_ros_nodes import Perception, camera_info, depth_image, header, make_frame
 

@@ -890,8 +890,8 @@ def test_result_schema_builder_and_checker():
 
 def test_perception_helpers():
     from find_ros.frame_buffer import BufferedFrame, DepthFrame, FrameBuffer
-    from find_ros.perception_node import (ReferenceProblem, entity_points, is_clear, label_map, resize_mask,
-                                          resolve_frame_references, scale_intrinsics)
+    from find_ros.entity_geometry import entity_points, label_map, resize_mask, scale_intrinsics
+    from find_ros.references import ReferenceProblem, is_clear, resolve_frame_references
     from find_core.instructions import parse_instruction
 
     # overlapping masks: the higher score wins the shared pixels
@@ -922,7 +922,7 @@ def test_perception_helpers():
 
     # the overlay clips labels (PIL refuses strings over a million characters; a label may be the
     # whole text of an instruction)
-    from find_ros.perception_node import clip, overlay_image
+    from find_ros.visuals import clip, overlay_image
     from find_ros.results_schema import EntityInfo
     huge = EntityInfo(1, 0, "mug " * 500_000, "text", 0.5, 4, [0, 0, 2, 2])
     square = np.zeros((8, 8), np.uint16)
@@ -982,7 +982,7 @@ def test_shipped_configs_declare_cleanly_and_are_documented(config: str, cls: ty
 @pytest.mark.slow
 def test_every_executable_prints_its_parameters_with_help():
     """`<executable> --help` (before any --ros-args) lists every parameter and exits 0 without starting ROS."""
-    from find_ros.field_node import FieldParams
+    from find_ros.field_params import FieldParams
     from find_ros.params import parameter_rows
     executables = {"perception_node": ("find_perception", PerceptionParams), "replay_node": ("find_replay", ReplayParams),
                    "field_node": ("find_field", FieldParams)}

@@ -43,6 +43,7 @@ import numpy as np
 from PIL import Image
 
 from ..data.frames import Camera, FrameRecord, FramesError, FramesReader, FramesWriter, depth_to_mm
+from ..messages import pose_matrix, stamp_seconds
 from .fusion import pose_problem
 
 OPENCV_TO_OPENGL = np.diag([1.0, -1.0, -1.0, 1.0])
@@ -181,26 +182,6 @@ def image_embeddings(msg: Any) -> np.ndarray:
     raise ValueError(f"unsupported embedding encoding {enc!r} (32FC<D> or 16FC<D>)")
 
 
-def pose_matrix(msg: Any) -> np.ndarray:
-    """4×4 from geometry_msgs/PoseStamped or nav_msgs/Odometry."""
-    from scipy.spatial.transform import Rotation
-
-    pose = msg.pose.pose if hasattr(msg.pose, "pose") else msg.pose
-    q = pose.orientation
-    m = np.eye(4)
-    quat = np.array([q.x, q.y, q.z, q.w], np.float64)
-    if not np.isfinite(quat).all() or np.linalg.norm(quat) < 1e-9:
-        m[:3, :3] = np.nan
-    else:
-        m[:3, :3] = Rotation.from_quat(quat).as_matrix()
-    m[:3, 3] = (pose.position.x, pose.position.y, pose.position.z)
-    return m
-
-
-def _stamp(msg: Any) -> float:
-    return msg.header.stamp.sec + msg.header.stamp.nanosec * 1e-9
-
-
 def _nearest(stamps: np.ndarray, t: float, max_dt: float) -> int | None:
     if len(stamps) == 0:
         return None
@@ -223,7 +204,7 @@ def bag_to_frames(bag: str | Path, frames_dir: str | Path, topics: BagTopics, ma
             raise ValueError(f"{bag}: topic(s) {missing} not in the bag (it has {sorted(present)})")
         for conn, _, raw in reader.messages(connections=[c for c in reader.connections if c.topic in wanted]):
             msg = reader.deserialize(raw, conn.msgtype)
-            messages[conn.topic].append((_stamp(msg), msg))
+            messages[conn.topic].append((stamp_seconds(msg.header), msg))
     if not messages[topics.camera_info]:
         raise ValueError(f"{bag}: no CameraInfo on {topics.camera_info}")
     info = messages[topics.camera_info][0][1]
