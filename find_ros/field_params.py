@@ -11,7 +11,7 @@ import numpy as np
 from find_core.field.query import CANONICAL_NEGATIVES
 from find_core.messages import quaternion_matrix
 
-from .params import DEVICE_PATTERN, _Validated, option
+from .params import _Validated, device_problems, option
 from .qos import CAMERA_RELIABILITIES
 
 POSE_TYPES = ("pose_stamped", "odometry")
@@ -102,9 +102,7 @@ class FieldParams(_Validated):
     query: QueryParams = option(QueryParams(), "Queries.")
 
     def _rules(self) -> list[str]:
-        out = []
-        if not DEVICE_PATTERN.match(self.device):
-            out.append(f"'device' must be auto, cpu, cuda, cuda:N or mps, got {self.device!r}")
+        out = device_problems(self.device)
         try:
             parse_offset(self.pose_offset)
         except ValueError as err:

@@ -24,6 +24,15 @@ from .qos import CAMERA_RELIABILITIES, RELIABILITIES
 T = TypeVar("T")
 
 DEVICE_PATTERN = re.compile(r"^(auto|cpu|cuda|cuda:\d+|mps)$")
+
+
+def device_problems(device: str) -> list[str]:
+    """The 'device' rule every node with a model shares: [] when it names a torch device we support."""
+    if DEVICE_PATTERN.match(device):
+        return []
+    return [f"'device' must be auto, cpu, cuda, cuda:N or mps, got {device!r}"]
+
+
 # Parameters every rclpy node has or that rclpy itself reads; never "unknown".
 _BUILTIN_PREFIXES = ("use_sim_time", "qos_overrides.", "start_type_description_service")
 
@@ -190,9 +199,7 @@ class PerceptionParams(_Validated):
     depth: DepthParams = option(DepthParams(), "Depth / 3D output.")
 
     def _rules(self) -> list[str]:
-        out = []
-        if not DEVICE_PATTERN.match(self.device):
-            out.append(f"'device' must be auto, cpu, cuda, cuda:N or mps, got {self.device!r}")
+        out = device_problems(self.device)
         if not self.model_preset and not self.checkpoint:
             out.append("give 'model_preset' or 'checkpoint'")
         problem = input_size_problem(self.input_size)
