@@ -126,8 +126,15 @@ class FindPipeline:
         `object_threshold` None: the model's default (0.5; the official decoder's test setting 0.8,
         whose instance mode also keeps the top-k (query, class) pairs as the official code does)."""
         prompts = [c if isinstance(c, ClassPrompt) else ClassPrompt(text=c) for c in classes]
+        logits, masks = self.segment_scores(image, prompts)
+        return self.decode_segments(mode, logits, masks, prompts, object_threshold)
+
+    @torch.inference_mode()
+    def segment_scores(self, image: np.ndarray, prompts: Sequence[ClassPrompt]) -> tuple[torch.Tensor, torch.Tensor]:
+        """One forward for `segment`: class logits [Q, K+1] and mask logits [Q, H, W] at the image's size
+        (decode them for any mode with `decode_segments`)."""
         with self._autocast():
-            class_embeddings = self._class_embeddings(prompts)
+            class_embeddings = self._class_embeddings(list(prompts))
             features, boxes = self._encode([image])
             if self.model.official:  # classes + "background" (the official no-object class)
                 outputs = official.image_outputs(self.model, features, class_embeddings)
@@ -136,12 +143,16 @@ class FindPipeline:
                 sets = self._image_sets(features)
                 logits = generic.class_logits(self.model, sets.object_semantic[0], class_embeddings)
                 masks = sets.object_masks[0]
-            masks = boxes[0].to_original(masks)
+            return logits, boxes[0].to_original(masks)
+
+    def decode_segments(self, mode: str, logits: torch.Tensor, masks: torch.Tensor, prompts: Sequence[ClassPrompt],
+                        object_threshold: float | None = None) -> SegmentationResult:
+        """`segment`'s decoding of `segment_scores` outputs, with the model's test settings."""
         if self.model.official:  # the official test settings: threshold 0.8, top-k instances
             threshold = official.OBJECT_MASK_THRESHOLD if object_threshold is None else object_threshold
-            return generic.decode(mode, logits, masks, prompts, threshold, official.OVERLAP_THRESHOLD,
+            return generic.decode(mode, logits, masks, list(prompts), threshold, official.OVERLAP_THRESHOLD,
                                   instance_topk=self.model.config.interface.num_object_queries)
-        return generic.decode(mode, logits, masks, prompts, 0.5 if object_threshold is None else object_threshold)
+        return generic.decode(mode, logits, masks, list(prompts), 0.5 if object_threshold is None else object_threshold)
 
     def _class_embeddings(self, prompts: list[ClassPrompt]) -> torch.Tensor:
         """Class embeddings do not depend on the image: cache them for a repeated text class list."""
@@ -243,15 +254,19 @@ class FindPipeline:
         return scale * queries @ gallery.T
 
     @torch.inference_mode()
-    def retrieve(self, images: Sequence[np.ndarray], captions: Sequence[str]) -> RetrievalResult:
-        """Image–text retrieval: similarity of every caption to every image."""
+    def embed_captions(self, captions: Sequence[str]) -> np.ndarray:
+        """[N, C] normalised caption embeddings (the caption query), comparable with embed_images."""
         with self._autocast():
             if self.model.official:
                 text = official.caption_embeddings(self.model, list(captions))
             else:
                 text = retrieval.caption_embeddings(self.model, list(captions))
-            text = F.normalize(text.float(), dim=-1).cpu().numpy()
-        return RetrievalResult(self._scores(text, self.embed_images(images)))
+        return F.normalize(text.float(), dim=-1).cpu().numpy()
+
+    @torch.inference_mode()
+    def retrieve(self, images: Sequence[np.ndarray], captions: Sequence[str]) -> RetrievalResult:
+        """Image–text retrieval: similarity of every caption to every image."""
+        return RetrievalResult(self._scores(self.embed_captions(captions), self.embed_images(images)))
 
     @torch.inference_mode()
     def interleave_retrieve(self, instruction: Instruction | str, images: Sequence[np.ndarray] | None = None,
@@ -311,13 +326,25 @@ class FindPipeline:
 
     def _official_interleave_scores(self, instruction: Instruction | str, images: Sequence[np.ndarray],
                                     frames: Mapping[float, np.ndarray] | None) -> np.ndarray:
+        return self.official_interleave_scores(instruction, self.official_gallery(images), frames)
+
+    @torch.inference_mode()
+    def official_gallery(self, images: Sequence[np.ndarray]) -> tuple[torch.Tensor, torch.Tensor]:
+        """What the official interleave ranking reads of each image (official decoder): the image
+        embeddings [N, C] and the object queries' semantic outputs [N, Q, C]."""
+        with self._autocast():
+            features, _ = self._encode(images)
+            outputs = self._official_outputs(features)
+        return outputs["pred_retrievals"][:, 0].float(), outputs["pred_captions"].float()
+
+    @torch.inference_mode()
+    def official_interleave_scores(self, instruction: Instruction | str, gallery: tuple[torch.Tensor, torch.Tensor],
+                                   frames: Mapping[float, np.ndarray] | None = None) -> np.ndarray:
+        """[N] official ranking scores of an `official_gallery` against an instruction."""
         instruction = instruction if isinstance(instruction, Instruction) else parse_instruction(instruction)
         with self._autocast():
             entry, entities = official.entry_embeddings(self.model, instruction, frames)
-            features, _ = self._encode(images)
-            outputs = self._official_outputs(features)
-            scores = official.interleave_scores(entry.float(), entities.float(), outputs["pred_retrievals"][:, 0].float(),
-                                                outputs["pred_captions"].float())
+            scores = official.interleave_scores(entry.float(), entities.float(), *gallery)
         return scores.cpu().numpy()
 
 def _segments(masks: torch.Tensor, scores: torch.Tensor, box: Letterbox, labels: list[str],

@@ -247,3 +247,41 @@ def test_torchrun_two_processes_train_the_official_recipe(data_root, tmp_path):
     assert len(rows) == 2 and all(torch.isfinite(torch.tensor(float(r["loss"]))) for r in rows)
     saved = load_file(str(tmp_path / "two" / CHECKPOINTS / "step_0000002" / STATE_TENSORS))
     assert CLASS_TABLE in saved and torch.isfinite(saved[CLASS_TABLE]).all()
+
+
+def test_evaluation_runs_every_task_on_the_official_decoder(data_root, tmp_path, monkeypatch):
+    """training.evaluate on a model with the official decoder (a relative --data, as the README runs it):
+    every task measured, interleave retrieval ranked the official way — the same ranking
+    FindPipeline.interleave_retrieve gives."""
+    import json
+
+    from find_core.data import FindBenchEntities, load_retrieval_gallery
+    from find_core.engine import latest_checkpoint
+    from find_core.engine.batches import entity_instruction
+    from find_core.metrics import interleave_retrieval
+    from find_core.pipeline import FindPipeline
+    from training import evaluate
+
+    config = official_config(data_root, tmp_path / "run", steps=2, checkpoint_every=2)
+    Trainer(config, tmp_path / "run", log=lambda m: None).run()
+    path = tmp_path / "official.yaml"
+    config.to_yaml(path)
+    monkeypatch.chdir(data_root.parent)
+    assert evaluate.main(["--config", str(path), "--checkpoint", str(tmp_path / "run"), "--data", data_root.name,
+                          "--out", str(tmp_path / "metrics.json")]) == 0
+    metrics = json.loads((tmp_path / "metrics.json").read_text())
+    assert metrics["skipped"] == {}
+    for task, key in (("generic", "pq"), ("interactive", "iou_at_1"), ("grounding", "ciou"), ("retrieval", "ir5"),
+                      ("interleave_grounding", "ciou"), ("interleave_retrieval", "ir5")):
+        assert metrics[task][key] is None or 0.0 <= metrics[task][key] <= 100.0, (task, metrics[task])
+
+    pipe = FindPipeline.from_checkpoint(latest_checkpoint(tmp_path / "run"), device="cpu")
+    entries = FindBenchEntities(data_root, "val")
+    gallery = load_retrieval_gallery(data_root / "annotations" / "retrieval_val.json")
+    images = [entries.panoptic.load_image(i) for i in gallery]
+    rows = [pipe.interleave_retrieve(entity_instruction(entries[i], f"entry-{i}"), images).similarity[0]
+            for i in range(len(entries))]
+    expected = interleave_retrieval(torch.tensor(rows).numpy(), [gallery.index(entries[i].image_id)
+                                                                 for i in range(len(entries))])
+    assert {k: metrics["interleave_retrieval"][k] for k in expected} == pytest.approx(expected)
+    assert metrics["interleave_retrieval"]["entries"] == len(entries)

@@ -147,6 +147,11 @@ class OfficialRecipeConfig:
     spatial_max_iter: int = 1           # SPATIAL.MAX_ITER: 0..n gradient-free rounds add a corrective click
     conditional_attention: bool = True  # DYNAMICS.CONDITIONAL_ATTENTION in training forwards
     num_points: int = 12544             # loss / matching points per mask (fewer suit small mask maps)
+    # the split names of the joined readers where they differ from data.split (COCO: panoptic train2017,
+    # Karpathy captions "train,restval", RefCOCOg umd "train"); images are joined by COCO id
+    captions_split: str | None = None
+    refcoco_split: str | None = None
+    entity_split: str | None = None
 
     def __post_init__(self) -> None:
         if self.batch_size < 1 or self.max_grounding < 2 or self.max_entities < 1 or self.spatial_max_iter < 0:

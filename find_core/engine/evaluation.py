@@ -17,17 +17,15 @@ from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from ..data import CocoCaptions, CocoPanoptic, FindBenchEntities, RefCocoG, load_retrieval_gallery
-from ..data.samples import PanopticSample
-from ..interface.inputs import SampleInputs
+from ..interface.inputs import ImageFeatures
 from ..metrics import (GroundingEvaluator, InteractiveEvaluator, MaskAPEvaluator, PanopticEvaluator, PanopticSegment,
                        SemanticEvaluator, image_text_retrieval, interleave_retrieval, mask_iou, next_click)
 from ..pipeline import PRECISIONS, FindPipeline
 from ..preprocess import letterbox
 from ..prompts import ClassPrompt, SpatialPrompt
-from ..tasks import generic, interactive, retrieval
+from ..tasks import generic, interactive, official
 from ..tasks.common import best_queries
 from .batches import entity_instruction
 from .config import EvalConfig
@@ -122,12 +120,11 @@ class _Runner:
         things = [c.id for c in data.categories if c.isthing]
         mask_ap = MaskAPEvaluator(things) if things else None
         semantic = SemanticEvaluator(len(prompts), IGNORE)
-        with self._inference():
-            class_embeddings = generic.class_embeddings(self.model, prompts)
         count = 0
         for i in _limit(len(data), self.config):
             sample = data[i]
-            outputs = self._segment(sample, prompts, class_embeddings)
+            logits, masks = self.pipe.segment_scores(sample.image, prompts)
+            outputs = {mode: self.pipe.decode_segments(mode, logits, masks, prompts) for mode in generic.MODES}
             gt_ids = data.load_id_map(sample.image_id)
             gt_segments = [PanopticSegment(s.id, s.category_id, s.iscrowd) for s in sample.segments]
             pan = outputs["panoptic"]
@@ -154,15 +151,6 @@ class _Runner:
         result["images"] = count
         return result
 
-    def _segment(self, sample: PanopticSample, prompts: list[ClassPrompt], class_embeddings: torch.Tensor) -> dict:
-        with self._inference():
-            tensor, boxes = letterbox([sample.image], self.model.config.vision.input_size)
-            features = self.model.encode_images(tensor)
-            sets = self.model.run_interface(features, [SampleInputs()], generic.TASK)[-1]
-            logits = generic.class_logits(self.model, sets.object_semantic[0], class_embeddings)
-            masks = boxes[0].to_original(sets.object_masks[0])
-            return {mode: generic.decode(mode, logits, masks, prompts) for mode in generic.MODES}
-
     # ---- interactive: simulated clicks (next_click), IoU@1 and NoC@85/90 ---------------------------
     def interactive(self) -> dict[str, Any]:
         data = CocoPanoptic(self.root, self._split(self.config.panoptic_split))
@@ -184,10 +172,8 @@ class _Runner:
                     click = SpatialPrompt.point(x, y, positive)
                     regions.append((boxes[0].to_input(click.rasterize(height, width), self.model.device), positive))
                     with self._inference():
-                        samples = interactive.samples(self.model, features, [[regions]])
-                        sets = self.model.run_interface(features, samples, interactive.TASK)[-1]
-                        best, _ = best_queries(self.model, sets.source_semantic[0, :1], sets.object_semantic[0])
-                        prediction = (boxes[0].to_original(sets.object_masks[0, best]) > 0)[0].cpu().numpy()
+                        mask = self._interactive_mask(features, regions)
+                        prediction = (boxes[0].to_original(mask[None]) > 0)[0].cpu().numpy()
                     ious.append(mask_iou(prediction, segment.mask))
                     if ious[-1] >= 0.9:
                         break
@@ -195,6 +181,15 @@ class _Runner:
         if not len(evaluator):
             return {"objects": 0}
         return {**evaluator.result().as_dict(), "objects": len(evaluator)}
+
+    def _interactive_mask(self, features: ImageFeatures, regions: list) -> torch.Tensor:
+        """The mask logits [h, w] for one object's clicks so far, on features encoded once."""
+        if self.model.official:   # all clicks as strokes of one prompt, the official first round
+            return official.interactive(self.model, features, [regions])[0][0]
+        samples = interactive.samples(self.model, features, [[regions]])
+        sets = self.model.run_interface(features, samples, interactive.TASK)[-1]
+        best, _ = best_queries(self.model, sets.source_semantic[0, :1], sets.object_semantic[0])
+        return sets.object_masks[0, best][0]
 
     # ---- referring segmentation (RefCOCOg): cIoU / mIoU --------------------------------------------
     def grounding(self) -> dict[str, Any]:
@@ -218,11 +213,7 @@ class _Runner:
             for offset, s in enumerate(samples):
                 owners += [start + offset] * len(s.captions)
                 captions += s.captions
-        text = []
-        for start in range(0, len(captions), CHUNK):
-            with self._inference():
-                chunk = retrieval.caption_embeddings(self.model, captions[start:start + CHUNK])
-            text.append(F.normalize(chunk.float(), dim=-1).cpu().numpy())
+        text = [self.pipe.embed_captions(captions[start:start + CHUNK]) for start in range(0, len(captions), CHUNK)]
         similarity = np.concatenate(text) @ np.concatenate(image_embeddings).T
         return {**image_text_retrieval(similarity, owners).as_dict(), "images": len(indices),
                 "captions": len(captions)}
@@ -236,7 +227,10 @@ class _Runner:
         return self.root / entity, self.root / gallery
 
     def _entities(self) -> FindBenchEntities:
-        return FindBenchEntities(self.root, self._split(self.config.entity_split), entity_json=self._entity_files()[0])
+        # relative to the root, which FindBenchEntities prepends (an absolute path stays itself)
+        entity = self._entity_files()[0]
+        entity = entity.relative_to(self.root) if entity.is_relative_to(self.root) else entity
+        return FindBenchEntities(self.root, self._split(self.config.entity_split), entity_json=entity)
 
     def interleave_grounding(self) -> dict[str, Any]:
         data = self._entities()
@@ -252,18 +246,24 @@ class _Runner:
         data = self._entities()
         gallery = load_retrieval_gallery(self._entity_files()[1])
         position = {image_id: k for k, image_id in enumerate(gallery)}
-        embeddings = []
+        chunks = []
         for start in range(0, len(gallery), CHUNK):
             images = [data.panoptic.load_image(image_id) for image_id in gallery[start:start + CHUNK]]
-            embeddings.append(self.pipe.embed_images(images))
-        entries, targets = [], []
+            chunks.append(self.pipe.official_gallery(images) if self.model.official else self.pipe.embed_images(images))
+        if self.model.official:   # the official ranking: entry-image and entity-object similarities
+            official_gallery = (torch.cat([c[0] for c in chunks]), torch.cat([c[1] for c in chunks]))
+            score = lambda instruction: self.pipe.official_interleave_scores(instruction, official_gallery)  # noqa: E731
+        else:
+            embeddings = np.concatenate(chunks)
+            score = lambda instruction: self.pipe.embed_instruction(instruction) @ embeddings.T  # noqa: E731
+        rows, targets = [], []
         for i in _limit(len(data), self.config):
             sample = data[i]
             if sample.image_id not in position:
                 continue
-            entries.append(self.pipe.embed_instruction(entity_instruction(sample, f"entry-{i}")))
+            rows.append(score(entity_instruction(sample, f"entry-{i}")))
             targets.append(position[sample.image_id])
-        if not entries:
+        if not rows:
             raise ValueError(f"no entry of {self._entity_files()[0]} has its image in the retrieval gallery")
-        similarity = np.stack(entries) @ np.concatenate(embeddings).T
-        return {**interleave_retrieval(similarity, targets), "entries": len(entries), "gallery": len(gallery)}
+        similarity = np.stack(rows)
+        return {**interleave_retrieval(similarity, targets), "entries": len(rows), "gallery": len(gallery)}

@@ -79,18 +79,20 @@ class OfficialData:
         self.class_names = [c.name for c in self.panoptic.categories]
         self.class_texts = [class_text(name, class_template) for name in self.class_names]
         self._class_index = {c.id: i for i, c in enumerate(self.panoptic.categories)}
-        self.captions = CocoCaptions(root, Path(data.captions_file), split).captions_by_image()
+        captions_split = tuple((recipe.captions_split or split).split(","))
+        self.captions = CocoCaptions(root, Path(data.captions_file), captions_split).captions_by_image()
         self.refs: dict[int, list] = {}
         self.referring = None
         if (root / "refcocog").is_dir():
             image_dir = Path(data.refcoco_image_dir).expanduser() if data.refcoco_image_dir else None
-            self.referring = RefCocoG(root, split, image_dir=image_dir)
+            self.referring = RefCocoG(root, recipe.refcoco_split or split, image_dir=image_dir)
             for ref in self.referring.refs:
                 self.refs.setdefault(ref.image_id, []).append(ref)
         self.entries: dict[int, list[dict]] = {}
-        entity_json = Path(data.entity_json) if data.entity_json else Path("annotations") / f"entity_{split}.json"
+        entity_split = recipe.entity_split or split
+        entity_json = Path(data.entity_json) if data.entity_json else Path("annotations") / f"entity_{entity_split}.json"
         if (root / entity_json).is_file():
-            for entry in FindBenchEntities(root, split, entity_json=entity_json).entries:
+            for entry in FindBenchEntities(root, entity_split, entity_json=entity_json).entries:
                 self.entries.setdefault(int(entry["image_id"]), []).append(entry)
         # images with something to segment (upstream's training set is filtered the same way)
         self._ids = [i for i in self.panoptic.image_ids
