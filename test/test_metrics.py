@@ -421,3 +421,22 @@ def test_interleave_retrieval():
     assert interleave_retrieval(similarity, [11 - i for i in range(12)]) == {"ir1": 100.0, "ir5": 100.0, "ir10": 100.0}
     shifted = interleave_retrieval(similarity, list(range(12)))
     assert shifted["ir1"] == 0.0 and shifted["ir10"] == 0.0  # correct image ties with 10 wrong ones at 0
+
+
+def test_thing_accuracy_reads_the_class_of_the_best_overlapping_query():
+    """Known answer: query 1 covers thing A and names it right, query 2 overlaps thing B best but names
+    it wrong (its no-object column is higher, which thing accuracy ignores)."""
+    import torch
+
+    from find_core.engine.evaluation import thing_named_right
+    a = np.zeros((6, 6), bool)
+    a[:3, :3] = True
+    b = np.zeros((6, 6), bool)
+    b[3:, 3:] = True
+    masks = torch.full((3, 6, 6), -5.0)
+    masks[1, :3, :3] = 5.0
+    masks[2, 3:, 2:] = 5.0                      # IoU 9/12 with b
+    masks[0, 3:, 3:4] = 5.0                     # IoU 3/9 with b
+    logits = torch.tensor([[0.0, 9.0, 0.0], [5.0, 0.0, 0.0], [0.0, 1.0, 9.0]])   # K = 2 classes + no object
+    assert thing_named_right(logits, masks, [(a, 0), (b, 0)]) == [True, False]
+    assert thing_named_right(logits, masks, []) == []

@@ -75,6 +75,23 @@ def _limit(count: int, config: EvalConfig) -> range:
     return range(count if config.max_images is None else min(count, config.max_images))
 
 
+def thing_named_right(logits: torch.Tensor, masks: torch.Tensor, things: list[tuple[np.ndarray, int]]) -> list[bool]:
+    """Thing accuracy of one image: for each ground-truth thing (mask, class index), whether the query
+    whose mask overlaps it best (IoU of mask logits > 0) names its class (argmax over the K classes,
+    the no-object column left out). Measures recognition apart from the panoptic merging."""
+    if not things:
+        return []
+    predicted = (masks > 0).flatten(1).cpu()                                     # [Q, HW]
+    classes = logits[:, : logits.shape[1] - 1].argmax(dim=1).cpu()              # [Q]
+    right = []
+    for mask, label in things:
+        truth = torch.from_numpy(mask).flatten()
+        union = (predicted | truth).sum(1).clamp(min=1)
+        best = int(((predicted & truth).sum(1) / union).argmax())
+        right.append(int(classes[best]) == label)
+    return right
+
+
 class _Runner:
     def __init__(self, pipeline: FindPipeline, root: Path, config: EvalConfig, log: Callable[[str], None]):
         self.pipe, self.model, self.root, self.config, self.log = pipeline, pipeline.model, root, config, log
@@ -120,11 +137,13 @@ class _Runner:
         things = [c.id for c in data.categories if c.isthing]
         mask_ap = MaskAPEvaluator(things) if things else None
         semantic = SemanticEvaluator(len(prompts), IGNORE)
-        count = 0
+        count, named = 0, []
         for i in _limit(len(data), self.config):
             sample = data[i]
             logits, masks = self.pipe.segment_scores(sample.image, prompts)
             outputs = {mode: self.pipe.decode_segments(mode, logits, masks, prompts) for mode in generic.MODES}
+            named += thing_named_right(logits, masks, [(s.mask, index[s.category_id]) for s in sample.segments
+                                                       if s.category_id in things and not s.iscrowd])
             gt_ids = data.load_id_map(sample.image_id)
             gt_segments = [PanopticSegment(s.id, s.category_id, s.iscrowd) for s in sample.segments]
             pan = outputs["panoptic"]
@@ -148,6 +167,8 @@ class _Runner:
         if mask_ap is not None:
             result.update(mask_ap.result().as_dict())
         result.update(semantic.result().as_dict())
+        result["thing_accuracy"] = 100.0 * float(np.mean(named)) if named else None
+        result["things"] = len(named)
         result["images"] = count
         return result
 
