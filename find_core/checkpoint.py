@@ -78,12 +78,18 @@ def load_config_beside(path: str | Path) -> ModelConfig:
     config = folder / CONFIG
     if not config.is_file():
         raise CheckpointError(f"no {CONFIG} beside the checkpoint {path}: pass the model config explicitly")
-    model_config = ModelConfig.from_yaml(config)
+    return load_model_yaml(config)
+
+
+def load_model_yaml(path: str | Path) -> ModelConfig:
+    """A model YAML whose "./..." model folders are taken relative to the YAML's own folder."""
+    path = Path(path)
+    model_config = ModelConfig.from_yaml(path)
     for section in (model_config.vision, model_config.language):
         for field_name in ("name_or_path", "tokenizer"):
             value = getattr(section, field_name, None)
             if isinstance(value, str) and value.startswith("./"):
-                setattr(section, field_name, str((folder / value).resolve()))
+                setattr(section, field_name, str((path.parent / value).resolve()))
     return model_config
 
 

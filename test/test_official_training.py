@@ -285,3 +285,30 @@ def test_evaluation_runs_every_task_on_the_official_decoder(data_root, tmp_path,
                                                                  for i in range(len(entries))])
     assert {k: metrics["interleave_retrieval"][k] for k in expected} == pytest.approx(expected)
     assert metrics["interleave_retrieval"]["entries"] == len(entries)
+
+
+def test_the_finetune_recipe_trains_a_converted_released_model(converted_small_model, data_root, tmp_path):
+    """training/configs/official_finetune.yaml on a converted official checkpoint (the reduced official
+    weights of the fixtures): its config.yaml's ./language resolves beside it, the official optimizer
+    settings load, and one official step changes the trainable interface while the frozen vision side
+    keeps the released weights."""
+    config = TrainConfig.from_yaml(ROOT / "training" / "configs" / "official_finetune.yaml")
+    assert (config.optim.lr, config.optim.clip_grad_norm, config.optim.warmup_factor) == (1e-4, 0.01, 1.0)
+    config.model = str(converted_small_model / "config.yaml")
+    config.init_checkpoint = str(converted_small_model)
+    assert Path(config.model_config().language.name_or_path).is_dir()
+    moved = tmp_path / "moved.yaml"                  # a converted folder's "./language" is read beside its YAML
+    moved.write_text((converted_small_model / "config.yaml").read_text().replace(
+        config.model_config().language.name_or_path, "./language"))
+    assert TrainConfig.from_dict({"model": str(moved), "train": {"mode": "official"}}).model_config() \
+        .language.name_or_path == str((tmp_path / "language").resolve())
+    config.data = DataConfig(root=str(data_root), split="train")
+    config.official = OfficialRecipeConfig(batch_size=1, num_points=256)
+    config.train.steps, config.train.checkpoint_every, config.train.precision = 1, 1, "fp32"
+    trainer = Trainer(config, tmp_path / "finetune", log=lambda m: None)
+    final = trainer.run()
+    trainer.close()
+    before, after = load_file(str(converted_small_model / "model.safetensors")), load_file(str(final / "model.safetensors"))
+    changed = {k for k in after if k in before and not torch.equal(before[k], after[k])}
+    assert any(k.startswith("interface.") for k in changed)
+    assert not any(k.startswith("vision.") for k in changed)

@@ -26,6 +26,7 @@ from typing import Any
 
 import yaml
 
+from ..checkpoint import load_model_yaml
 from ..config import ConfigError, ModelConfig, build_dataclass, load_yaml_mapping
 from ..losses import LossConfig
 from ..presets import preset_path
@@ -262,7 +263,7 @@ class TrainConfig:
             return ModelConfig.from_dict(self.model.get("model", self.model))
         path = Path(self.model).expanduser()
         if path.suffix in (".yaml", ".yml") or path.is_file():
-            return ModelConfig.from_yaml(path)
+            return load_model_yaml(path)   # a converted checkpoint's config.yaml names ./language
         return ModelConfig.from_yaml(preset_path(self.model))
 
     def task_root(self, task: str) -> Path:
