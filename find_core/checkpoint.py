@@ -93,6 +93,16 @@ def load_model_yaml(path: str | Path) -> ModelConfig:
     return model_config
 
 
+def weights_digest(path: str | Path) -> str:
+    """The SHA-256 tensor digest of a checkpoint's weights (what `save_checkpoint` records), computed
+    from the tensors themselves, so a metrics file can name exactly the weights it measured."""
+    weights = _weights_path(path)
+    try:
+        return state_digest(load_file(str(weights)))
+    except Exception as error:  # noqa: BLE001 -- safetensors raises several types for corrupt files
+        raise CheckpointError(f"cannot read checkpoint {weights}: {error}") from error
+
+
 def load_weights(model: FindModel, path: str | Path) -> FindModel:
     """Load a checkpoint into `model`, refusing any missing, unexpected or mis-shaped tensor."""
     weights = _weights_path(path)

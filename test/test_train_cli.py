@@ -14,6 +14,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from find_core.checkpoint import state_digest
 from find_core.data import CocoCaptions, CocoPanoptic, RefCocoG
 from find_core.engine import EvalConfig, TrainConfig, latest_checkpoint
 from find_core.engine.evaluation import evaluate as run_evaluation
@@ -83,6 +84,9 @@ def test_evaluate_cli_prints_one_json_object(run_dir, data_root, tmp_path, capsy
     metrics = json.loads(capsys.readouterr().out)                 # stdout is the JSON alone
     assert metrics == json.loads(out.read_text())
     assert metrics["skipped"] == {} and metrics["meta"]["checkpoint"].endswith("step_0000003")
+    weights = load_file(str(Path(metrics["meta"]["checkpoint"]) / "model.safetensors"))
+    assert metrics["meta"]["checkpoint_sha256"] == state_digest(weights)     # names the tensors it measured
+    assert metrics["meta"]["command"].startswith("python -m training.evaluate --config ")
     for task, keys in EXPECTED.items():
         assert keys <= set(metrics[task]), task
         for key in keys:

@@ -15,7 +15,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from find_core.checkpoint import CheckpointError
+from find_core.checkpoint import CheckpointError, weights_digest
 from find_core.config import ConfigError
 from find_core.engine import TrainConfig, latest_checkpoint
 from find_core.engine.evaluation import evaluate
@@ -58,6 +58,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {error}", file=sys.stderr)
         return 2
     metrics["meta"]["checkpoint"] = str(checkpoint)
+    metrics["meta"]["checkpoint_sha256"] = weights_digest(checkpoint)   # the tensors measured, wherever they move
+    metrics["meta"]["command"] = " ".join(["python -m training.evaluate", *(argv if argv is not None else sys.argv[1:])])
     emit_json(metrics, args.out)
     return 0
 
