@@ -20,9 +20,10 @@ from typing import Any
 import numpy as np
 from PIL import Image as PILImage
 
+from find_ros.process_harness import NodeProcess, Probe, next_domain
+
 from .common import (BenchConfig, Section, Table, device_label, ms, percentile, ratio, scene_frame, sig,
                      synthetic_pipeline, time_call)
-from .ros import NodeProcess, Probe, free_domain, stamp_seconds
 
 CLASSES = ["person", "chair", "table", "cup", "bottle", "plant"]
 RATE = 30.0
@@ -51,20 +52,20 @@ def direct(pipe, frames: list[np.ndarray]) -> list[float]:
 def through_node(checkpoint: Path, frame_dir: Path, count: int, folder: Path, device: str) -> dict[str, Any]:
     from sensor_msgs.msg import Image
     from std_msgs.msg import String
-    domain = free_domain()
+    domain = next_domain()
     probe = Probe(domain)
-    perception = NodeProcess("find_ros.perception_node", domain, folder / "perception", params={
+    perception = NodeProcess("find_ros.perception_node", domain, {
         "checkpoint": str(checkpoint), "device": device, "mode": "segment", "classes": CLASSES,
         "processing_max_side": 0, "publish_overlay": False, "stats_period": 1.0,
-        "embeddings": {"enabled": False}, "depth": {"enabled": False}})
+        "embeddings": {"enabled": False}, "depth": {"enabled": False}}, [], folder / "perception")
     replay = None
     try:
         probe.listen("/find_perception/results", String)
         probe.listen("/image", Image)
         probe.wait_for(lambda: probe.node.count_publishers("/find_perception/results") > 0
                        and probe.node.count_subscribers("/image") > 1, "find_perception to start", 300, perception)
-        replay = NodeProcess("find_ros.replay_node", domain, folder / "replay", params={
-            "source": str(frame_dir), "rate": RATE, "wait_for_subscribers": 2})
+        replay = NodeProcess("find_ros.replay_node", domain, {"source": str(frame_dir), "rate": RATE,
+                                                              "wait_for_subscribers": 2}, [], folder / "replay")
         started = time.monotonic()
         while replay.running() and time.monotonic() - started < count / RATE + 120:
             time.sleep(0.2)
@@ -76,9 +77,8 @@ def through_node(checkpoint: Path, frame_dir: Path, count: int, folder: Path, de
             if n != last:
                 last, quiet_since = n, time.monotonic()
             time.sleep(0.1)
-        with probe.cond:
-            results = [(t, json.loads(m.data)) for t, m in probe.received["/find_perception/results"]]
-            replayed = len(probe.received["/image"])
+        results = [(t, json.loads(m.data)) for t, m in probe.timed("/find_perception/results")]
+        replayed = probe.count("/image")
     finally:
         probe.close()
         perception.stop()

@@ -19,8 +19,10 @@ from typing import Any
 
 import numpy as np
 
+from find_core.messages import stamp_seconds
+from find_ros.process_harness import NodeProcess, Probe, next_domain, reliable
+
 from .common import BenchConfig, Section, Table, ms, percentile, ratio, sig, time_call
-from .ros import NodeProcess, Probe, free_domain, reliable, stamp_seconds
 
 PAYLOAD, ACK = "/bench/payload", "/bench/ack"
 WARMUP_MESSAGES = 2                                # per variant, not timed
@@ -128,8 +130,8 @@ def _send_all(args: argparse.Namespace, node: Any, publisher: Any, acked: dict[s
 def measure(height: int, width: int, dims: list[int], count: int, folder: Path) -> dict[str, Any]:
     from sensor_msgs.msg import Image
     from std_msgs.msg import String
-    domain = free_domain()
-    probe = Probe(domain, "bench_transport_receiver")
+    domain = next_domain()
+    probe = Probe(domain, name="bench_transport_receiver")
     ack = probe.publisher(ACK, String, reliable(10))
     latencies: dict[str, list[float]] = {}
     sizes: dict[str, int] = {}
@@ -142,7 +144,7 @@ def measure(height: int, width: int, dims: list[int], count: int, folder: Path) 
         ack.publish(String(data=msg.header.frame_id))
 
     probe.listen(PAYLOAD, Image, reliable(1), on_message=on_payload)
-    sender = NodeProcess("bench.transport", domain, folder, args=[
+    sender = NodeProcess("bench.transport", domain, None, [], folder, args=[
         "--publish", "--height", str(height), "--width", str(width), "--dims", ",".join(map(str, dims)),
         "--count", str(count)])
     try:

@@ -34,25 +34,17 @@ import logging
 import os
 import shutil
 import signal
-import subprocess
 import sys
-import threading
 import time
-from collections import defaultdict
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import numpy as np
-import rclpy
 import torch
 import yaml
 from geometry_msgs.msg import PoseStamped
 from PIL import Image as PILImage
-from rclpy.executors import SingleThreadedExecutor
-from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy
-from rclpy.signals import SignalHandlerOptions
 from sensor_msgs.msg import CameraInfo, Image
 from std_msgs.msg import String
 from transformers.utils import logging as hf_logging
@@ -70,15 +62,13 @@ from find_core.metrics.interactive import mask_iou
 
 from .image_conversion import depth_to_meters, image_to_labels, image_to_rgb
 from .entity_geometry import resize_mask
+from .process_harness import PACKAGE_ROOT, HarnessError, NodeProcess, Probe, stop_all
 
 log = logging.getLogger("find_ros.demo")
-T = TypeVar("T")
 
-PACKAGE_ROOT = Path(__file__).resolve().parents[1]
 CAMERA_NS = "/camera"
 PERCEPTION = "/find_perception"
 INSTRUCTION_TOPIC = "/instruction"
-LOCAL_DISCOVERY = "LOCALHOST"  # the demo's nodes talk on this machine only, unless the environment says otherwise
 STAMP_TOLERANCE = 1e-6  # seconds; stamps are copied exactly between messages
 OUTPUT_FILES = ("results.jsonl", "summary.json", "overlay.png", "masks.png", "localized_frame.png", "instruction.json",
                 "reference_crop.png", "field.ply", "field_map.npz", "field_answer.json")
@@ -252,115 +242,17 @@ def config_file(name: str) -> Path:
     raise DemoError(f"cannot find config/{name}; looked in {[str(c) for c in candidates]}")
 
 
-def nested(params: dict[str, Any]) -> dict[str, Any]:
-    """Dotted parameter names ('embeddings.dims') as the nested mapping a params file holds."""
-    out: dict[str, Any] = {}
-    for name, value in params.items():
-        *parents, leaf = name.split(".")
-        level = out
-        for part in parents:
-            level = level.setdefault(part, {})
-        level[leaf] = value
-    return out
-
-
-class NodeProcess:
-    """One node process (``python -m <module> --ros-args ...``, see :func:`node_command`): its output
-    goes to a log file, and :meth:`stop` always ends it (SIGINT first, as Ctrl-C would, then kill)."""
-
-    def __init__(self, name: str, command: list[str], env: dict[str, str], log_path: Path) -> None:
-        self.name, self.log_path = name, log_path
-        with open(log_path, "w") as out:
-            self.proc = subprocess.Popen(command, env=env, stdout=out, stderr=subprocess.STDOUT)
-        self.pid = self.proc.pid
-
-    def exit_code(self) -> int | None:
-        return self.proc.poll()
-
-    def log_tail(self, lines: int = 20) -> str:
-        text = self.log_path.read_text(errors="replace").splitlines() if self.log_path.exists() else []
-        return "\n".join(f"    | {line}" for line in text[-lines:])
-
-    def interrupt(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGINT)
-
-    def stop(self, timeout: float) -> int:
-        self.interrupt()
-        try:
-            return self.proc.wait(timeout)
-        except subprocess.TimeoutExpired:
-            log.warning(f"{self.name} (pid {self.pid}) ignored SIGINT for {timeout:.0f} s: killing it")
-            self.proc.kill()
-            return self.proc.wait()
-
-
-class Listener:
+def open_listener(domain: int) -> Probe:
     """This process's own ROS node in the demo's domain: records the replayed stream and the
-    perception outputs, and publishes the instruction."""
-
-    def __init__(self, domain: int) -> None:
-        os.environ.setdefault("ROS_AUTOMATIC_DISCOVERY_RANGE", LOCAL_DISCOVERY)  # read by rclpy.init
-        self.context = rclpy.Context()
-        rclpy.init(context=self.context, domain_id=domain, signal_handler_options=SignalHandlerOptions.NO)
-        self.node = rclpy.create_node(f"find_demo_{os.getpid()}", context=self.context)
-        qos = QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=100, reliability=ReliabilityPolicy.RELIABLE,
-                         durability=DurabilityPolicy.VOLATILE)
-        self.messages: dict[str, list] = defaultdict(list)
-        self.lock = threading.Lock()
-        topics = {f"{CAMERA_NS}/image": Image, f"{CAMERA_NS}/depth": Image, f"{CAMERA_NS}/pose": PoseStamped,
-                  f"{CAMERA_NS}/camera_info": CameraInfo, f"{PERCEPTION}/results": String,
-                  f"{PERCEPTION}/status": String, f"{PERCEPTION}/overlay": Image, f"{PERCEPTION}/masks": Image,
-                  f"{PERCEPTION}/localized_frame": Image}
-        for topic, kind in topics.items():
-            self.node.create_subscription(kind, topic, self._keeper(topic), qos)
-        self.instruction = self.node.create_publisher(String, INSTRUCTION_TOPIC, qos)
-        self.executor = SingleThreadedExecutor(context=self.context)
-        self.executor.add_node(self.node)
-        self.thread = threading.Thread(target=self.executor.spin, daemon=True)
-        self.thread.start()
-
-    def _keeper(self, topic: str) -> Callable[[Any], None]:
-        def keep(msg: Any) -> None:
-            with self.lock:
-                self.messages[topic].append(msg)
-        return keep
-
-    def get(self, topic: str) -> list:
-        with self.lock:
-            return list(self.messages[topic])
-
-    def jsons(self, topic: str) -> list[dict]:
-        return [json.loads(m.data) for m in self.get(topic)]
-
-    def publish_instruction(self, raw: str) -> None:
-        self.instruction.publish(String(data=raw))
-
-    def close(self) -> None:
-        self.executor.shutdown(timeout_sec=2.0)
-        self.thread.join(5.0)
-        self.node.destroy_node()
-        rclpy.try_shutdown(context=self.context)
-
-
-def wait_until(predicate: Callable[[], T], what: str, timeout: float, watched: list[NodeProcess],
-               may_exit: tuple[str, ...] = ()) -> T:
-    """Poll ``predicate`` until truthy; a watched node exiting (other than cleanly, for those in
-    ``may_exit``) or the timeout raises DemoError with the node logs' tails."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        for node in watched:
-            code = node.exit_code()
-            if code is not None and not (node.name in may_exit and code == 0):
-                raise DemoError(f"{node.name} exited with code {code} while waiting for {what}; its log "
-                                f"({node.log_path}) ends:\n{node.log_tail()}")
-        if time.monotonic() > deadline:
-            tails = "\n".join(f"  {n.name} ({n.log_path}):\n{n.log_tail(8)}" for n in watched)
-            raise DemoError(f"timed out after {timeout:.0f} s waiting for {what}\n{tails}")
-        time.sleep(0.05)
+    perception outputs (the instruction is published from it too)."""
+    listener = Probe(domain, name=f"find_demo_{os.getpid()}")
+    topics = {f"{CAMERA_NS}/image": Image, f"{CAMERA_NS}/depth": Image, f"{CAMERA_NS}/pose": PoseStamped,
+              f"{CAMERA_NS}/camera_info": CameraInfo, f"{PERCEPTION}/results": String,
+              f"{PERCEPTION}/status": String, f"{PERCEPTION}/overlay": Image, f"{PERCEPTION}/masks": Image,
+              f"{PERCEPTION}/localized_frame": Image}
+    for topic, kind in topics.items():
+        listener.listen(topic, kind)
+    return listener
 
 
 # --------------------------------------------------------------------------- the run
@@ -374,18 +266,11 @@ class NodeRun:
     published: int                     # colour frames the replay published (as heard here)
 
 
-def node_command(module: str, ros_args: list[str]) -> list[str]:
-    return [sys.executable, "-m", module, "--ros-args", *ros_args]
-
-
-def node_env(config: DemoConfig) -> dict[str, str]:
-    env = dict(os.environ, ROS_DOMAIN_ID=str(config.domain), HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", TOKENIZERS_PARALLELISM="false", PYTHONUNBUFFERED="1",
-               PYTHONPATH=os.pathsep.join(p for p in (str(PACKAGE_ROOT), os.environ.get("PYTHONPATH", "")) if p))
-    env.setdefault("RMW_IMPLEMENTATION", "rmw_fastrtps_cpp")
-    env.setdefault("ROS_AUTOMATIC_DISCOVERY_RANGE", LOCAL_DISCOVERY)
-    if config.threads or "OMP_NUM_THREADS" not in env:  # an explicit --threads wins over the environment
-        env["OMP_NUM_THREADS"] = str(config.torch_threads)
-    return env
+def thread_env(config: DemoConfig) -> dict[str, str]:
+    """The nodes' OMP_NUM_THREADS: an explicit --threads wins over the environment."""
+    if config.threads or "OMP_NUM_THREADS" not in os.environ:
+        return {"OMP_NUM_THREADS": str(config.torch_threads)}
+    return {}
 
 
 def perception_overrides(config: DemoConfig) -> dict[str, Any]:
@@ -400,35 +285,32 @@ def start_nodes(config: DemoConfig, logs: Path) -> list[NodeProcess]:
     perception_params = perception_overrides(config)
     replay_params = {"source": str(config.scene_dir.resolve()), "rate": float(config.rate), "loop": False,
                      "wait_for_subscribers": 2}  # the perception node and this process's recorder
-    files = {}
-    for name, params in (("perception", perception_params), ("replay", replay_params)):
-        files[name] = logs / f"{name}_params.yaml"
-        files[name].write_text(yaml.safe_dump({"/**": {"ros__parameters": nested(params)}}))
-    env = node_env(config)
-    nodes = [NodeProcess("find_perception", node_command("find_ros.perception_node", [
-        "--params-file", str(config_file("find_perception.yaml")), "--params-file", str(files["perception"]),
-        "-r", f"image:={CAMERA_NS}/image", "-r", f"depth:={CAMERA_NS}/depth",
-        "-r", f"camera_info:={CAMERA_NS}/camera_info"]), env, logs / "find_perception.log")]
+    env = thread_env(config)
+    nodes = [NodeProcess("find_ros.perception_node", config.domain, perception_params,
+                         [f"image:={CAMERA_NS}/image", f"depth:={CAMERA_NS}/depth",
+                          f"camera_info:={CAMERA_NS}/camera_info"], logs, name="find_perception",
+                         params_files=[config_file("find_perception.yaml")], env=env)]
     try:
-        nodes.append(NodeProcess("find_replay", node_command("find_ros.replay_node", [
-            "--params-file", str(config_file("find_replay.yaml")), "--params-file", str(files["replay"]),
-            "-r", f"__ns:={CAMERA_NS}"]), env, logs / "find_replay.log"))
+        nodes.append(NodeProcess("find_ros.replay_node", config.domain, replay_params, [f"__ns:={CAMERA_NS}"], logs,
+                                 name="find_replay", params_files=[config_file("find_replay.yaml")], env=env))
     finally:
         (logs / "pids.json").write_text(json.dumps({n.name: n.pid for n in nodes}) + "\n")
     return nodes
 
 
-def run_nodes(config: DemoConfig, listener: Listener, nodes: list[NodeProcess], instruction: Instruction) -> NodeRun:
-    """Steps 3 and 4 of the module docstring, with the nodes already started."""
+def run_nodes(config: DemoConfig, listener: Probe, nodes: list[NodeProcess], instruction: Instruction) -> NodeRun:
+    """Steps 3 and 4 of the module docstring, with the nodes already started. A node exiting or a
+    wait timing out raises a HarnessError with the logs' tails."""
     perception, replay = nodes
     graph = listener.node
+    instruction_pub = listener.publisher(INSTRUCTION_TOPIC, String)
     log.info(f"waiting for find_perception to load its model (pid {perception.pid}, ROS_DOMAIN_ID={config.domain})")
-    wait_until(lambda: graph.count_publishers(f"{PERCEPTION}/results") > 0
-               and graph.count_subscribers(INSTRUCTION_TOPIC) > 0, "find_perception to start",
-               config.start_timeout, nodes, may_exit=("find_replay",))  # a short replay may be done already
+    listener.wait_for(lambda: graph.count_publishers(f"{PERCEPTION}/results") > 0
+                      and graph.count_subscribers(INSTRUCTION_TOPIC) > 0, "find_perception to start",
+                      config.start_timeout, nodes, may_exit=("find_replay",))  # a short replay may be done already
     log.info(f"find_perception is up; find_replay publishes {config.frames} frames at {config.rate:g} fps")
-    wait_until(lambda: replay.exit_code() == 0, "find_replay to publish the scene",
-               config.frames / config.rate + 60.0, nodes, may_exit=("find_replay",))
+    listener.wait_for(lambda: replay.exit_code() == 0, "find_replay to publish the scene",
+                      config.frames / config.rate + 60.0, nodes, may_exit=("find_replay",))
     images = listener.get(f"{CAMERA_NS}/image")
     if not images:
         raise DemoError("find_replay finished but no frame reached this process")
@@ -439,36 +321,33 @@ def run_nodes(config: DemoConfig, listener: Listener, nodes: list[NodeProcess], 
                      if s.get("last_processed_stamp") is not None
                      and abs(s["last_processed_stamp"] - newest) < STAMP_TOLERANCE), None)
 
-    status = wait_until(caught_up, "find_perception to process the newest frame", 120.0, [perception])
+    status = listener.wait_for(caught_up, "find_perception to process the newest frame", 120.0, perception)
     stats = status["stats"]
     log.info(f"find_perception buffered {stats['buffered']} of {len(images)} frames (dropped while busy: "
              f"{stats['frames_dropped']}, missed: {stats['frames_missed']}); sending the instruction")
-    wait_until(lambda: listener.instruction.get_subscription_count() > 0, "the instruction subscription", 10.0,
-               [perception])
-    listener.publish_instruction(instruction.to_json())
+    listener.wait_for(lambda: instruction_pub.get_subscription_count() > 0, "the instruction subscription", 10.0,
+                      perception)
+    instruction_pub.publish(String(data=instruction.to_json()))
 
     def answer() -> dict | None:
         return next((r for r in listener.jsons(f"{PERCEPTION}/results")
                      if r.get("instruction_id") == instruction.id), None)
 
-    result = wait_until(answer, "the answer to the instruction", config.answer_timeout, [perception])
+    result = listener.wait_for(answer, "the answer to the instruction", config.answer_timeout, perception)
     if result["type"] == "error":
         error = result["error"]
         raise DemoError(f"find_perception answered with an error: {error['code']} ({error['field']}): "
                         f"{error['message']}")
     stamp = result["frame"]["stamp"]
     for topic in ("overlay", "masks", "localized_frame"):
-        wait_until(lambda t=topic: any(abs(stamp_seconds(m.header) - stamp) < STAMP_TOLERANCE
-                                       for m in listener.get(f"{PERCEPTION}/{t}")),
-                   f"~/{topic} of the answer", 10.0, [perception])
+        listener.wait_for(lambda t=topic: any(abs(stamp_seconds(m.header) - stamp) < STAMP_TOLERANCE
+                                              for m in listener.get(f"{PERCEPTION}/{t}")),
+                          f"~/{topic} of the answer", 10.0, perception)
     return NodeRun(result, len(images))
 
 
 def stop_nodes(nodes: list[NodeProcess], timeout: float) -> None:
-    for node in nodes:          # all at once: each takes a moment to exit
-        node.interrupt()
-    for node in nodes:
-        code = node.stop(timeout)
+    for node, code in zip(nodes, stop_all(nodes, timeout)):
         if code not in (0, -signal.SIGINT, 2):
             log.warning(f"{node.name} exited with code {code}; see {node.log_path}")
 
@@ -476,7 +355,7 @@ def stop_nodes(nodes: list[NodeProcess], timeout: float) -> None:
 # --------------------------------------------------------------------------- recording what came back
 
 
-def write_recording(listener: Listener, folder: Path) -> list[tuple[float, str]]:
+def write_recording(listener: Probe, folder: Path) -> list[tuple[float, str]]:
     """The replayed stream as heard here, as a frames folder (colour, depth, pose per stamp);
     returns (stamp, :func:`frame_hash`) of each colour frame, in order."""
     images = listener.get(f"{CAMERA_NS}/image")
@@ -503,7 +382,7 @@ def frame_hash(rgb: np.ndarray) -> str:
     return hashlib.sha1(np.ascontiguousarray(rgb).tobytes()).hexdigest()
 
 
-def write_answer(listener: Listener, result: dict, out: Path) -> dict[str, np.ndarray]:
+def write_answer(listener: Probe, result: dict, out: Path) -> dict[str, np.ndarray]:
     """overlay.png, masks.png (16-bit labels), mask_<index>.png per entity and localized_frame.png of
     the answer; returns the decoded label image and localized frame."""
     stamp = result["frame"]["stamp"]
@@ -680,12 +559,14 @@ def run(config: DemoConfig) -> dict:
     PILImage.fromarray(crop).save(out / "reference_crop.png")
     (out / "instruction.json").write_text(instruction.to_json() + "\n")
 
-    listener = Listener(config.domain)
+    listener = open_listener(config.domain)
     try:
         nodes: list[NodeProcess] = []
         try:
             nodes = start_nodes(config, logs)
             node_run = run_nodes(config, listener, nodes, instruction)
+        except HarnessError as err:
+            raise DemoError(str(err)) from None
         finally:
             stop_nodes(nodes, config.stop_timeout)
             with open(out / "results.jsonl", "w") as f:  # whatever came back, also after a failure

@@ -222,13 +222,14 @@ def test_node_demo_stops_every_node_when_perception_cannot_start(tmp_path):
 
 
 def test_a_node_that_ignores_sigint_is_killed(tmp_path):
-    from find_ros.demo import NodeProcess
-    script = ("import signal, time; signal.signal(signal.SIGINT, signal.SIG_IGN); print('ready', flush=True); "
-              "time.sleep(60)")
-    node = NodeProcess("stubborn", [sys.executable, "-c", script], dict(os.environ), tmp_path / "stubborn.log")
+    from find_ros.process_harness import NodeProcess, next_domain
+    (tmp_path / "stubborn.py").write_text("import signal, time\nsignal.signal(signal.SIGINT, signal.SIG_IGN)\n"
+                                          "print('ready', flush=True)\ntime.sleep(60)\n")
+    node = NodeProcess("stubborn", next_domain(), None, [], tmp_path,
+                       env={"PYTHONPATH": os.pathsep.join([str(tmp_path), str(REPO)])})
     deadline = time.monotonic() + 20
-    while "ready" not in (tmp_path / "stubborn.log").read_text():   # SIGINT is ignored from here on
-        assert time.monotonic() < deadline, "the stub process did not start"
+    while "ready" not in node.output():                            # SIGINT is ignored from here on
+        assert node.running() and time.monotonic() < deadline, "the stub process did not start"
         time.sleep(0.05)
     started = time.monotonic()
     assert node.stop(timeout=0.5) == -signal.SIGKILL
@@ -236,7 +237,8 @@ def test_a_node_that_ignores_sigint_is_killed(tmp_path):
 
 
 def test_param_and_config_validation():
-    from find_ros.demo import DemoConfig, nested, parse_param
+    from find_ros.demo import DemoConfig, parse_param
+    from find_ros.process_harness import nested
     assert parse_param("embeddings.dims=8") == ("embeddings.dims", 8)
     assert parse_param("standing=true") == ("standing", True)
     assert nested({"a.b": 1, "a.c": 2, "d": 3}) == {"a": {"b": 1, "c": 2}, "d": 3}

@@ -34,7 +34,8 @@ from find_ros.frame_matching import FrameMatcher, GridMismatch, StampBuffer, dep
 from find_ros.visuals import CLOUD_FIELDS, pca_colors, relevancy_cloud
 from find_ros.image_conversion import embeddings_to_image
 from find_ros.params import ParameterError, declare_params, parameter_names
-from test_ros_nodes import REPO, START_TIMEOUT, NodeProcess, Probe, depth_image, header, next_domain
+from find_ros.process_harness import START_TIMEOUT, NodeProcess, Probe, WaitTimeout, next_domain
+from test_ros_nodes import REPO, depth_image, header
 
 DIM, STRIDE = 16, 4
 PROTOS = np.linalg.qr(np.random.default_rng(0).normal(size=(DIM, DIM)))[0].astype(np.float32)
@@ -219,9 +220,8 @@ def handshake(field: Field, scene) -> dict:
             status = field.probe.wait_for(lambda: next((s for s in field.statuses() if s["stats"]["frames_fused"]),
                                                        None), "a first fused frame", 1.0)
             return field.settled(status["stats"]["frames_received"], "the handshake frames")
-        except AssertionError:
-            if field.process.proc.poll() is not None:
-                raise
+        except WaitTimeout:             # a watched node that exits raises NodeExited instead
+            pass
     raise AssertionError(f"find_field fused nothing of 30 frames:\n{field.process.output()[-4000:]}")
 
 

@@ -27,7 +27,8 @@ from rclpy.signals import SignalHandlerOptions
 
 from find_ros import launch_support as ls
 from find_ros.params import PerceptionParams, ReplayParams, declare_params, parameter_rows
-from test_ros_nodes import REPO, next_domain
+from find_ros.process_harness import next_domain
+from test_ros_nodes import REPO
 
 LAUNCH = REPO / "launch"
 

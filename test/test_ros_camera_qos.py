@@ -20,7 +20,8 @@ from std_msgs.msg import String
 
 from find_ros.image_conversion import rgb_to_image
 from find_ros.qos import matching_reliability
-from test_ros_nodes import START_TIMEOUT, NodeProcess, Perception, Probe, header, make_frame, next_domain
+from find_ros.process_harness import START_TIMEOUT, NodeProcess, Probe, next_domain
+from test_ros_nodes import Perception, header, make_frame
 
 BEST_EFFORT = QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=10, reliability=ReliabilityPolicy.BEST_EFFORT,
                          durability=DurabilityPolicy.VOLATILE)

@@ -10,16 +10,11 @@ from __future__ import annotations
 
 import base64
 import io
-import itertools
 import json
 import math
-import os
-import signal
 import subprocess
 import sys
-import threading
 import time
-from collections import defaultdict
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -32,7 +27,6 @@ from PIL import Image as PILImage
 from geometry_msgs.msg import PoseStamped
 from rclpy.node import Node
 from rclpy.parameter import Parameter
-from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy
 from rclpy.signals import SignalHandlerOptions
 from sensor_msgs.msg import CameraInfo, CompressedImage, Image
 from std_msgs.msg import Header, String
@@ -40,110 +34,13 @@ from visualization_msgs.msg import Marker, MarkerArray
 
 from find_ros.image_conversion import depth_to_meters, image_to_embeddings, image_to_labels, image_to_rgb, rgb_to_image
 from find_ros.params import ParameterError, PerceptionParams, ReplayParams, declare_params
+from find_ros.process_harness import (START_TIMEOUT, WAIT_TIMEOUT, NodeProcess, Probe, WaitTimeout, next_domain,
+                                      reliable, stop_all)
 from find_ros.results_schema import ERROR_CODES, ErrorInfo, Result, check_result, projection_matrix
 
 REPO = Path(__file__).resolve().parents[1]
-_domains = itertools.count()
-RELIABLE = QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=100, reliability=ReliabilityPolicy.RELIABLE,
-                      durability=DurabilityPolicy.VOLATILE)
-START_TIMEOUT = 120.0   # three nodes import torch at once on a shared 2-core machine
-TIMEOUT = 20.0
-
-
-def next_domain() -> int:
-    """A domain id of this test process only (other test runs may share the machine)."""
-    return 20 + (os.getpid() * 7) % 150 + next(_domains)
-
-
-# --------------------------------------------------------------------------- harness
-
-
-class NodeProcess:
-    """One node started as ``python -m <module> --ros-args --params-file ...`` in its own domain."""
-
-    def __init__(self, module: str, domain: int, params: dict[str, Any], remaps: list[str], folder: Path) -> None:
-        folder.mkdir(parents=True, exist_ok=True)
-        params_file = folder / "params.yaml"
-        params_file.write_text(yaml.safe_dump({"/**": {"ros__parameters": params}}))
-        self.log_path = folder / "node.log"
-        self._interrupted = False
-        env = dict(os.environ, ROS_DOMAIN_ID=str(domain), RMW_IMPLEMENTATION="rmw_fastrtps_cpp",
-                   ROS_AUTOMATIC_DISCOVERY_RANGE="LOCALHOST", HF_HUB_OFFLINE="1", PYTHONUNBUFFERED="1",
-                   PYTHONPATH=os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]))
-        command = [sys.executable, "-m", module, "--ros-args", "--params-file", str(params_file)]
-        for remap in remaps:
-            command += ["-r", remap]
-        with open(self.log_path, "w") as log:
-            self.proc = subprocess.Popen(command, cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT)
-
-    def output(self) -> str:
-        return self.log_path.read_text()
-
-    def wait(self, timeout: float) -> int:
-        try:
-            return self.proc.wait(timeout)
-        except subprocess.TimeoutExpired:
-            raise AssertionError(f"node still running after {timeout} s:\n{self.output()}") from None
-
-    def interrupt(self) -> None:
-        if self.proc.poll() is None and not self._interrupted:
-            self.proc.send_signal(signal.SIGINT)
-            self._interrupted = True
-
-    def stop(self) -> None:
-        self.interrupt()
-        if self.proc.poll() is None:
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-
-
-class Probe:
-    """The test's own rclpy context + node in a domain, spinning in a thread, collecting messages."""
-
-    def __init__(self, domain: int, process: NodeProcess | None = None) -> None:
-        self.context = rclpy.Context()
-        rclpy.init(context=self.context, domain_id=domain, signal_handler_options=SignalHandlerOptions.NO)
-        self.node = rclpy.create_node(f"probe_{domain}", context=self.context)
-        self.process = process
-        self.messages: dict[str, list] = defaultdict(list)
-        self.cond = threading.Condition()
-        self.executor = rclpy.executors.SingleThreadedExecutor(context=self.context)
-        self.executor.add_node(self.node)
-        self.thread = threading.Thread(target=self.executor.spin, daemon=True)
-        self.thread.start()
-
-    def listen(self, topic: str, msg_type: type, qos: QoSProfile = RELIABLE) -> None:
-        def keep(msg: Any) -> None:
-            with self.cond:
-                self.messages[topic].append(msg)
-                self.cond.notify_all()
-        self.node.create_subscription(msg_type, topic, keep, qos)
-
-    def publisher(self, topic: str, msg_type: type, qos: QoSProfile = RELIABLE) -> Any:
-        return self.node.create_publisher(msg_type, topic, qos)
-
-    def wait_for(self, predicate: Callable[[], Any], what: str, timeout: float = TIMEOUT) -> Any:
-        deadline = time.monotonic() + timeout
-        with self.cond:
-            while True:
-                value = predicate()
-                if value:
-                    return value
-                if self.process is not None and self.process.proc.poll() is not None:
-                    raise AssertionError(f"node exited while waiting for {what}:\n{self.process.output()}")
-                if time.monotonic() > deadline:
-                    log = self.process.output()[-4000:] if self.process else ""
-                    raise AssertionError(f"timed out after {timeout} s waiting for {what}\n{log}")
-                self.cond.wait(0.05)
-
-    def close(self) -> None:
-        self.executor.shutdown(timeout_sec=2.0)
-        self.thread.join(5.0)
-        self.node.destroy_node()
-        rclpy.shutdown(context=self.context)
+RELIABLE = reliable(100)
+TIMEOUT = WAIT_TIMEOUT
 
 
 class Perception:
@@ -214,7 +111,7 @@ class Perception:
         while resend is not None and time.monotonic() < deadline:
             try:
                 return self.probe.wait_for(processed, f"frame {stamp} to be processed", 2.0)
-            except AssertionError:
+            except WaitTimeout:
                 statuses = self.statuses()
                 if not statuses or statuses[-1]["stats"]["frames_received"] > 0:
                     break
@@ -328,9 +225,7 @@ def perception_nodes(tmp_path_factory: pytest.TempPathFactory):
     finally:
         for node in nodes.values():
             node.probe.close()
-            node.process.interrupt()   # all at once: each takes seconds to exit
-        for node in nodes.values():
-            node.process.stop()
+        stop_all(node.process for node in nodes.values())
 
 
 @pytest.fixture()

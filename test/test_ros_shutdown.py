@@ -29,7 +29,8 @@ from sensor_msgs.msg import CameraInfo, Image
 from std_msgs.msg import String
 
 from find_ros.image_conversion import embeddings_to_image, rgb_to_image
-from test_ros_nodes import START_TIMEOUT, NodeProcess, Probe, depth_image, header, make_frame, next_domain
+from find_ros.process_harness import START_TIMEOUT, NodeProcess, Probe, next_domain
+from test_ros_nodes import depth_image, header, make_frame
 
 FORBIDDEN = ("Traceback", "Exception in thread", "context is invalid", "Failed to publish", "internal error")
 SLOW_INPUT = 1024   # letterbox side that makes the tiny model take seconds per frame (and for its warm-up)

@@ -29,7 +29,8 @@ from std_msgs.msg import String
 
 from find_core.data.frames import FramesReader
 from find_core.data.scene_video import render_scene_video
-from test_ros_nodes import START_TIMEOUT, NodeProcess, Probe, next_domain, png_b64
+from find_ros.process_harness import START_TIMEOUT, NodeProcess, Probe, next_domain
+from test_ros_nodes import png_b64
 
 SOAK_SECONDS = float(os.environ.get("FIND_SOAK_SECONDS", "60"))
 WARMUP = max(10.0, 0.2 * SOAK_SECONDS)          # model caches, allocator pools and the frame buffer fill up
