@@ -45,13 +45,10 @@ def status_where(node: Perception, predicate, what: str) -> dict:
 
 @pytest.fixture(scope="module")
 def auto_node(tmp_path_factory: pytest.TempPathFactory):
-    node = Perception("auto", {"model_preset": "tiny-test", "stats_period": 0.25, "depth": {"enabled": False},
-                               "embeddings": {"enabled": False}}, tmp_path_factory.mktemp("auto"))
-    try:
-        node.ready()
+    params = {"model_preset": "tiny-test", "stats_period": 0.25, "depth": {"enabled": False},
+              "embeddings": {"enabled": False}}
+    with Perception.running("auto", params, tmp_path_factory.mktemp("auto")) as node:
         yield node
-    finally:
-        node.close()
 
 
 @pytest.mark.ros

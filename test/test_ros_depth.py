@@ -101,15 +101,11 @@ def test_zero_and_negative_depth_are_invalid_and_an_empty_mask_has_its_own_reaso
 @pytest.fixture(scope="module")
 def depth_node(tmp_path_factory: pytest.TempPathFactory):
     # semantic segmentation labels every pixel whatever the (random) weights: entities always have pixels
-    node = Perception("depth", {"model_preset": "tiny-test", "stats_period": 0.25, "mode": "segment",
-                                "classes": ["a", "b"], "segment_mode": "semantic", "object_threshold": 0.0,
-                                "embeddings": {"enabled": False}, "depth": {"sync_tolerance": 0.05}},
-                      tmp_path_factory.mktemp("depth_node"))
-    try:
-        node.ready()
+    params = {"model_preset": "tiny-test", "stats_period": 0.25, "mode": "segment", "classes": ["a", "b"],
+              "segment_mode": "semantic", "object_threshold": 0.0, "embeddings": {"enabled": False},
+              "depth": {"sync_tolerance": 0.05}}
+    with Perception.running("depth", params, tmp_path_factory.mktemp("depth_node")) as node:
         yield node
-    finally:
-        node.close()
 
 
 def segmentation_at(node: Perception, stamp: float) -> dict:

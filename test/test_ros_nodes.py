@@ -9,13 +9,14 @@ set-up so their start-up (torch import + model) overlaps.
 from __future__ import annotations
 
 import base64
+import contextlib
 import io
 import json
 import math
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -60,6 +61,17 @@ class Perception:
         self.depth = self.probe.publisher(f"{camera}/depth", Image)
         self.info = self.probe.publisher(f"{camera}/camera_info", CameraInfo)
         self.instruction = self.probe.publisher("/instruction", String)
+
+    @classmethod
+    @contextlib.contextmanager
+    def running(cls, name: str, params: dict[str, Any], folder: Path) -> Iterator[Perception]:
+        """A node that is ready (model loaded, topics matched) for a ``with`` block, closed after it."""
+        node = cls(name, params, folder)
+        try:
+            node.ready()
+            yield node
+        finally:
+            node.close()
 
     def ready(self) -> None:
         node = self.probe.node

@@ -14,13 +14,10 @@ from test_ros_nodes import Perception, make_frame
 
 @pytest.fixture(scope="module")
 def official_node(tmp_path_factory, converted_small_model):
-    node = Perception("official", {"checkpoint": str(converted_small_model), "stats_period": 0.5, "buffer_size": 3,
-                                   "depth": {"enabled": False}}, tmp_path_factory.mktemp("official_node"))
-    try:
-        node.ready()
+    params = {"checkpoint": str(converted_small_model), "stats_period": 0.5, "buffer_size": 3,
+              "depth": {"enabled": False}}
+    with Perception.running("official", params, tmp_path_factory.mktemp("official_node")) as node:
         yield node
-    finally:
-        node.close()
 
 
 @pytest.mark.ros

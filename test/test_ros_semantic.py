@@ -54,14 +54,10 @@ def make_sequence(seed: int) -> Sequence:
 
 @pytest.fixture(scope="module")
 def node(tmp_path_factory: pytest.TempPathFactory):
-    perception = Perception("semantic", {"buffer_size": FRAMES, "processing_max_side": 0, "stats_period": 0.5,
-                                         "depth": {"enabled": False}, "embeddings": {"enabled": False}},
-                            tmp_path_factory.mktemp("semantic"))
-    try:
-        perception.ready()
+    params = {"buffer_size": FRAMES, "processing_max_side": 0, "stats_period": 0.5, "depth": {"enabled": False},
+              "embeddings": {"enabled": False}}
+    with Perception.running("semantic", params, tmp_path_factory.mktemp("semantic")) as perception:
         yield perception
-    finally:
-        perception.close()
 
 
 @pytest.mark.ros
