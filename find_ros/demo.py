@@ -62,6 +62,7 @@ from find_core.metrics.interactive import mask_iou
 
 from .image_conversion import depth_to_meters, image_to_labels, image_to_rgb
 from .entity_geometry import resize_mask
+from .frame_buffer import same_stamp
 from .process_harness import PACKAGE_ROOT, HarnessError, NodeProcess, Probe, stop_all
 
 log = logging.getLogger("find_ros.demo")
@@ -69,7 +70,6 @@ log = logging.getLogger("find_ros.demo")
 CAMERA_NS = "/camera"
 PERCEPTION = "/find_perception"
 INSTRUCTION_TOPIC = "/instruction"
-STAMP_TOLERANCE = 1e-6  # seconds; stamps are copied exactly between messages
 OUTPUT_FILES = ("results.jsonl", "summary.json", "overlay.png", "masks.png", "localized_frame.png", "instruction.json",
                 "reference_crop.png", "field.ply", "field_map.npz", "field_answer.json")
 OUTPUT_DIRS = ("recording", "logs")
@@ -319,7 +319,7 @@ def run_nodes(config: DemoConfig, listener: Probe, nodes: list[NodeProcess], ins
     def caught_up() -> dict | None:
         return next((s for s in reversed(listener.jsons(f"{PERCEPTION}/status"))
                      if s.get("last_processed_stamp") is not None
-                     and abs(s["last_processed_stamp"] - newest) < STAMP_TOLERANCE), None)
+                     and same_stamp(s["last_processed_stamp"], newest)), None)
 
     status = listener.wait_for(caught_up, "find_perception to process the newest frame", 120.0, perception)
     stats = status["stats"]
@@ -340,7 +340,7 @@ def run_nodes(config: DemoConfig, listener: Probe, nodes: list[NodeProcess], ins
                         f"{error['message']}")
     stamp = result["frame"]["stamp"]
     for topic in ("overlay", "masks", "localized_frame"):
-        listener.wait_for(lambda t=topic: any(abs(stamp_seconds(m.header) - stamp) < STAMP_TOLERANCE
+        listener.wait_for(lambda t=topic: any(same_stamp(stamp_seconds(m.header), stamp)
                                               for m in listener.get(f"{PERCEPTION}/{t}")),
                           f"~/{topic} of the answer", 10.0, perception)
     return NodeRun(result, len(images))
@@ -389,7 +389,7 @@ def write_answer(listener: Probe, result: dict, out: Path) -> dict[str, np.ndarr
 
     def newest(topic: str) -> Image:
         return next(m for m in reversed(listener.get(f"{PERCEPTION}/{topic}"))
-                    if abs(stamp_seconds(m.header) - stamp) < STAMP_TOLERANCE)
+                    if same_stamp(stamp_seconds(m.header), stamp))
 
     overlay, frame = image_to_rgb(newest("overlay")), image_to_rgb(newest("localized_frame"))
     labels = image_to_labels(newest("masks"))
@@ -415,7 +415,7 @@ def summarize(config: DemoConfig, reader: FramesReader, referents: Referents, in
     index = scene_index.get(frame_hash(answer["frame"]))
     if index is None:
         raise DemoError(f"the localized frame (stamp {stamp:.6f}) matches no frame of the scene in {reader.dir}")
-    buffered = [next((scene_index.get(h) for r, h in recorded if abs(r - s) < STAMP_TOLERANCE), None)
+    buffered = [next((scene_index.get(h) for r, h in recorded if same_stamp(r, s)), None)
                 for s in localization["stamps"]]
     record, labels = reader[index], answer["labels"]
     objects = reader.scene["objects"]
@@ -452,7 +452,7 @@ def summarize(config: DemoConfig, reader: FramesReader, referents: Referents, in
                    "buffered_showing_both": sum(1 for i in buffered if i is not None and both[i]),
                    "scene_frames_showing_both": int(both.sum())},
         "chosen_frame": {"stamp": stamp, "scene_index": index,
-                         "published": any(abs(r - stamp) < STAMP_TOLERANCE for r, _ in recorded),
+                         "published": any(same_stamp(r, stamp) for r, _ in recorded),
                          "score": localization["scores"][localization["best_index"]],
                          "rank_of_best_frame_showing_both": _rank_of_best(localization["scores"], buffered, both),
                          "text_object_visible": area[referents.text["id"]] >= visible,

@@ -15,6 +15,16 @@ from dataclasses import dataclass
 
 import numpy as np
 
+# Seconds: how close a stamp must be to a frame's header stamp to name that frame (an instruction's
+# frame_stamp, the node demo matching what it recorded to what the node reports). Stamps are copied
+# exactly between messages; 1 ms (docs/ros_interface.md) also lets a client round them to milliseconds.
+FRAME_STAMP_TOLERANCE = 1e-3
+
+
+def same_stamp(a: float, b: float) -> bool:
+    """Whether two stamps (seconds) name the same frame (within FRAME_STAMP_TOLERANCE)."""
+    return abs(a - b) <= FRAME_STAMP_TOLERANCE
+
 
 @dataclass(frozen=True)
 class DepthFrame:
@@ -100,7 +110,7 @@ class FrameBuffer:
             raise ValueError("the frame buffer is empty")
         return np.stack([f.embedding for f in frames]).astype(np.float32, copy=False)
 
-    def find(self, stamp: float, tolerance: float = 1e-3) -> BufferedFrame | None:
+    def find(self, stamp: float, tolerance: float = FRAME_STAMP_TOLERANCE) -> BufferedFrame | None:
         """The buffered frame nearest to ``stamp`` if within ``tolerance`` seconds."""
         with self._lock:
             if not self._frames:

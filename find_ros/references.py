@@ -8,9 +8,7 @@ import json
 from find_core.instructions import Instruction, InstructionError, VisualReference
 
 from .entity_geometry import resize_mask
-from .frame_buffer import FrameBuffer
-
-FRAME_STAMP_TOLERANCE = 1e-3  # seconds; how close an instruction's frame_stamp must be to a buffered frame
+from .frame_buffer import FRAME_STAMP_TOLERANCE, FrameBuffer
 
 
 class ReferenceProblem(Exception):
