@@ -312,3 +312,24 @@ def test_the_finetune_recipe_trains_a_converted_released_model(converted_small_m
     changed = {k for k in after if k in before and not torch.equal(before[k], after[k])}
     assert any(k.startswith("interface.") for k in changed)
     assert not any(k.startswith("vision.") for k in changed)
+
+
+def test_compare_recipes_trains_each_config_the_same_way(data_root, tmp_path):
+    """training.compare_recipes: the same seed and data for every config, so only the recipe differs —
+    two identical configs give identical figures, a different learning rate different ones."""
+    import json
+
+    from training import compare_recipes
+    base = official_config(data_root, tmp_path / "unused").to_dict()
+    paths = []
+    for name, lr in (("a", 1e-3), ("b", 1e-3), ("c", 1e-5)):
+        config = TrainConfig.from_dict({**base, "optim": {**base["optim"], "lr": lr}})
+        paths.append(tmp_path / f"{name}.yaml")
+        config.to_yaml(paths[-1])
+    out = tmp_path / "compare.json"
+    assert compare_recipes.main([arg for p in paths for arg in ("--config", str(p))] + ["--steps", "4", "--out", str(out)]) == 0
+    runs = json.loads(out.read_text())["runs"]
+    assert [r["optim"]["lr"] for r in runs] == [1e-3, 1e-3, 1e-5] and all(r["steps"] == 4 for r in runs)
+    assert runs[0]["loss_last_tenth"] == runs[1]["loss_last_tenth"]
+    assert runs[0]["loss_first_tenth"] == runs[2]["loss_first_tenth"]     # step 1 precedes any update
+    assert runs[0]["loss_last_tenth"] != runs[2]["loss_last_tenth"]
