@@ -40,6 +40,13 @@ def label_map(masks: list[tuple[int, float, np.ndarray]], size: tuple[int, int])
     return labels
 
 
+def grounding_regions(segments: list, size: tuple[int, int]) -> tuple[np.ndarray, list[tuple]]:
+    """A grounding's segments as one label image (label i + 1 for segment i, higher scores on top) and
+    the (label_id, index, label, kind, score, class_id) rows of its regions."""
+    labels = label_map([(i + 1, s.score, s.mask) for i, s in enumerate(segments)], size)
+    return labels, [(i + 1, i, s.label, s.kind or "text", s.score, None) for i, s in enumerate(segments)]
+
+
 def region_stats(labels: np.ndarray, label_id: int) -> tuple[int, list[int] | None]:
     """Pixel area and tight [x0, y0, x1, y1] (exclusive) box of ``label_id`` in a label image."""
     ys, xs = np.nonzero(labels == label_id)

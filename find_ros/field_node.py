@@ -26,8 +26,8 @@ A thin adapter from topics to :mod:`find_core.field` (see docs/ros_interface.md,
   the frame or query in hand, the map is saved (``map_path``), then the context goes.
 
 Its parts: parameters in :mod:`find_ros.field_params`, stamp pairing in :mod:`find_ros.frame_matching`,
-the ``~/query`` / ``~/answer`` schema in :mod:`find_ros.answer_schema`, the cloud and markers in
-:mod:`find_ros.visuals`.
+the ``~/query`` / ``~/answer`` schema in :mod:`find_ros.answer_schema`, query embeddings in
+:mod:`find_ros.query_embedder`, the cloud and markers in :mod:`find_ros.visuals`.
 
 Run: ``python -m find_ros.field_node --ros-args --params-file config/find_field.yaml``.
 """
@@ -40,7 +40,6 @@ import threading
 import time
 import traceback
 from collections import deque
-from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -52,10 +51,9 @@ from sensor_msgs.msg import CameraInfo, Image, PointCloud2
 from std_msgs.msg import Header, String
 from visualization_msgs.msg import MarkerArray
 
-from find_core.field import (FeatureFusion, FieldQuery, FusionConfig, ObjectConfig, VoxelFeatureMap, locate,
-                             query_from_pipeline, save_map, write_color_ply)
+from find_core.field import (FeatureFusion, FusionConfig, ObjectConfig, VoxelFeatureMap, locate, save_map,
+                             write_color_ply)
 from find_core.field.objects import cut_off
-from find_core.instructions import InstructionError
 from find_core.messages import pose_matrix, stamp_ns, stamp_seconds
 
 from .answer_schema import QueryError, QuerySpec, answer_doc, parse_query
@@ -66,44 +64,12 @@ from .image_conversion import ImageConversionError, depth_to_meters, image_to_em
 from .node_runner import PublishGate, run_node
 from .params import ParameterError, declare_params
 from .qos import REFRESH_PERIOD, CameraSubscription, image_output_qos, instruction_qos, results_qos
-from .results_schema import projection_matrix
-from .startup import StartupError, load_model
+from .node_stats import recent_rate
+from .query_embedder import ProjectedEmbedder, field_query
+from .startup import StartupError, embedding_projection, load_model
 from .visuals import object_markers, pca_colors, relevancy_cloud
 
 MAX_REQUESTS = 32          # queries/commands waiting for the worker
-
-
-# --------------------------------------------------------------------------- query embeddings
-
-
-class ProjectedEmbedder:
-    """FindPipeline's query embeddings, projected like find_perception's ~/embeddings (``e @ P``),
-    with a small cache for repeated texts (the negatives are embedded with every query)."""
-
-    def __init__(self, pipeline: Any, projection: np.ndarray | None) -> None:
-        self.pipeline, self.projection = pipeline, projection
-        self._texts: dict[str, np.ndarray] = {}
-
-    def _project(self, x: np.ndarray) -> np.ndarray:
-        x = np.asarray(x, np.float32)
-        return x if self.projection is None else x @ self.projection
-
-    def embed_text(self, texts: Sequence[str]) -> np.ndarray:
-        missing = [t for t in dict.fromkeys(texts) if t not in self._texts]
-        if missing:
-            if len(self._texts) > 256:
-                self._texts.clear()
-            self._texts.update(zip(missing, self._project(self.pipeline.embed_text(missing))))
-        return np.stack([self._texts[t] for t in texts])
-
-    def embed_instruction(self, instruction: Any) -> np.ndarray:
-        return self._project(self.pipeline.embed_instruction(instruction))
-
-    def embed_images(self, images: Sequence[np.ndarray]) -> np.ndarray:
-        return self._project(self.pipeline.embed_images(images))
-
-
-
 
 
 # --------------------------------------------------------------------------- the node
@@ -195,12 +161,8 @@ class FindFieldNode(Node):
             width = int(pipeline.embed_text(["object"]).shape[1])
         except Exception as err:  # noqa: BLE001 -- one clear line, whatever the model raised
             raise StartupError(f"the model fails to embed a query: {type(err).__name__}: {err}") from None
-        projection = None
         dims = p.embeddings.dims
-        if dims > width:
-            raise StartupError(f"'embeddings.dims' is {dims} but the model's embeddings have only {width} channels")
-        if 0 < dims < width:
-            projection = projection_matrix(width, dims, p.embeddings.projection_seed)
+        projection = embedding_projection(width, dims, p.embeddings.projection_seed)
         embedder = ProjectedEmbedder(pipeline, projection)
         embedder.embed_text([n for n in p.query.negatives if n.strip()])
         self._log.info(f"query model {p.model_preset!r} checkpoint={p.checkpoint or '-'} ready in "
@@ -361,43 +323,6 @@ class FindFieldNode(Node):
                                               "camera_info and pose")
             return self._fusion.to_map(self._metadata())
 
-    def _field_query(self, spec: QuerySpec, dim: int) -> FieldQuery:
-        temperature = self.params.query.temperature
-        if spec.kind == "embedding":
-            if len(spec.embedding) != dim:
-                raise QueryError("dim_mismatch", f"the embedding has {len(spec.embedding)} values, the map's "
-                                                 f"features have {dim}", "embedding")
-            negatives = spec.negatives
-            if negatives is None:
-                if self._embedder is None:
-                    raise QueryError("no_model", "no model is loaded to embed the default negatives: give "
-                                                 "'negatives'", "negatives")
-                negatives = self._embedder.embed_text(self._negatives)
-            if negatives.shape[1] != dim:
-                raise QueryError("dim_mismatch", f"the negatives have {negatives.shape[1]} values, the map's "
-                                                 f"features have {dim}", "negatives")
-            return FieldQuery(spec.embedding, negatives, spec.text, temperature)
-        if self._embedder is None:
-            raise QueryError("no_model", "text and instruction queries need a model (model_preset/checkpoint)")
-        try:
-            if spec.kind == "text":
-                query = query_from_pipeline(self._embedder, text=spec.text, negatives=self._negatives,
-                                            temperature=temperature)
-            else:
-                query = query_from_pipeline(self._embedder, instruction=spec.instruction, negatives=self._negatives,
-                                            temperature=temperature)
-        except InstructionError as err:
-            raise QueryError("invalid_query", err.message, err.field or None) from None
-        except Exception as err:
-            self._log.error(f"model error: {err}\n{traceback.format_exc()}", throttle_duration_sec=1.0)
-            raise QueryError("model_error", f"{type(err).__name__}: {err}") from None
-        if query.dim != dim:
-            p = self.params.embeddings
-            raise QueryError("dim_mismatch", f"query embeddings have {query.dim} values (embeddings.dims={p.dims}), "
-                                             f"the map's features have {dim}: set embeddings.dims and "
-                                             "projection_seed to the perception node's")
-        return query
-
     def _query(self, raw: str) -> None:
         started = time.perf_counter()
         with self._cond:
@@ -406,7 +331,9 @@ class FindFieldNode(Node):
         try:
             spec = parse_query(raw)
             fmap = self._map()
-            query = self._field_query(spec, fmap.dim)
+            query = field_query(spec, fmap.dim, self._embedder, self._negatives, self.params.query.temperature,
+                                self.params.embeddings.dims,
+                                lambda message: self._log.error(message, throttle_duration_sec=1.0))
             embedded = time.perf_counter()
             relevancy, objects = locate(fmap, query, self._objects)
             scored = time.perf_counter()
@@ -493,9 +420,7 @@ class FindFieldNode(Node):
             last = self._last_fused_stamp
             waiting = len(self._matcher.pending)
             last_unmatched = self._matcher.last_unmatched
-        times = [t for t in self._fused_times if t > time.monotonic() - 10.0]
-        stats["fusion_hz"] = round((len(times) - 1) / (times[-1] - times[0]), 3) \
-            if len(times) > 1 and times[-1] > times[0] else 0.0
+        stats["fusion_hz"] = recent_rate(list(self._fused_times), time.monotonic())
         table = self._fusion.table
         return {"schema_version": 1, "node": self._fqn, "map_frame": self._map_frame or None,
                 "stats": stats, "rejected": rejected, "waiting": waiting,

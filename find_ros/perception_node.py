@@ -38,37 +38,22 @@ from visualization_msgs.msg import MarkerArray
 from find_core.instructions import Instruction, InstructionError, parse_instruction
 from find_core.messages import stamp_seconds
 
-from .entity_geometry import label_map, place_entity, region_stats, resize_max_side, scale_intrinsics
+from .depth_pairing import DepthPairing
+from .entity_geometry import grounding_regions, place_entity, region_stats, resize_max_side
 from .frame_buffer import BufferedFrame, DepthFrame, FrameBuffer
-from .image_conversion import (ImageConversionError, compressed_to_rgb, depth_to_meters, embeddings_to_image,
-                               image_to_rgb, labels_to_image, rgb_to_image)
+from .image_conversion import (ImageConversionError, compressed_to_rgb, embeddings_to_image, image_to_rgb,
+                               labels_to_image, rgb_to_image)
 from .node_runner import PublishGate, run_node
+from .node_stats import SequenceGaps, Stopwatch, recent_rate
 from .params import ParameterError, PerceptionParams, declare_params
 from .qos import IMAGE_DEPTH, REFRESH_PERIOD, CameraSubscription, gid_key, image_output_qos, instruction_qos, results_qos
 from .results_schema import (POSITION_REASONS, EmbeddingInfo, EntityInfo, FrameInfo, LocalizationInfo, Result,
-                             error_result, projection_matrix)
+                             error_result)
 from .references import ReferenceProblem, is_clear, resolve_frame_references
-from .startup import StartupError, load_model
+from .startup import StartupError, embedding_projection, load_model
 from .visuals import entity_markers, overlay_image
 
 WORKER_JOIN_TIMEOUT = 30.0    # seconds a stop waits for the frame or instruction in hand
-
-
-class _Stopwatch:
-    """Per-stage milliseconds: ``mark(stage)`` adds the time since the previous mark to ``stage``."""
-
-    def __init__(self) -> None:
-        self.start = self._last = time.perf_counter()
-        self.ms: dict[str, float] = {}
-
-    def mark(self, stage: str) -> None:
-        now = time.perf_counter()
-        self.ms[stage] = self.ms.get(stage, 0.0) + (now - self._last) * 1000.0
-        self._last = now
-
-    def total(self) -> dict[str, float]:
-        return {**{k: round(v, 3) for k, v in self.ms.items()},
-                "total": round((time.perf_counter() - self.start) * 1000.0, 3)}
 
 
 # --------------------------------------------------------------------------- the node
@@ -89,12 +74,7 @@ class FindPerceptionNode(Node):
         self._log.info(f"loading model {p.model_preset!r} checkpoint={p.checkpoint or '-'} on {p.device}")
         self.pipeline = load_model(p, self._log.warning, p.input_size or None)
         self._embedding_dims = self._warm_up()
-        self._projection = None
-        if 0 < p.embeddings.dims < self._embedding_dims:
-            self._projection = projection_matrix(self._embedding_dims, p.embeddings.dims, p.embeddings.projection_seed)
-        elif p.embeddings.dims > self._embedding_dims:
-            raise StartupError(f"'embeddings.dims' is {p.embeddings.dims} but the model's embeddings have only "
-                               f"{self._embedding_dims} channels")
+        self._projection = embedding_projection(self._embedding_dims, p.embeddings.dims, p.embeddings.projection_seed)
         self._log.info(f"model {p.model_preset!r} checkpoint={p.checkpoint or '-'} on {self.pipeline.device} "
                        f"({p.precision}, input {self.pipeline.input_size} px) ready in "
                        f"{time.perf_counter() - started:.1f} s; embedding width {self._embedding_dims}")
@@ -104,10 +84,9 @@ class FindPerceptionNode(Node):
         self._pending_frame: tuple[Any, str, float] | None = None
         self._instructions: deque[tuple[str, float]] = deque()
         self._standing: Instruction | None = None
-        self._depths: deque[tuple[float, Image]] = deque(maxlen=16)
-        self._bad_depths: deque[Image] = deque(maxlen=16)
-        self._camera_info: CameraInfo | None = None
-        self._sequence: dict[tuple, int] = {}   # last publication sequence number per image publisher
+        self._depth = DepthPairing(p.depth.sync_tolerance, p.max_image_pixels,
+                                   lambda message: self._publish_error("bad_depth", message))
+        self._gaps = SequenceGaps(gid_key)
         self._counts = dict(frames_received=0, frames_processed=0, frames_dropped=0, frames_missed=0, errors=0)
         self._processed_times: deque[float] = deque(maxlen=120)
         self._latencies: deque[float] = deque(maxlen=60)
@@ -195,32 +174,11 @@ class FindPerceptionNode(Node):
             subscription.refresh()
 
     # ---- callbacks (executor thread): park the message, never compute ---------------------------
-    def _count_missed(self, info: Any, initial_publishers: set) -> None:
-        """Sequence gaps per publisher: frames DDS never delivered to us (depth-1 queue, best effort).
-
-        A publisher that appeared after the node subscribed is counted from its sequence number 1
-        (frames lost before the first one that arrived count too); one that was already publishing
-        is counted from the first frame that arrived. Needs rclpy's MessageInfo (Iron and newer)."""
-        try:
-            sequence = int(info["publication_sequence_number"])
-            key = gid_key(info["publisher_gid"])
-        except (KeyError, TypeError, ValueError):
-            return
-        if sequence <= 0:
-            return
-        last = self._sequence.get(key)
-        if last is None:
-            last = sequence - 1 if key in initial_publishers else 0
-        self._sequence[key] = max(sequence, last)
-        if sequence > last + 1:
-            with self._cond:
-                self._counts["frames_missed"] += sequence - last - 1
-
     def _on_image(self, msg: Any, info: Any) -> None:
-        if info is not None:
-            self._count_missed(info, self._inputs["image"].initial_publishers)
+        missed = self._gaps.missed(info, self._inputs["image"].initial_publishers) if info is not None else 0
         kind = "raw" if isinstance(msg, Image) else "compressed"
         with self._cond:
+            self._counts["frames_missed"] += missed
             self._counts["frames_received"] += 1
             if self._pending_frame is not None:
                 self._counts["frames_dropped"] += 1
@@ -228,11 +186,10 @@ class FindPerceptionNode(Node):
             self._cond.notify()
 
     def _on_depth(self, msg: Image, _info: Any = None) -> None:
-        with self._cond:
-            self._depths.append((stamp_seconds(msg.header), msg))
+        self._depth.add_depth(msg)
 
     def _on_camera_info(self, msg: CameraInfo, _info: Any = None) -> None:
-        self._camera_info = msg
+        self._depth.set_camera_info(msg)
 
     def _on_instruction(self, msg: String) -> None:
         with self._cond:
@@ -271,10 +228,7 @@ class FindPerceptionNode(Node):
         with self._cond:
             stats: dict[str, float] = dict(self._counts)
             last_stamp = self._last_processed_stamp
-        times = list(self._processed_times)
-        recent = [t for t in times if t > time.perf_counter() - 10.0]
-        stats["fps"] = round((len(recent) - 1) / (recent[-1] - recent[0]), 3) if len(recent) > 1 \
-            and recent[-1] > recent[0] else 0.0
+        stats["fps"] = recent_rate(list(self._processed_times), time.perf_counter())
         stats["buffered"] = len(self._buffer)
         return stats, last_stamp
 
@@ -296,7 +250,7 @@ class FindPerceptionNode(Node):
                          frame.source_size[1], frame.source_size[0])
 
     def _process_frame(self, msg: Any, kind: str, received: float) -> None:
-        watch = _Stopwatch()
+        watch = Stopwatch()
         p = self.params
         stamp = msg.header.stamp
         seconds = stamp_seconds(stamp)
@@ -339,7 +293,7 @@ class FindPerceptionNode(Node):
         self._log.error(f"model error: {err}\n{traceback.format_exc()}", throttle_duration_sec=1.0)
         self._publish_error("model_error", f"{type(err).__name__}: {err}", frame=frame, instruction=instruction)
 
-    def _segment(self, frame: BufferedFrame, watch: _Stopwatch, received: float) -> None:
+    def _segment(self, frame: BufferedFrame, watch: Stopwatch, received: float) -> None:
         p = self.params
         try:
             result = self.pipeline.segment(frame.rgb, p.classes, p.segment_mode, p.object_threshold)
@@ -351,7 +305,7 @@ class FindPerceptionNode(Node):
         regions = [(s.segment_id, i, s.label, "class", s.score, s.class_index) for i, s in enumerate(result.segments)]
         self._publish_outputs("segmentation", frame, labels, regions, watch, received)
 
-    def _ground_standing(self, frame: BufferedFrame, watch: _Stopwatch, received: float) -> None:
+    def _ground_standing(self, frame: BufferedFrame, watch: Stopwatch, received: float) -> None:
         instruction = self._standing
         try:
             grounding = self.pipeline.interleave_ground(frame.rgb, instruction)
@@ -359,16 +313,11 @@ class FindPerceptionNode(Node):
             self._model_error(err, instruction, self._frame_info(frame))
             return
         watch.mark("ground")
-        labels, regions = self._grounding_regions(grounding.segments, frame.size)
+        labels, regions = grounding_regions(grounding.segments, frame.size)
         self._publish_outputs("grounding", frame, labels, regions, watch, received, instruction)
 
-    @staticmethod
-    def _grounding_regions(segments: list, size: tuple[int, int]) -> tuple[np.ndarray, list[tuple]]:
-        labels = label_map([(i + 1, s.score, s.mask) for i, s in enumerate(segments)], size)
-        return labels, [(i + 1, i, s.label, s.kind or "text", s.score, None) for i, s in enumerate(segments)]
-
     def _process_instruction(self, raw: str, received: float) -> None:
-        watch = _Stopwatch()
+        watch = Stopwatch()
         limit = self.params.max_instruction_chars
         if len(raw) > limit:
             self._publish_error("instruction_too_long", f"the instruction has {len(raw)} characters, "
@@ -410,7 +359,7 @@ class FindPerceptionNode(Node):
         best = frames[located.best_index]
         localization = LocalizationInfo([f.stamp for f in frames], [float(s) for s in located.frame_scores],
                                         located.best_index, best.stamp)
-        labels, regions = self._grounding_regions(located.grounding.segments, best.size)
+        labels, regions = grounding_regions(located.grounding.segments, best.size)
         self._pub_localized.publish(rgb_to_image(best.rgb, self._header(best)))
         self._publish_outputs("localization", best, labels, regions, watch, received, resolved, localization)
         if self.params.standing and self.params.mode == "localize":
@@ -419,35 +368,10 @@ class FindPerceptionNode(Node):
 
     # ---- depth ------------------------------------------------------------------------------------
     def _pair_depth(self, stamp: float, image_frame_id: str) -> tuple[DepthFrame | None, str | None]:
-        """The depth image nearest in time (within depth.sync_tolerance) with the latest camera_info,
-        or None and the reason (results_schema.POSITION_REASONS) why there is none."""
-        p = self.params.depth
-        if not p.enabled:
+        """The frame's depth, or None and the reason (results_schema.POSITION_REASONS) why there is none."""
+        if not self.params.depth.enabled:
             return None, "depth_disabled"
-        with self._cond:
-            depths = list(self._depths)
-        info = self._camera_info
-        if info is None:
-            return None, "no_camera_info"
-        if not depths:
-            return None, "no_depth_in_sync"
-        depth_stamp, msg = min(depths, key=lambda c: abs(c[0] - stamp))
-        if abs(depth_stamp - stamp) > p.sync_tolerance:
-            return None, "no_depth_in_sync"
-        if any(msg is bad for bad in self._bad_depths):   # reported when it was first paired
-            return None, "bad_depth"
-        K = np.asarray(info.k, dtype=np.float64).reshape(3, 3)
-        try:
-            meters = depth_to_meters(msg, self.params.max_image_pixels)
-            if K[0, 0] <= 0 or K[1, 1] <= 0 or not np.isfinite(K).all():
-                raise ImageConversionError(f"camera_info K has no positive focal lengths: {K.ravel().tolist()}")
-        except ImageConversionError as err:
-            self._bad_depths.append(msg)  # reported once, not again when a result for this frame looks for depth
-            self._publish_error("bad_depth", str(err))
-            return None, "bad_depth"
-        if info.width and info.height and (info.height, info.width) != meters.shape:
-            K = scale_intrinsics(K, (info.height, info.width), meters.shape)
-        return DepthFrame(meters, K, msg.header.frame_id or info.header.frame_id or image_frame_id), None
+        return self._depth.pair(stamp, image_frame_id)
 
     # ---- publishing --------------------------------------------------------------------------------
     @staticmethod
@@ -475,7 +399,7 @@ class FindPerceptionNode(Node):
                              p.projection_seed if self._projection is not None else None)
 
     def _publish_outputs(self, kind: str, frame: BufferedFrame, labels: np.ndarray, regions: list[tuple],
-                         watch: _Stopwatch, received: float, instruction: Instruction | None = None,
+                         watch: Stopwatch, received: float, instruction: Instruction | None = None,
                          localization: LocalizationInfo | None = None) -> None:
         """masks, embeddings, overlay, 3D markers and the result for one frame's labelled regions."""
         header = self._header(frame)

@@ -859,6 +859,42 @@ def _flatten(tree: dict, prefix: str = "") -> dict[str, Any]:
     return out
 
 
+def test_depth_pairing_says_why_there_is_no_depth_and_reports_a_bad_image_once():
+    from find_ros.depth_pairing import DepthPairing
+    bad: list[str] = []
+    pairing = DepthPairing(0.05, 10**6, bad.append)
+    assert pairing.pair(1.0, "cam") == (None, "no_camera_info")
+    pairing.set_camera_info(camera_info(128, 96))
+    assert pairing.pair(1.0, "cam") == (None, "no_depth_in_sync")
+    msg = depth_image(np.full((48, 64), 2.0, np.float32), "32FC1")
+    msg.header = header(1.0, "depth_cam")
+    pairing.add_depth(msg)
+    assert pairing.pair(1.06, "cam") == (None, "no_depth_in_sync")
+    depth, reason = pairing.pair(1.04, "cam")
+    assert reason is None and depth.frame_id == "depth_cam" and depth.meters.shape == (48, 64)
+    assert depth.K[0, 0] == pytest.approx(50.0)                    # camera_info's K, rescaled to the depth size
+    broken = Image(header=header(2.0, "cam"), height=4, width=4, encoding="rgb8", step=12)
+    broken.data = bytes(48)
+    pairing.add_depth(broken)
+    assert pairing.pair(2.0, "cam") == pairing.pair(2.0, "cam") == (None, "bad_depth")
+    assert len(bad) == 1 and "unsupported depth encoding 'rgb8'" in bad[0]
+
+
+def test_sequence_gaps_and_recent_rate():
+    from find_ros.node_stats import SequenceGaps, recent_rate
+    gaps = SequenceGaps(tuple)
+    def info(sequence: int, gid: tuple) -> dict:
+        return {"publication_sequence_number": sequence, "publisher_gid": gid}
+    assert gaps.missed(info(5, (1,)), set()) == 4                   # appeared after us: counted from 1
+    assert [gaps.missed(info(n, (1,)), set()) for n in (6, 9, 3)] == [0, 2, 0]
+    assert gaps.missed(info(7, (2,)), {(2,)}) == 0                 # already publishing: from the first seen
+    assert gaps.missed(info(9, (2,)), {(2,)}) == 1
+    assert gaps.missed({}, set()) == 0                             # no MessageInfo fields: nothing counted
+    assert recent_rate([0.0, 1.0, 2.0], now=2.5) == 1.0
+    assert recent_rate([0.0, 20.0, 20.5, 21.0], now=21.0) == 2.0   # only the last 10 s
+    assert recent_rate([5.0], now=6.0) == 0.0
+
+
 @pytest.mark.parametrize("config, cls, extra", [("find_perception.yaml", PerceptionParams, {}),
                                                  ("find_replay.yaml", ReplayParams, {"source": "/data"})])
 def test_shipped_configs_declare_cleanly_and_are_documented(config: str, cls: type, extra: dict):
