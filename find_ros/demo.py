@@ -28,7 +28,6 @@
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import logging
 import os
@@ -49,20 +48,19 @@ from sensor_msgs.msg import CameraInfo, Image
 from std_msgs.msg import String
 from transformers.utils import logging as hf_logging
 
-from find_core.data.find_bench import segment_crop
-from find_core.data.frames import Camera, FrameRecord, FramesError, FramesReader, FramesWriter
-from find_core.data.scene_video import render_scene_video
-from find_core.demo import field_demo
 from find_core.config import input_size_problem
+from find_core.data.frames import Camera, FrameRecord, FramesReader, FramesWriter
+from find_core.demo import field_demo
 from find_core.embedded import EMBEDDED, fallback_warning
-from find_core.instructions import Entity, Instruction, VisualReference
-from find_core.messages import pose_matrix, stamp_seconds
+from find_core.instructions import Instruction
 from find_core.loading import ModelLoadError, ModelSource, build_pipeline, resolve_model
-from find_core.metrics.interactive import mask_iou
+from find_core.messages import pose_matrix, stamp_seconds
 
-from .image_conversion import depth_to_meters, image_to_labels, image_to_rgb
-from .entity_geometry import resize_mask
+from .demo_scene import DemoError, Referents, build_instruction, choose_referents, prepare_scene
+from .demo_score import NodeRun, frame_hash, screen, summarize
 from .frame_buffer import same_stamp
+from .image_conversion import depth_to_meters, image_to_labels, image_to_rgb
+from .launch_support import EMBEDDED_SCENE_INPUT_SIZE
 from .process_harness import PACKAGE_ROOT, HarnessError, NodeProcess, Probe, stop_all
 
 log = logging.getLogger("find_ros.demo")
@@ -76,16 +74,6 @@ OUTPUT_DIRS = ("recording", "logs")
 # what scripts/demo.sh wrote into demo_out/ before it ran this demo (the library demo, now in demo_out/library)
 OLD_OUTPUT_FILES = ("scene.png", "grounding_overlay.png", "interleave_overlay.png", "panoptic_overlay.png",
                     "interleave_masks.png", "results.json")
-
-
-class DemoError(RuntimeError):
-    """A step of the demo failed; the message says which one and why (with the node's log tail)."""
-
-
-# The demo camera (60 degree field of view, ~2 m away) sees its tiles at about half the pixel size of the
-# synthetic training scenes, so the embedded checkpoint (trained at 128) gets its frames letterboxed to 256,
-# which brings them back to scale (training.evaluate_field: 78 of 101 objects within 10 cm instead of 53).
-EMBEDDED_SCENE_INPUT_SIZE = 256
 
 
 @dataclass
@@ -145,91 +133,6 @@ class DemoConfig:
         return self.threads or (1 if (os.cpu_count() or 1) <= 2 else 2)
 
 
-# --------------------------------------------------------------------------- scene and instruction
-
-
-def prepare_scene(config: DemoConfig) -> FramesReader:
-    """The bundled scene: reused when ``scene_dir`` already holds this seed and size, else rendered."""
-    folder = config.scene_dir
-    try:
-        reader = FramesReader(folder)
-        cam, scene = reader.camera, reader.scene or {}
-        if (len(reader), cam.width, cam.height, scene.get("seed")) == (config.frames, config.width, config.height,
-                                                                       config.seed) and reader.entries[0].masks:
-            log.info(f"reusing the scene in {folder}")
-            return reader
-    except (FramesError, FileNotFoundError):
-        pass
-    log.info(f"rendering the synthetic scene ({config.frames} frames, {config.width}x{config.height}) into {folder}")
-    render_scene_video(folder, seed=config.seed, frames=config.frames, width=config.width, height=config.height,
-                       fps=config.rate, overwrite=True)
-    return FramesReader(folder)
-
-
-@dataclass
-class Referents:
-    """The two objects the instruction names, and where the picture of the visual one comes from."""
-
-    text: dict                  # scene.json object named by its phrase
-    visual: dict                # scene.json object shown as a crop
-    crop_frame: int             # scene frame the crop is cut from
-    both_seen: np.ndarray       # per scene frame: are both objects visible in it
-
-
-def visible_areas(reader: FramesReader) -> np.ndarray:
-    """frames x objects pixel areas of each scene.json object in each frame's ground-truth mask."""
-    ids = [o["id"] for o in reader.scene["objects"]]
-    return np.array([[int(np.count_nonzero(record.masks == i)) for i in ids] for record in reader], dtype=np.int64)
-
-
-def min_visible_area(camera: Camera) -> float:
-    """Fewer ground-truth pixels than this (0.2 % of the image, at least 20) count as not visible."""
-    return max(20.0, 0.002 * camera.width * camera.height)
-
-
-def choose_referents(reader: FramesReader) -> Referents:
-    """Two objects seen together in about half the frames (so picking the frame matters); the crop
-    comes from the frame showing the visual object largest *without* the text object, if any."""
-    objects = reader.scene["objects"]
-    if len(objects) < 2:
-        raise DemoError(f"the scene in {reader.dir} has {len(objects)} object(s); the demo needs two")
-    areas = visible_areas(reader)
-    seen = areas >= min_visible_area(reader.camera)
-    n = len(seen)
-    best: tuple | None = None
-    for a in range(len(objects)):
-        for b in range(len(objects)):
-            if a == b:
-                continue
-            together = int((seen[:, a] & seen[:, b]).sum())
-            alone = int((seen[:, b] & ~seen[:, a]).sum())
-            key = (together > 0, min(together, n - together), alone > 0, int(areas[:, a].sum()))
-            if best is None or key > best[0]:
-                best = (key, a, b)
-    _, a, b = best
-    if not (seen[:, a] & seen[:, b]).any():
-        raise DemoError(f"no frame of {reader.dir} shows two objects together; render more frames")
-    without = seen[:, b] & ~seen[:, a]
-    pool = np.flatnonzero(without) if without.any() else np.flatnonzero(seen[:, b])
-    crop_frame = int(pool[np.argmax(areas[pool, b])])
-    return Referents(objects[a], objects[b], crop_frame, seen[:, a] & seen[:, b])
-
-
-def build_instruction(reader: FramesReader, referents: Referents, instruction_id: str
-                      ) -> tuple[Instruction, np.ndarray]:
-    """'The <text phrase> is next to the <image>.' — the visual entity an inline crop (+ mask) of the
-    other object, the way FIND-Bench entries reference an object of another image."""
-    record = reader[referents.crop_frame]
-    crop, crop_mask = segment_crop(record.rgb, record.masks == referents.visual["id"])
-    words = referents.text["phrase"].removeprefix("the ")
-    text = f"The {words} is next to the <image>."
-    start = text.index(words)
-    entities = (Entity(start, start + len(words), "text"),
-                Entity(text.index("<image>"), text.index("<image>") + len("<image>"), "visual",
-                       VisualReference(image=crop, mask=crop_mask)))
-    return Instruction(text, entities, id=instruction_id), crop
-
-
 # --------------------------------------------------------------------------- node processes
 
 
@@ -256,14 +159,6 @@ def open_listener(domain: int) -> Probe:
 
 
 # --------------------------------------------------------------------------- the run
-
-
-@dataclass
-class NodeRun:
-    """What came back from the nodes."""
-
-    result: dict                       # the localization result answering the instruction
-    published: int                     # colour frames the replay published (as heard here)
 
 
 def thread_env(config: DemoConfig) -> dict[str, str]:
@@ -378,10 +273,6 @@ def write_recording(listener: Probe, folder: Path) -> list[tuple[float, str]]:
     return frames
 
 
-def frame_hash(rgb: np.ndarray) -> str:
-    return hashlib.sha1(np.ascontiguousarray(rgb).tobytes()).hexdigest()
-
-
 def write_answer(listener: Probe, result: dict, out: Path) -> dict[str, np.ndarray]:
     """overlay.png, masks.png (16-bit labels), mask_<index>.png per entity and localized_frame.png of
     the answer; returns the decoded label image and localized frame."""
@@ -400,116 +291,6 @@ def write_answer(listener: Probe, result: dict, out: Path) -> dict[str, np.ndarr
         mask = (labels == entity["label_id"]).astype(np.uint8) * 255
         PILImage.fromarray(mask).save(out / f"mask_{entity['index']}.png")
     return {"labels": labels, "frame": frame}
-
-
-# --------------------------------------------------------------------------- summary
-
-
-def summarize(config: DemoConfig, reader: FramesReader, referents: Referents, instruction: Instruction,
-              run: NodeRun, answer: dict[str, np.ndarray], recorded: list[tuple[float, str]], model: str) -> dict:
-    """The chosen frame and every entity's mask against the ground truth of that frame. Scene frames
-    are recognised by their pixels: the replay re-stamps them with its clock."""
-    result, localization = run.result, run.result["localization"]
-    stamp = result["frame"]["stamp"]
-    scene_index = {frame_hash(record.rgb): position for position, record in enumerate(reader)}
-    index = scene_index.get(frame_hash(answer["frame"]))
-    if index is None:
-        raise DemoError(f"the localized frame (stamp {stamp:.6f}) matches no frame of the scene in {reader.dir}")
-    buffered = [next((scene_index.get(h) for r, h in recorded if same_stamp(r, s)), None)
-                for s in localization["stamps"]]
-    record, labels = reader[index], answer["labels"]
-    objects = reader.scene["objects"]
-    truth = {o["id"]: resize_mask(record.masks == o["id"], labels.shape) for o in objects}  # at the node's size
-    area = {o["id"]: int(np.count_nonzero(record.masks == o["id"])) for o in objects}      # at the camera's
-    entities = []
-    for entity in result["entities"]:
-        obj = (referents.text, referents.visual)[entity["index"]]
-        mask = labels == entity["label_id"]
-        ious = {o["id"]: mask_iou(mask, truth[o["id"]]) for o in objects}
-        best = max(ious, key=ious.get)
-        error = None
-        if entity["position"] is not None and record.pose is not None:  # camera frame -> world
-            world = record.pose[:3, :3] @ np.asarray(entity["position"]) + record.pose[:3, 3]
-            error = round(float(np.linalg.norm(world - np.asarray(obj["center"]))), 4)
-        entities.append({
-            "index": entity["index"], "kind": entity["kind"], "label": entity["label"],
-            "refers_to": {"id": obj["id"], "phrase": obj["phrase"]}, "found": entity["pixel_area"] > 0,
-            "score": round(entity["score"], 4), "pixel_area": entity["pixel_area"],
-            "true_pixel_area": int(truth[obj["id"]].sum()), "iou": round(ious[obj["id"]], 4),
-            "best_matching_object": {"id": best, "iou": round(ious[best], 4)} if ious[best] > 0 else None,
-            "position_error_m": error, "mask_file": f"mask_{entity['index']}.png"})
-    visible = min_visible_area(reader.camera)
-    both = referents.both_seen
-    return {
-        "model": model,
-        "scene": {"folder": str(reader.dir), "frames": len(reader), "width": reader.camera.width,
-                  "height": reader.camera.height, "objects": len(objects), "seed": config.seed},
-        "ros_domain_id": config.domain,
-        "instruction": {"id": instruction.id, "text": instruction.text, "text_entity": referents.text["phrase"],
-                        "visual_entity": {"object": referents.visual["phrase"],
-                                          "crop_from_frame": referents.crop_frame}},
-        "frames": {"published": run.published, "buffered": len(buffered),
-                   "buffered_showing_both": sum(1 for i in buffered if i is not None and both[i]),
-                   "scene_frames_showing_both": int(both.sum())},
-        "chosen_frame": {"stamp": stamp, "scene_index": index,
-                         "published": any(same_stamp(r, stamp) for r, _ in recorded),
-                         "score": localization["scores"][localization["best_index"]],
-                         "rank_of_best_frame_showing_both": _rank_of_best(localization["scores"], buffered, both),
-                         "text_object_visible": area[referents.text["id"]] >= visible,
-                         "text_object_pixels": area[referents.text["id"]],
-                         "visual_object_visible": area[referents.visual["id"]] >= visible,
-                         "visual_object_pixels": area[referents.visual["id"]]},
-        "entities": entities,
-        "timings_ms": result["timings_ms"],
-        "stats": result["stats"],
-    }
-
-
-def _rank_of_best(scores: list[float], indices: list[int | None], both: np.ndarray) -> int | None:
-    """1-based rank, among the buffered frames, of the best-scored frame that shows both objects."""
-    order = np.argsort(-np.asarray(scores, np.float64), kind="stable")
-    for rank, k in enumerate(order, 1):
-        i = indices[k]
-        if i is not None and both[i]:
-            return rank
-    return None
-
-
-def screen(summary: dict, field: dict | None, out: Path) -> str:
-    """The one-screen text form of the summary and the field answer."""
-    chosen, frames, ins = summary["chosen_frame"], summary["frames"], summary["instruction"]
-    yes = lambda v: "yes" if v else "NO"  # noqa: E731
-    lines = [f"FIND node demo — model: {summary['model']}"]
-    if "untrained" in summary["model"]:
-        lines.append("  WARNING: the model is untrained: masks, the chosen frame and the 3D answer are not meaningful")
-    lines += [
-        f"scene: {summary['scene']['frames']} frames {summary['scene']['width']}x{summary['scene']['height']}, "
-        f"{summary['scene']['objects']} objects; ROS_DOMAIN_ID {summary['ros_domain_id']}",
-        f"instruction: {ins['text']!r}  (text: {ins['text_entity']!r}; image: crop of "
-        f"{ins['visual_entity']['object']!r} from frame {ins['visual_entity']['crop_from_frame']})",
-        f"frames: {frames['published']} published, {frames['buffered']} buffered, "
-        f"{frames['buffered_showing_both']} of them show both objects",
-        f"chosen frame: #{chosen['scene_index']} (stamp {chosen['stamp']:.3f}, published: {yes(chosen['published'])}); "
-        f"shows the text object: {yes(chosen['text_object_visible'])} ({chosen['text_object_pixels']} px), "
-        f"the pictured object: {yes(chosen['visual_object_visible'])} ({chosen['visual_object_pixels']} px)",
-    ]
-    for e in summary["entities"]:
-        err = f"{e['position_error_m']:.3f} m" if e["position_error_m"] is not None else "-"
-        iou = f"{e['iou']:.3f}" + (" (both empty)" if not e["found"] and not e["true_pixel_area"] else "")
-        lines.append(f"  entity {e['index']} {e['kind']:6s} {e['label'][:28]!r:30s} found: {yes(e['found'])} "
-                     f"score {e['score']:.2f}  IoU {iou} vs {e['refers_to']['phrase']!r}  3D error {err}")
-    if field is not None:
-        if field["centroid"] is not None:
-            dist = f"{field['distance_m']:.3f} m from its true centre" if field["distance_m"] is not None else ""
-            nearest = field.get("nearest_object") or {}
-            lines.append(f"3D field: {field['frames_fused']} frames, {field['voxels']} voxels; {field['query']!r} at "
-                         f"{field['centroid']} — {dist} (nearest object: {nearest.get('phrase', '-')!r})")
-        else:
-            lines.append(f"3D field: {field['frames_fused']} frames, {field['voxels']} voxels; "
-                         f"{field['query']!r}: no object found")
-    lines.append(f"outputs: {out}/ (summary.json, results.jsonl, overlay.png, masks.png, localized_frame.png, "
-                 f"mask_*.png, field.ply, field_answer.json, recording/, logs/)")
-    return "\n".join(lines)
 
 
 # --------------------------------------------------------------------------- main
@@ -553,7 +334,8 @@ def run(config: DemoConfig) -> dict:
         raise DemoError(str(err)) from None
     if model.fallback:
         log.warning(fallback_warning())
-    reader = prepare_scene(config)
+    reader = prepare_scene(config.scene_dir, seed=config.seed, frames=config.frames, width=config.width,
+                           height=config.height, fps=config.rate)
     referents = choose_referents(reader)
     instruction, crop = build_instruction(reader, referents, f"demo-{os.getpid()}-{int(time.time())}")
     PILImage.fromarray(crop).save(out / "reference_crop.png")
@@ -576,7 +358,8 @@ def run(config: DemoConfig) -> dict:
         answer = write_answer(listener, node_run.result, out)
     finally:
         listener.close()
-    summary = summarize(config, reader, referents, instruction, node_run, answer, recorded, model.description)
+    summary = summarize(reader, referents, instruction, node_run, answer, recorded, model.description,
+                        seed=config.seed, domain=config.domain)
     summary["seconds_nodes"] = round(time.perf_counter() - started, 1)
     (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     field = field_step(config, reader, referents, model) if config.run_field else None

@@ -109,7 +109,7 @@ def test_perception_node_model_preset_embedded(no_checkpoint, tmp_path):
 
 
 def test_referents_are_seen_together_and_the_instruction_carries_the_crop(tmp_path):
-    from find_ros.demo import build_instruction, choose_referents
+    from find_ros.demo_scene import build_instruction, choose_referents
     reader = FramesReader(render_scene_video(tmp_path / "scene", seed=0, frames=8, width=96, height=72))
     referents = choose_referents(reader)
     assert referents.text["id"] != referents.visual["id"]
