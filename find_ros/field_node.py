@@ -38,7 +38,6 @@ import json
 import sys
 import threading
 import time
-import traceback
 from collections import deque
 from pathlib import Path
 from typing import Any
@@ -61,7 +60,7 @@ from .entity_geometry import scale_intrinsics
 from .field_params import FieldParams, parse_offset
 from .frame_matching import Bundle, FrameMatcher, GridMismatch, StampBuffer, depth_stride
 from .image_conversion import ImageConversionError, depth_to_meters, image_to_embeddings
-from .node_runner import PublishGate, run_node
+from .node_runner import NodeWorker, PublishGate, run_node
 from .params import ParameterError, declare_params
 from .qos import REFRESH_PERIOD, CameraSubscription, image_output_qos, instruction_qos, results_qos
 from .node_stats import recent_rate
@@ -116,8 +115,7 @@ class FindFieldNode(Node):
         self._integrate_ms: deque[float] = deque(maxlen=60)
         self._last_fused_stamp: float | None = None
         self._reported_unmatched = 0
-        self._stop = threading.Event()
-        self._job: str | None = None             # what the worker is doing, for the stop log line
+        self._worker = NodeWorker("find_field_worker", self._work, self._cond, self._log)
 
         self._gate = PublishGate()               # closed by shutdown(): nothing is published after that
         out = image_output_qos()
@@ -141,7 +139,6 @@ class FindFieldNode(Node):
         self.create_subscription(String, "~/command", lambda m: self._on_request("command", m), instruction_qos())
         if p.status_period > 0:
             self.create_timer(p.status_period, self._report)
-        self._worker = threading.Thread(target=self._work, name="find_field_worker", daemon=True)
         self._worker.start()
         names = ", ".join(s.topic_name for s in self._inputs.values())
         self._log.info(f"fusing {names} ({pose_type.__name__}, {p.camera_reliability}) into "
@@ -172,24 +169,11 @@ class FindFieldNode(Node):
         return embedder
 
     def shutdown(self) -> None:
-        """Stop the worker (it finishes the frame or query in hand), then close the publishers: called
-        before the node is destroyed, while the context is still valid."""
-        job, started = self._job, time.perf_counter()
-        self._stop.set()
-        with self._cond:
-            self._cond.notify_all()
-        self._worker.join(timeout=30.0)
-        self._gate.close()
-        if self._worker.is_alive():
-            self._log.warning(f"worker still busy with {self._job} after 30 s; its outputs are dropped")
-        else:
-            self._log.info(f"worker stopped{f' after finishing {job}' if job else ''} in "
-                           f"{(time.perf_counter() - started) * 1000:.0f} ms; publishers closed")
+        """The worker finishes the frame or query in hand, then the publishers close."""
+        self._worker.shutdown(self._gate)
 
     def activity(self) -> str:
-        """What the node is doing, for the stop log line."""
-        job = self._job
-        return f"busy ({job})" if job else "idle"
+        return self._worker.activity()
 
     def save_on_exit(self) -> None:
         """Write the map to map_path (the worker must have stopped: see shutdown)."""
@@ -225,31 +209,23 @@ class FindFieldNode(Node):
 
     # ---- worker thread -----------------------------------------------------------------------------
     def _work(self) -> None:
-        while not self._stop.is_set():
+        stop = self._worker.stop
+        while not stop.is_set():
             with self._cond:
                 def ready() -> bool:
-                    return self._stop.is_set() or bool(self._requests) or (
+                    return stop.is_set() or bool(self._requests) or (
                         time.monotonic() >= self._next_due and self._matcher.newest() is not None)
                 wait = min(0.1, max(self._next_due - time.monotonic(), 0.0)) or 0.1
                 self._cond.wait_for(ready, timeout=wait)
                 self._matcher.expire(time.monotonic())
                 requests = list(self._requests)
                 self._requests.clear()
-                due = not self._stop.is_set() and time.monotonic() >= self._next_due
+                due = not stop.is_set() and time.monotonic() >= self._next_due
                 bundle = self._matcher.take() if due else None
-            jobs = [(self._request, r, f"a {r[0]}") for r in requests]
-            jobs += [(self._fuse, bundle, "fusing a frame")] if bundle else []
-            for job, item, what in jobs:
-                if self._stop.is_set():
-                    break
-                self._job = what
-                try:
-                    job(item)
-                except Exception as err:  # a bug must not kill the node: report it and keep serving
-                    self._log.error(f"internal error: {err}\n{traceback.format_exc()}")
-                    self._publish_error(QueryError("internal_error", f"{type(err).__name__}: {err}"))
-                finally:
-                    self._job = None
+            jobs = [(self._request, (r,), f"a {r[0]}") for r in requests]
+            jobs += [(self._fuse, (bundle,), "fusing a frame")] if bundle else []
+            self._worker.run_jobs(jobs, lambda err: self._publish_error(
+                QueryError("internal_error", f"{type(err).__name__}: {err}")))
 
     def _reject(self, reason: str, message: str) -> None:
         with self._cond:

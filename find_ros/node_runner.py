@@ -34,6 +34,7 @@ from rclpy.signals import SignalHandlerOptions
 from .params import help_text
 
 POLL = 0.05   # seconds between checks of the stop flag in the main thread
+WORKER_JOIN_TIMEOUT = 30.0    # seconds a stop waits for the worker's frame, instruction or query in hand
 
 
 class Interrupted(BaseException):
@@ -112,6 +113,57 @@ class PublishGate:
     def close(self) -> None:
         with self.lock:   # waits for a publish in progress
             self.open = False
+
+
+class NodeWorker:
+    """A node's worker thread (the model's work, off the executor): ``loop`` runs in it until
+    :meth:`shutdown` sets ``stop``; :meth:`run_jobs` does each job unless a stop came, naming it in
+    ``job`` (the stop log line says what the node was doing), and a job that raises (a bug) is logged
+    and handed to ``report`` instead of ending the thread."""
+
+    def __init__(self, name: str, loop: Callable[[], None], cond: threading.Condition, log: Any) -> None:
+        self.stop = threading.Event()
+        self.job: str | None = None
+        self._cond, self._log = cond, log
+        self._thread = threading.Thread(target=loop, name=name, daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def run_jobs(self, jobs: list[tuple[Callable[..., None], tuple, str]], report: Callable[[Exception], None]) -> None:
+        """(job, args, what) in order; ``job(*args)`` unless a stop was requested."""
+        for job, args, what in jobs:
+            if self.stop.is_set():
+                break
+            self.job = what
+            try:
+                job(*args)
+            except Exception as err:  # a bug must not kill the node: report it and keep serving
+                self._log.error(f"internal error: {err}\n{traceback.format_exc()}")
+                report(err)
+            finally:
+                self.job = None
+
+    def activity(self) -> str:
+        """What the node is doing, for the stop log line."""
+        job = self.job
+        return f"busy ({job})" if job else "idle"
+
+    def shutdown(self, gate: PublishGate) -> None:
+        """Stop the worker (it finishes the job in hand), then close the node's publishers: called
+        before the node is destroyed, while the context is still valid."""
+        job, started = self.job, time.perf_counter()
+        self.stop.set()
+        with self._cond:
+            self._cond.notify_all()
+        self._thread.join(timeout=WORKER_JOIN_TIMEOUT)
+        gate.close()
+        if self._thread.is_alive():
+            self._log.warning(f"worker still busy with {self.job} after {WORKER_JOIN_TIMEOUT:.0f} s; its outputs "
+                              "are dropped")
+        else:
+            self._log.info(f"worker stopped{f' after finishing {job}' if job else ''} in "
+                           f"{(time.perf_counter() - started) * 1000:.0f} ms; publishers closed")
 
 
 def wants_help(argv: list[str]) -> bool:

@@ -43,7 +43,7 @@ from .entity_geometry import grounding_regions, place_entity, region_stats, resi
 from .frame_buffer import BufferedFrame, DepthFrame, FrameBuffer
 from .image_conversion import (ImageConversionError, compressed_to_rgb, embeddings_to_image, image_to_rgb,
                                labels_to_image, rgb_to_image)
-from .node_runner import PublishGate, run_node
+from .node_runner import NodeWorker, PublishGate, run_node
 from .node_stats import SequenceGaps, Stopwatch, recent_rate
 from .params import ParameterError, PerceptionParams, declare_params
 from .qos import IMAGE_DEPTH, REFRESH_PERIOD, CameraSubscription, gid_key, image_output_qos, instruction_qos, results_qos
@@ -52,9 +52,6 @@ from .results_schema import (POSITION_REASONS, EmbeddingInfo, EntityInfo, FrameI
 from .references import ReferenceProblem, is_clear, resolve_frame_references
 from .startup import StartupError, embedding_projection, load_model
 from .visuals import entity_markers, overlay_image
-
-WORKER_JOIN_TIMEOUT = 30.0    # seconds a stop waits for the frame or instruction in hand
-
 
 # --------------------------------------------------------------------------- the node
 
@@ -91,8 +88,7 @@ class FindPerceptionNode(Node):
         self._processed_times: deque[float] = deque(maxlen=120)
         self._latencies: deque[float] = deque(maxlen=60)
         self._last_processed_stamp: float | None = None
-        self._stop = threading.Event()
-        self._job: str | None = None             # what the worker is doing, for the stop log line
+        self._worker = NodeWorker("find_perception_worker", self._work, self._cond, self._log)
 
         self._gate = PublishGate()               # closed by shutdown(): nothing is published after that
         out = image_output_qos()
@@ -119,7 +115,6 @@ class FindPerceptionNode(Node):
         self.create_subscription(String, "instruction", self._on_instruction, instruction_qos())
         if p.stats_period > 0:
             self.create_timer(p.stats_period, self._report)
-        self._worker = threading.Thread(target=self._work, name="find_perception_worker", daemon=True)
         self._worker.start()
         self._log.info(f"listening on {self._inputs['image'].topic_name} ({p.image_transport}, "
                        f"camera_reliability {p.camera_reliability}), mode={p.mode}, standing={p.standing}, "
@@ -147,27 +142,11 @@ class FindPerceptionNode(Node):
         return width
 
     def shutdown(self) -> None:
-        """Stop the worker (it finishes the frame or instruction in hand), then close the publishers:
-        called before the node is destroyed, while the context is still valid."""
-        job = self._job
-        started = time.perf_counter()
-        self._stop.set()
-        with self._cond:
-            self._cond.notify_all()
-        self._worker.join(timeout=WORKER_JOIN_TIMEOUT)
-        self._gate.close()
-        waited = f" after finishing {job}" if job else ""
-        if self._worker.is_alive():
-            self._log.warning(f"worker still busy with {self._job} after {WORKER_JOIN_TIMEOUT:.0f} s; its "
-                              "outputs are dropped")
-        else:
-            self._log.info(f"worker stopped{waited} in {(time.perf_counter() - started) * 1000:.0f} ms; "
-                           "publishers closed")
+        """The worker finishes the frame or instruction in hand, then the publishers close."""
+        self._worker.shutdown(self._gate)
 
     def activity(self) -> str:
-        """What the node is doing, for the stop log line."""
-        job = self._job
-        return f"busy ({job})" if job else "idle"
+        return self._worker.activity()
 
     def _refresh_inputs(self) -> None:
         for subscription in self._inputs.values():
@@ -201,25 +180,18 @@ class FindPerceptionNode(Node):
 
     # ---- worker thread ----------------------------------------------------------------------------
     def _work(self) -> None:
-        while not self._stop.is_set():
+        stop = self._worker.stop
+        while not stop.is_set():
             with self._cond:
-                self._cond.wait_for(lambda: self._stop.is_set() or self._pending_frame is not None
+                self._cond.wait_for(lambda: stop.is_set() or self._pending_frame is not None
                                     or bool(self._instructions), timeout=0.5)
                 frame, self._pending_frame = self._pending_frame, None
                 instruction = self._instructions.popleft() if self._instructions else None
             # the frame first: it arrived before the instruction was taken, so localization sees it
-            for job, item, what in ((self._process_frame, frame, "a frame"),
-                                    (self._process_instruction, instruction, "an instruction")):
-                if item is None or self._stop.is_set():
-                    continue
-                self._job = what
-                try:
-                    job(*item)
-                except Exception as err:  # a bug must not kill the node: report it and keep serving
-                    self._log.error(f"internal error: {err}\n{traceback.format_exc()}")
-                    self._publish_error("internal_error", f"{type(err).__name__}: {err}")
-                finally:
-                    self._job = None
+            jobs = [(self._process_frame, frame, "a frame")] if frame is not None else []
+            jobs += [(self._process_instruction, instruction, "an instruction")] if instruction is not None else []
+            self._worker.run_jobs(jobs, lambda err: self._publish_error("internal_error",
+                                                                        f"{type(err).__name__}: {err}"))
 
     def _stats(self) -> dict[str, float]:
         return self._stats_and_stamp()[0]

@@ -244,3 +244,44 @@ def test_field_stops_cleanly_in_every_state_and_saves_its_map(tmp_path: Path):
              ("stopping on SIGINT while", "worker stopped", f"map saved to {map_path}")),
     ], tmp_path)
     assert map_path.is_file()
+
+
+def test_node_worker_reports_a_bug_finishes_the_job_in_hand_and_starts_no_other():
+    from find_ros.node_runner import NodeWorker, PublishGate
+    logged: list[tuple[str, str]] = []
+
+    class Log:
+        def error(self, message: str) -> None:
+            logged.append(("error", message))
+
+        def info(self, message: str) -> None:
+            logged.append(("info", message))
+
+        def warning(self, message: str) -> None:
+            logged.append(("warning", message))
+
+    cond = threading.Condition()
+    done: list[str] = []
+    reported: list[Exception] = []
+    busy = threading.Event()
+
+    def slow() -> None:
+        busy.set()
+        time.sleep(0.3)
+        done.append("slow")
+
+    def loop() -> None:
+        worker.run_jobs([(lambda: 1 / 0, (), "a bug"), (done.append, ("x",), "x"), (slow, (), "a frame"),
+                         (done.append, ("after the stop",), "y")], reported.append)
+
+    worker = NodeWorker("test_worker", loop, cond, Log())
+    assert worker.activity() == "idle"
+    worker.start()
+    assert busy.wait(5.0)
+    assert worker.activity() == "busy (a frame)"
+    gate = PublishGate()
+    worker.shutdown(gate)
+    assert done == ["x", "slow"] and not gate.open
+    assert len(reported) == 1 and isinstance(reported[0], ZeroDivisionError)
+    assert logged[0][0] == "error" and logged[0][1].startswith("internal error: division by zero")
+    assert logged[-1][0] == "info" and logged[-1][1].startswith("worker stopped after finishing a frame in ")
