@@ -8,6 +8,7 @@ Images are numpy H×W×3 uint8 RGB; results are dataclasses at the original reso
 from __future__ import annotations
 
 import contextlib
+from dataclasses import dataclass
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
@@ -37,6 +38,18 @@ def resolve_device(device: str) -> torch.device:
     if device.startswith("cuda") and not torch.cuda.is_available():
         raise ValueError(f"device '{device}' requested but CUDA is not available")
     return torch.device(device)
+
+
+@dataclass
+class EncodedImage:
+    """One image encoded once (`FindPipeline.encode`): its size, letterbox and features, and once a call
+    has needed them, the image-only interface outputs. Every FindPipeline call that takes an image
+    accepts this in its place, so several calls on one frame run the vision encoder once."""
+
+    shape: tuple[int, int, int]                       # the original image's (H, W, 3)
+    box: Letterbox
+    features: ImageFeatures                           # batch of one
+    image_outputs: PredictionSet | dict[str, torch.Tensor] | None = None
 
 
 class FindPipeline:
@@ -88,11 +101,39 @@ class FindPipeline:
             return contextlib.nullcontext()
         return torch.autocast(self.device.type, dtype=PRECISIONS[self.precision])
 
-    def _encode(self, images: Sequence[np.ndarray]) -> tuple[ImageFeatures, list[Letterbox]]:
-        tensor, boxes = letterbox(list(images), self.input_size)
-        parts = [self.model.encode_images(tensor[i:i + self.batch_size])
-                 for i in range(0, len(tensor), self.batch_size)]
-        return ImageFeatures.cat(parts), boxes
+    @torch.inference_mode()
+    def encode(self, image: np.ndarray) -> EncodedImage:
+        """Letterbox and encode one image once, for any number of the calls below."""
+        with self._autocast():
+            features, boxes = self._encode([image])
+        return EncodedImage(tuple(image.shape), boxes[0], features)
+
+    def _encode(self, images: Sequence[np.ndarray | EncodedImage]) -> tuple[ImageFeatures, list[Letterbox]]:
+        """Features and letterboxes of the images; an EncodedImage brings its own."""
+        arrays = [image for image in images if not isinstance(image, EncodedImage)]
+        encoded: list[tuple[ImageFeatures, Letterbox]] = []
+        if arrays:
+            tensor, boxes = letterbox(arrays, self.input_size)
+            parts = [self.model.encode_images(tensor[i:i + self.batch_size])
+                     for i in range(0, len(tensor), self.batch_size)]
+            features = ImageFeatures.cat(parts)
+            encoded = [(features.select(slice(i, i + 1)), box) for i, box in enumerate(boxes)]
+            if len(arrays) == len(images):
+                return features, boxes
+        fresh = iter(encoded)
+        pairs = [(image.features, image.box) if isinstance(image, EncodedImage) else next(fresh) for image in images]
+        return ImageFeatures.cat([f for f, _ in pairs]), [box for _, box in pairs]
+
+    def _image_only(self, images: Sequence[np.ndarray | EncodedImage], features: ImageFeatures):
+        """The image-only interface outputs (official: `seg` outputs; else the last prediction set),
+        kept on a single EncodedImage for the next call on it."""
+        single = images[0] if len(images) == 1 and isinstance(images[0], EncodedImage) else None
+        if single is not None and single.image_outputs is not None:
+            return single.image_outputs
+        outputs = self._official_outputs(features) if self.model.official else self._image_sets(features)
+        if single is not None:
+            single.image_outputs = outputs
+        return outputs
 
     def _image_sets(self, features: ImageFeatures) -> PredictionSet:
         """Last prediction set of the image-only forward (object masks, object and image embeddings)."""
@@ -120,7 +161,7 @@ class FindPipeline:
 
     # ---- tasks ---------------------------------------------------------------------------------
     @torch.inference_mode()
-    def segment(self, image: np.ndarray, classes: Sequence[str | ClassPrompt], mode: str = "panoptic",
+    def segment(self, image: np.ndarray | EncodedImage, classes: Sequence[str | ClassPrompt], mode: str = "panoptic",
                 object_threshold: float | None = None) -> SegmentationResult:
         """Generic segmentation; classes as names, descriptions or ClassPrompt(example=...).
         `object_threshold` None: the model's default (0.5; the official decoder's test setting 0.8,
@@ -130,7 +171,7 @@ class FindPipeline:
         return self.decode_segments(mode, logits, masks, prompts, object_threshold)
 
     @torch.inference_mode()
-    def segment_scores(self, image: np.ndarray, prompts: Sequence[ClassPrompt]) -> tuple[torch.Tensor, torch.Tensor]:
+    def segment_scores(self, image: np.ndarray | EncodedImage, prompts: Sequence[ClassPrompt]) -> tuple[torch.Tensor, torch.Tensor]:
         """One forward for `segment`: class logits [Q, K+1] and mask logits [Q, H, W] at the image's size
         (decode them for any mode with `decode_segments`)."""
         with self._autocast():
@@ -140,7 +181,7 @@ class FindPipeline:
                 outputs = official.image_outputs(self.model, features, class_embeddings)
                 logits, masks = outputs["pred_logits"][0], outputs["pred_masks"][0]
             else:
-                sets = self._image_sets(features)
+                sets = self._image_only([image], features)
                 logits = generic.class_logits(self.model, sets.object_semantic[0], class_embeddings)
                 masks = sets.object_masks[0]
             return logits, boxes[0].to_original(masks)
@@ -170,7 +211,7 @@ class FindPipeline:
         return embeddings
 
     @torch.inference_mode()
-    def ground(self, image: np.ndarray, phrases: Sequence[str]) -> GroundingResult:
+    def ground(self, image: np.ndarray | EncodedImage, phrases: Sequence[str]) -> GroundingResult:
         """Referring / grounded segmentation: one mask per phrase."""
         with self._autocast():
             features, boxes = self._encode([image])
@@ -181,7 +222,7 @@ class FindPipeline:
             return GroundingResult(self._pick_masks(sets, 0, boxes[0], list(phrases)))
 
     @torch.inference_mode()
-    def interactive(self, image: np.ndarray, objects: Sequence[Sequence[SpatialPrompt]]) -> GroundingResult:
+    def interactive(self, image: np.ndarray | EncodedImage, objects: Sequence[Sequence[SpatialPrompt]]) -> GroundingResult:
         """Interactive segmentation: objects[i] holds the clicks / boxes / scribbles of object i."""
         with self._autocast():
             features, boxes = self._encode([image])
@@ -197,17 +238,16 @@ class FindPipeline:
             return GroundingResult(self._pick_masks(sets, 0, boxes[0], labels))
 
     @torch.inference_mode()
-    def embed_pixels(self, image: np.ndarray) -> EmbeddingMap:
+    def embed_pixels(self, image: np.ndarray | EncodedImage) -> EmbeddingMap:
         """Per-pixel embeddings in the semantic space text is embedded in: each pixel mixes the
         semantic embeddings of the object queries by their mask probabilities there."""
         with self._autocast():
             features, boxes = self._encode([image])
+            outputs = self._image_only([image], features)
             if self.model.official:
-                outputs = self._official_outputs(features)
                 masks, semantic = outputs["pred_masks"][0], outputs["pred_captions"][0]
             else:
-                sets = self._image_sets(features)
-                masks, semantic = sets.object_masks[0], sets.object_semantic[0]
+                masks, semantic = outputs.object_masks[0], outputs.object_semantic[0]
             weights = masks.float().softmax(dim=0)                       # [Q, h, w]
             semantic = F.normalize(semantic.float(), dim=-1)             # [Q, C]
             pixels = F.normalize(torch.einsum("qhw,qc->hwc", weights, semantic), dim=-1)
@@ -227,14 +267,12 @@ class FindPipeline:
         return F.normalize(embeddings.float(), dim=-1).cpu().numpy()
 
     @torch.inference_mode()
-    def embed_images(self, images: Sequence[np.ndarray]) -> np.ndarray:
+    def embed_images(self, images: Sequence[np.ndarray | EncodedImage]) -> np.ndarray:
         """[N, C] normalised image-level embeddings (the image query), for retrieval and frame buffers."""
         with self._autocast():
             features, _ = self._encode(images)
-            if self.model.official:
-                embeddings = self._official_outputs(features)["pred_retrievals"][:, 0]
-            else:
-                embeddings = self._image_sets(features).image_semantic
+            outputs = self._image_only(images, features)
+            embeddings = outputs["pred_retrievals"][:, 0] if self.model.official else outputs.image_semantic
         return F.normalize(embeddings.float(), dim=-1).cpu().numpy()
 
     @torch.inference_mode()
@@ -287,7 +325,7 @@ class FindPipeline:
         return RetrievalResult(self._scores(self.embed_instruction(instruction, frames)[None], gallery))
 
     @torch.inference_mode()
-    def interleave_ground(self, image: np.ndarray, instruction: Instruction | str,
+    def interleave_ground(self, image: np.ndarray | EncodedImage, instruction: Instruction | str,
                           frames: Mapping[float, np.ndarray] | None = None) -> GroundingResult:
         """One mask per entity of the instruction (text or visual) in `image`."""
         instruction = instruction if isinstance(instruction, Instruction) else parse_instruction(instruction)
@@ -316,25 +354,44 @@ class FindPipeline:
             raise ValueError("localize needs at least one frame")
         instruction = instruction if isinstance(instruction, Instruction) else parse_instruction(instruction)
         lookup = dict(zip(stamps, frames)) if stamps is not None else None
-        if self.model.official:  # its ranking reads each frame's object queries: re-encode the frames
-            frame_embeddings = None
+        if self.model.official:  # its ranking reads each frame's object queries: encode the frames
+            return self._official_localize(frames, instruction, lookup)
         ranking = self.interleave_retrieve(instruction, None if frame_embeddings is not None else frames,
                                            frame_embeddings, lookup)
         scores = ranking.similarity[0]
         best = int(np.argmax(scores))
         return LocalizationResult(scores, best, self.interleave_ground(frames[best], instruction, lookup))
 
+    def _official_localize(self, frames: Sequence[np.ndarray], instruction: Instruction,
+                           lookup: Mapping[float, np.ndarray] | None) -> LocalizationResult:
+        """`localize` on the official decoder with the frames encoded once and the entry (its tokens and
+        its visual entities' passes) prepared once for both the ranking and the grounding."""
+        labels = [e.label or instruction.phrase(i) for i, e in enumerate(instruction.entities)]
+        with self._autocast():
+            entry = official.prepare_entry(self.model, instruction, lookup)
+            features, boxes = self._encode(frames)
+            outputs = self._image_only(frames, features)
+            embedding, entities = official.embed_entry(self.model, entry)
+            scores = official.interleave_scores(embedding.float(), entities.float(),
+                                                outputs["pred_retrievals"][:, 0].float(),
+                                                outputs["pred_captions"].float()).cpu().numpy()
+            best = int(np.argmax(scores))
+            masks, probabilities = official.ground_entry(self.model, features.select(slice(best, best + 1)), entry)
+            grounding = GroundingResult(_segments(masks, probabilities, boxes[best], labels,
+                                                  [e.kind for e in instruction.entities]))
+        return LocalizationResult(scores, best, grounding)
+
     def _official_interleave_scores(self, instruction: Instruction | str, images: Sequence[np.ndarray],
                                     frames: Mapping[float, np.ndarray] | None) -> np.ndarray:
         return self.official_interleave_scores(instruction, self.official_gallery(images), frames)
 
     @torch.inference_mode()
-    def official_gallery(self, images: Sequence[np.ndarray]) -> tuple[torch.Tensor, torch.Tensor]:
+    def official_gallery(self, images: Sequence[np.ndarray | EncodedImage]) -> tuple[torch.Tensor, torch.Tensor]:
         """What the official interleave ranking reads of each image (official decoder): the image
         embeddings [N, C] and the object queries' semantic outputs [N, Q, C]."""
         with self._autocast():
             features, _ = self._encode(images)
-            outputs = self._official_outputs(features)
+            outputs = self._image_only(images, features)
         return outputs["pred_retrievals"][:, 0].float(), outputs["pred_captions"].float()
 
     @torch.inference_mode()

@@ -1,0 +1,105 @@
+"""FindPipeline.encode: one vision pass per frame for any number of calls, the same answers as calls on
+the array; the official localize prepares its entry once and encodes the frames once."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from find_core.config import ModelConfig
+from find_core.instructions import Entity, Instruction, VisualReference
+from find_core.model import FindModel
+from find_core.pipeline import EncodedImage, FindPipeline
+from find_core.presets import preset_path
+from find_core.prompts import SpatialPrompt
+
+
+def pipeline_of(preset: str) -> FindPipeline:
+    torch.manual_seed(0)
+    return FindPipeline(FindModel(ModelConfig.from_yaml(preset_path(preset))), device="cpu")
+
+
+@pytest.fixture(scope="module", params=["tiny-test", "tiny-official"])
+def pipe(request) -> FindPipeline:
+    return pipeline_of(request.param)
+
+
+@pytest.fixture(scope="module")
+def image() -> np.ndarray:
+    rng = np.random.default_rng(0)
+    picture = rng.integers(0, 255, (48, 64, 3), dtype=np.uint8)
+    picture[10:30, 20:40] = (200, 30, 30)
+    return picture
+
+
+class CountingEncoder:
+    """Counts the vision passes of a pipeline's model."""
+
+    def __init__(self, pipe: FindPipeline, monkeypatch):
+        self.calls = 0
+        original = pipe.model.encode_images
+
+        def counted(*args, **kwargs):
+            self.calls += 1
+            return original(*args, **kwargs)
+        monkeypatch.setattr(pipe.model, "encode_images", counted)
+
+
+def _same(a: np.ndarray, b: np.ndarray) -> None:
+    np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5)
+
+
+def test_every_call_on_an_encoded_frame_matches_the_array_and_encodes_once(pipe, image, monkeypatch):
+    classes = ["red square", "background"]
+    expected = {
+        "segment": pipe.segment(image, classes, "semantic").label_map,
+        "ground": pipe.ground(image, ["the red square"]).segments[0].mask,
+        "interactive": pipe.interactive(image, [[SpatialPrompt.point(30, 20)]]).segments[0].mask,
+        "pixels": pipe.embed_pixels(image).embeddings,
+        "images": pipe.embed_images([image]),
+        "interleave": pipe.interleave_ground(image, "the red square").segments[0].mask,
+    }
+    counter = CountingEncoder(pipe, monkeypatch)
+    encoded = pipe.encode(image)
+    assert isinstance(encoded, EncodedImage) and encoded.shape == image.shape
+    got = {
+        "segment": pipe.segment(encoded, classes, "semantic").label_map,
+        "ground": pipe.ground(encoded, ["the red square"]).segments[0].mask,
+        "interactive": pipe.interactive(encoded, [[SpatialPrompt.point(30, 20)]]).segments[0].mask,
+        "pixels": pipe.embed_pixels(encoded).embeddings,
+        "images": pipe.embed_images([encoded]),
+        "interleave": pipe.interleave_ground(encoded, "the red square").segments[0].mask,
+    }
+    assert counter.calls == 1                       # the frame itself; text needs no vision pass here
+    for name in expected:
+        _same(np.asarray(got[name], dtype=np.float32), np.asarray(expected[name], dtype=np.float32))
+    assert encoded.image_outputs is not None        # the image-only pass is kept for the next call
+    # a batch mixing arrays and encoded frames keeps its order
+    _same(pipe.embed_images([image, encoded, image]), np.concatenate([expected["images"]] * 3))
+
+
+def test_official_localize_matches_ranking_then_grounding(image, monkeypatch):
+    pipe = pipeline_of("tiny-official")
+    frames = [np.roll(image, shift, axis=1) for shift in (0, 20, 40)]
+    crop = image[10:30, 20:40].copy()
+    instruction = Instruction("the red square like this one", (
+        Entity(0, 14, "text"),
+        Entity(20, 28, "visual", VisualReference(image=crop, mask=np.ones(crop.shape[:2], bool)))))
+    # the visual entity's points are a random draw (more region pixels than max_spatial_len): the same
+    # seed gives each call the same draw; localize draws once for its ranking and its grounding
+    torch.manual_seed(3)
+    ranking = pipe.interleave_retrieve(instruction, frames).similarity[0]
+    best = int(np.argmax(ranking))
+    torch.manual_seed(3)
+    grounded = pipe.interleave_ground(frames[best], instruction)
+    counter = CountingEncoder(pipe, monkeypatch)
+    torch.manual_seed(3)
+    result = pipe.localize(frames, instruction)
+    np.testing.assert_allclose(result.frame_scores, ranking, rtol=1e-5, atol=1e-5)
+    assert result.best_index == best
+    for ours, theirs in zip(result.grounding.segments, grounded.segments):
+        assert np.array_equal(ours.mask, theirs.mask) and ours.score == pytest.approx(theirs.score, abs=1e-5)
+    assert counter.calls == 2                       # the three frames in one batch, the reference crop once
+    json.dumps(result.frame_scores.tolist())
