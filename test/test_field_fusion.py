@@ -302,18 +302,25 @@ def test_cli_build_from_stored_embeddings(frames_with_embeddings, tmp_path, caps
         _, found = locate(fmap, FieldQuery(PROTOS[obj["id"]], NEGATIVES))
         assert np.linalg.norm(found[0].centroid - obj["center"]) < 0.10
     assert len(o3d.io.read_point_cloud(str(tmp_path / "colour.ply")).points) == len(fmap)
-    with pytest.raises(SystemExit, match="--recompute was given"):
-        field_cli(["build", "--frames", str(frames_with_embeddings), "--out", str(out), "--recompute"])
+    assert summary["embeddings"] == {"computed": 0, "model": None} and fmap.metadata["preset"] is None
+    assert field_cli(["build", "--frames", str(frames_with_embeddings), "--out", str(out), "--input-size", "128"]) == 2
+    assert "every frame has stored embeddings: add --recompute" in capsys.readouterr().err
+
+
+def camera_only(scene, folder, count: int):
+    """The video's first ``count`` frames as a camera records them: colour, depth, pose, no embeddings."""
+    reader, frames = scene
+    with FramesWriter(folder, reader.camera) as w:
+        for f in frames[:count]:
+            w.write(FrameRecord(f.index, f.stamp, f.rgb, f.depth, f.pose))
+    return folder
 
 
 def test_cli_build_and_query_with_a_model(scene, tmp_path, capsys):
     """End to end with the tiny random model: embeddings computed by the pipeline, then a text query
     through the CLI prints objects as JSON and writes the heat map (values are not meaningful)."""
-    reader, frames = scene
-    folder = tmp_path / "frames"
-    with FramesWriter(folder, reader.camera) as w:
-        for f in frames[:4]:
-            w.write(FrameRecord(f.index, f.stamp, f.rgb, f.depth, f.pose))
+    _, frames = scene
+    folder = camera_only(scene, tmp_path / "frames", 4)
     out = tmp_path / "map.npz"
     assert field_cli(["build", "--frames", str(folder), "--out", str(out), "--preset", "tiny-test",
                       "--device", "cpu"]) == 0
@@ -324,7 +331,7 @@ def test_cli_build_and_query_with_a_model(scene, tmp_path, capsys):
                       "--device", "cpu", "--input-size", "128"]) == 0
     assert json.loads(capsys.readouterr().out)["frames_fused"] == 4 and load_map(finer).metadata["input_size"] == 128
     for bad, message in ((["--input-size", "32", "--preset", "tiny-test"], "at least 64"),
-                         (["--input-size", "128"], "give --preset or --checkpoint")):
+                         (["--checkpoint", str(tmp_path / "gone")], "checkpoint not found")):
         assert field_cli(["build", "--frames", str(folder), "--out", str(finer), "--device", "cpu", *bad]) == 2
         assert message in capsys.readouterr().err
     heat = tmp_path / "heat.ply"
@@ -348,5 +355,22 @@ def test_cli_build_and_query_with_a_model(scene, tmp_path, capsys):
     bad.write_text('{"schema_version": 2, "text": "x"}')
     assert field_cli(["query", "--map", str(out), "--device", "cpu", "--instruction", str(bad)]) == 2
     assert "schema_version" in capsys.readouterr().err
-    with pytest.raises(SystemExit, match="have no embeddings"):
-        field_cli(["build", "--frames", str(folder), "--out", str(out)])
+
+
+
+def test_cli_build_uses_the_embedded_model_for_frames_without_embeddings(scene, tmp_path, capsys):
+    """No model named and frames without embeddings: the embedded model (the nodes' default) embeds
+    them, and the map names it, so a query reloads it."""
+    from find_core.loading import resolve_model
+    folder = camera_only(scene, tmp_path / "frames", 2)
+    out = tmp_path / "map.npz"
+    assert field_cli(["build", "--frames", str(folder), "--out", str(out), "--device", "cpu"]) == 0
+    captured = capsys.readouterr()
+    embedded = resolve_model("embedded")
+    summary = json.loads(captured.out)
+    assert summary["frames_fused"] == 2 and summary["embeddings"] == {"computed": 2, "model": embedded.description}
+    assert f"computing embeddings for 2 of 2 frames with {embedded.description}" in captured.err
+    meta = load_map(out).metadata
+    assert meta["preset"] == embedded.preset
+    assert meta["checkpoint"] == (str(embedded.checkpoint.resolve()) if embedded.checkpoint else None)
+    assert field_cli(["query", "--map", str(out), "--text", "the red disc", "--device", "cpu"]) == 0

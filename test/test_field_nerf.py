@@ -277,8 +277,7 @@ def test_export_computes_features_at_the_input_size_asked(dataset, tmp_path, cap
     assert shapes["128"] == (2 * shapes["64"][0], 2 * shapes["64"][1])
     capsys.readouterr()
     assert export_cli(["--frames", str(root / "frames"), "--out", str(tmp_path / "bad"), "--preset", "tiny-test",
-                       "--device", "cpu", "--input-size", "100"]) == 2
+                       "--device", "cpu", "--recompute", "--input-size", "100"]) == 2
     assert "multiple of 32" in capsys.readouterr().err
-    with pytest.raises(SystemExit):
-        export_cli(["--frames", str(root / "frames"), "--out", str(tmp_path / "bad"), "--input-size", "128"])
-    assert "give --preset or --checkpoint" in capsys.readouterr().err
+    assert export_cli(["--frames", str(root / "frames"), "--out", str(tmp_path / "bad"), "--input-size", "128"]) == 2
+    assert "every frame has stored embeddings: add --recompute" in capsys.readouterr().err

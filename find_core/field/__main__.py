@@ -6,9 +6,10 @@
     python -m find_core.field from-nerf --config outputs/.../config.yml --out MAP.npz
 
 ``build`` fuses a recorded frames folder (:mod:`find_core.data.frames`); frames without stored
-embeddings get them from the FIND pipeline (``--preset`` / ``--checkpoint``), and ``--recompute``
-ignores stored ones. The map remembers the preset and checkpoint, so ``query`` reloads the same
-model unless told otherwise. ``query`` prints JSON: the query, its negatives and the top objects
+embeddings get them from the FIND model (``--preset`` / ``--checkpoint``; the embedded model, the
+nodes' default, when neither is given: :mod:`.frames_model`), and ``--recompute`` ignores stored
+ones. The map remembers the preset and checkpoint, so ``query`` reloads the same model unless told
+otherwise. ``query`` prints JSON: the query, its negatives and the top objects
 (centroid, box, score); ``--out`` writes the voxels coloured by relevancy.
 ``from-nerf`` turns a trained nerfstudio ``find-field`` run into the same map format.
 """
@@ -23,41 +24,35 @@ from typing import Sequence
 import numpy as np
 
 
-def _pipeline(preset: str | None, checkpoint: str | None, device: str, input_size: int | None = None):
+def _pipeline(preset: str | None, checkpoint: str | None, device: str):
     """The model (:func:`find_core.loading.load_pipeline`'s rule), or None when neither is given."""
     from ..loading import load_pipeline
 
     if not (preset or checkpoint):
         return None
-    return load_pipeline(preset, checkpoint, device=device, input_size=input_size)
+    return load_pipeline(preset, checkpoint, device=device)
 
 
 def build(args: argparse.Namespace) -> dict:
     from ..data.frames import FramesReader
+    from .frames_model import frames_model
     from .fusion import FeatureFusion, FusionConfig
     from .io import save_map, write_color_ply
 
-    if args.input_size is not None and not (args.preset or args.checkpoint):
-        raise ValueError("--input-size applies to embeddings computed here: give --preset or --checkpoint")
     reader = FramesReader(args.frames)
-    stored = sum(e.embeddings is not None for e in reader.entries)
-    pipeline = _pipeline(args.preset, args.checkpoint, args.device, args.input_size)
-    if pipeline is None and (args.recompute or stored < len(reader)):
-        missing = "--recompute was given" if args.recompute else f"{len(reader) - stored} of {len(reader)} frames have no embeddings"
-        raise SystemExit(f"error: {missing}: pass --preset and/or --checkpoint to compute them")
+    model = frames_model(reader, args.preset, args.checkpoint, recompute=args.recompute, device=args.device,
+                         input_size=args.input_size)
     config = FusionConfig(voxel_size=args.voxel_size, block_resolution=args.block_resolution,
                           max_blocks=args.max_blocks, max_feature_voxels=args.max_feature_voxels,
                           depth_max=args.depth_max, device=args.device)
     fusion = FeatureFusion(config)
-    fusion.integrate_frames(reader, pipeline, args.recompute)
-    fmap = fusion.to_map({"frames": str(Path(args.frames).resolve()), "preset": args.preset,
-                          "checkpoint": str(Path(args.checkpoint).resolve()) if args.checkpoint else None,
-                          "input_size": pipeline.input_size if pipeline is not None else None})
+    fusion.integrate_frames(reader, model.pipeline, args.recompute)
+    fmap = fusion.to_map({"frames": str(Path(args.frames).resolve()), **model.metadata()})
     save_map(fmap, args.out)
     if args.ply:
         write_color_ply(args.ply, fmap)
     return {"map": str(args.out), "voxels": len(fmap), "dim": fmap.dim, "frames_fused": fusion.stats.fused,
-            "frames_skipped": fusion.stats.skipped}
+            "frames_skipped": fusion.stats.skipped, "embeddings": model.report()}
 
 
 def query(args: argparse.Namespace) -> dict:
@@ -107,7 +102,8 @@ def parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True)
 
     def model_args(s: argparse.ArgumentParser) -> None:
-        s.add_argument("--preset", help="model preset name (config/models/*.yaml), a model YAML, or 'embedded'")
+        s.add_argument("--preset", help="model preset name (config/models/*.yaml), a model YAML, or 'embedded' "
+                                        "(build's default for frames it embeds)")
         s.add_argument("--checkpoint", help="checkpoint file or folder; its own config.yaml wins over --preset")
         s.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1 ...")
 

@@ -19,8 +19,9 @@ Two conventions differ between the frames folder and nerfstudio, and are convert
   nerfstudio casts rays through (u + 0.5, v + 0.5): so ``cx_ns = cx + 0.5``, ``cy_ns = cy + 0.5``.
 
 Frames without a usable pose are skipped and counted; frames without depth keep an all-invalid depth
-image (nerfstudio wants depth for every frame or none); frames without embeddings get them from the
-FIND pipeline when one is given (``--preset`` / ``--checkpoint``), and are skipped otherwise.
+image (nerfstudio wants depth for every frame or none). Frames without stored embeddings (or all of
+them with ``--recompute``) get them from the FIND model (:mod:`.frames_model`): ``--preset`` /
+``--checkpoint``, or the embedded model, the nodes' default, when neither is given.
 
 A rosbag2 is first turned into a frames folder (``--frames-out``, a temporary folder by default):
 each colour image is paired with the nearest depth, pose and (optional) embedding message by header
@@ -44,6 +45,7 @@ from PIL import Image
 
 from ..data.frames import Camera, FrameRecord, FramesError, FramesReader, FramesWriter, depth_to_mm
 from ..messages import pose_matrix, stamp_seconds
+from .frames_model import frames_model
 from .fusion import pose_problem
 
 OPENCV_TO_OPENGL = np.diag([1.0, -1.0, -1.0, 1.0])
@@ -67,13 +69,21 @@ def nerfstudio_to_opencv(c2w: np.ndarray) -> np.ndarray:
     return np.asarray(c2w, np.float64) @ OPENCV_TO_OPENGL   # the flip is its own inverse
 
 
+def check_out(out_dir: str | Path, overwrite: bool) -> None:
+    """Refuse to replace a dataset unless asked."""
+    if (Path(out_dir) / "transforms.json").exists() and not overwrite:
+        raise FileExistsError(f"{Path(out_dir) / 'transforms.json'} exists; pass overwrite=True (--overwrite) "
+                              "to replace it")
+
+
 def export_frames(frames_dir: str | Path, out_dir: str | Path, pipeline: Any = None, recompute: bool = False,
-                  overwrite: bool = False) -> ExportStats:
-    """Write the nerfstudio dataset for a frames folder (see the module docstring)."""
+                  overwrite: bool = False, model: dict[str, Any] | None = None) -> ExportStats:
+    """Write the nerfstudio dataset for a frames folder (see the module docstring); ``pipeline``
+    computes missing (or, with ``recompute``, all) embeddings; ``model`` (preset, checkpoint, input
+    size) goes into transforms.json's ``find_field`` record."""
     reader = FramesReader(frames_dir)
     out = Path(out_dir)
-    if (out / "transforms.json").exists() and not overwrite:
-        raise FileExistsError(f"{out / 'transforms.json'} exists; pass overwrite=True (--overwrite) to replace it")
+    check_out(out, overwrite)
     if pipeline is None and (recompute or not any(e.embeddings is not None for e in reader.entries)):
         raise ValueError(f"{frames_dir}: no stored embeddings (or recompute asked): give a FIND pipeline")
     for sub in ("images", "depth", "features"):
@@ -115,7 +125,7 @@ def export_frames(frames_dir: str | Path, out_dir: str | Path, pipeline: Any = N
         "cx": cam.cx + 0.5, "cy": cam.cy + 0.5, "k1": 0.0, "k2": 0.0, "p1": 0.0, "p2": 0.0,
         "frames": frames,
         "find_field": {"embedding_dim": dim, "source": str(Path(frames_dir).resolve()),
-                       "skipped": stats.skipped, "pixel_centres": "nerfstudio (+0.5)"},
+                       "skipped": stats.skipped, "pixel_centres": "nerfstudio (+0.5)", "model": model},
     }
     (out / "transforms.json").write_text(json.dumps(transforms, indent=1) + "\n")
     if reader.scene is not None:
@@ -245,7 +255,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, type=Path, help="nerfstudio dataset folder to write")
     p.add_argument("--overwrite", action="store_true")
     p.add_argument("--preset", help="FIND model (preset name, model YAML or 'embedded') for embeddings the "
-                                    "recording lacks")
+                                    "recording lacks (default: 'embedded', as the nodes)")
     p.add_argument("--checkpoint", help="FIND checkpoint file or folder; its own config.yaml wins over --preset")
     p.add_argument("--device", default="auto")
     p.add_argument("--input-size", type=int, help="letterbox side for embeddings it computes (default: the model's)")
@@ -264,15 +274,10 @@ def parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parser().parse_args(argv)
-    if args.input_size is not None and not (args.preset or args.checkpoint):
-        parser().error("--input-size applies to embeddings computed here: give --preset or --checkpoint")
-    pipeline = None
     report: dict[str, Any] = {}
     temp = None
     try:
-        if args.preset or args.checkpoint:
-            from ..loading import load_pipeline
-            pipeline = load_pipeline(args.preset, args.checkpoint, device=args.device, input_size=args.input_size)
+        check_out(args.out, args.overwrite)          # before a bag is read or a model loaded
         frames = args.frames
         if args.bag is not None:
             if args.frames_out is None:
@@ -283,7 +288,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             bag_stats = bag_to_frames(args.bag, frames, topics, args.max_dt, args.embedding_stride,
                                       overwrite=args.overwrite or temp is not None)
             report["bag"] = {"frames": bag_stats.exported, "skipped": bag_stats.skipped}
-        stats = export_frames(frames, args.out, pipeline, args.recompute, args.overwrite)
+        model = frames_model(FramesReader(frames), args.preset, args.checkpoint, recompute=args.recompute,
+                             device=args.device, input_size=args.input_size)
+        stats = export_frames(frames, args.out, model.pipeline, args.recompute, args.overwrite, model.metadata())
+        report["embeddings"] = model.report()
     except (ValueError, FileNotFoundError, FileExistsError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
