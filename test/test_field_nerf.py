@@ -67,6 +67,25 @@ def small_config(data: Path):
     return config
 
 
+def test_defaults_follow_the_machine(monkeypatch):
+    """Without a GPU the method trains on the CPU with CPU-sized defaults; with one, nerfacto's sizes
+    on CUDA; the viewer listens on localhost either way."""
+    from find_core.field.nerf.config import CPU_SIZES, find_field_config
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    cpu = find_field_config()
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    gpu = find_field_config()
+    assert (cpu.machine.device_type, gpu.machine.device_type) == ("cpu", "cuda")
+    assert cpu.viewer.websocket_host == gpu.viewer.websocket_host == "127.0.0.1"
+    assert gpu.pipeline.datamanager.train_num_rays_per_batch == 4096 and gpu.max_num_iterations == 30000
+    assert cpu.pipeline.datamanager.train_num_rays_per_batch == CPU_SIZES["train_num_rays_per_batch"]
+    assert cpu.max_num_iterations == CPU_SIZES["max_num_iterations"]
+    for name, value in CPU_SIZES["model"].items():
+        assert getattr(cpu.pipeline.model, name) == value
+    assert find_field_config("cpu").machine.device_type == "cpu"   # asked for, whatever the machine has
+
+
 def test_export_converts_to_nerfstudio_conventions(dataset):
     """A world point seen at pixel (u, v) (OpenCV pose, pixel centres at integers) must lie on the ray
     nerfstudio casts through that pixel from transforms.json (OpenGL axes, centres at +0.5)."""
