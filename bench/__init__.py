@@ -7,5 +7,6 @@ figures from different machines (or a loaded one) can still be compared by their
 
 Modules: ``models`` (task latency, interface vs encoder), ``node`` (ROS node overhead), ``transport``
 (embedding images over DDS), ``fusion`` (3D feature fusion and map queries), ``album`` (interleave
-retrieval over large galleries), ``training`` (images/s, 1 vs 2 torchrun processes).
+retrieval over large galleries), ``training`` (images/s, 1 vs 2 torchrun processes), ``field_nerf``
+(nerfstudio find-field training iterations on the CPU).
 """

@@ -41,6 +41,12 @@ def markdown(sections: list[Section], header: dict[str, Any]) -> str:
         f"- Python {device['python']}, torch {device['torch']}, numpy {device['numpy']}, open3d {device['open3d']}, "
         f"transformers {device['transformers']}",
     ]
+    for update in header.get("updates", []):
+        machine = update["device"]
+        out.append(f"- Re-measured later: {', '.join(update['benchmarks'])} by `scripts/bench.sh "
+                   f"{' '.join(update['arguments'])}` on {update['date']} (CPU: {machine['cpu']}, "
+                   f"{machine['cpu_cores']} cores, torch threads {machine['torch_threads']}; GPU: "
+                   f"{', '.join(machine['gpu']) or 'none'}; load average {machine['load_average']})")
     if max(device["load_average"]) > 0.75 * device["cpu_cores"]:
         out.append("- Other jobs shared the machine during this run (see the load): ratios, taken in the same run, "
                    "are steadier than the absolute numbers.")
@@ -68,6 +74,20 @@ def _finite(value: Any) -> Any:
     if isinstance(value, Path):
         return str(value)
     return value
+
+
+def merge(results: Path, sections: list[Section], header: dict[str, Any],
+          order: tuple[str, ...]) -> tuple[list[Section], dict[str, Any]]:
+    """The sections and header of ``results`` (a full run's results.json) with ``sections`` replacing
+    (or joining, in ``order``) those of the same key, and this run recorded under ``updates``."""
+    doc = json.loads(results.read_text())
+    if doc.get("quick"):
+        raise ValueError(f"{results} holds a quick run: update a full run's results")
+    by_key = {s["key"]: Section(**{**s, "tables": [Table(**t) for t in s["tables"]]}) for s in doc.pop("sections")}
+    by_key.update({s.key: s for s in sections})
+    update = {k: header[k] for k in ("date", "arguments", "device", "benchmarks", "seconds", "load_average_end")}
+    doc["updates"] = list(doc.get("updates", [])) + [update]
+    return sorted(by_key.values(), key=lambda s: order.index(s.key) if s.key in order else len(order)), doc
 
 
 def write(sections: list[Section], header: dict[str, Any], out_dir: Path) -> tuple[Path, Path]:

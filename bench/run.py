@@ -4,7 +4,9 @@
 
 ``--quick`` shrinks every size (a few minutes on 2 CPU cores, for CI). Only a full run of every
 benchmark writes bench/ by default; --quick and --only runs go to bench/out/quick/ and
-bench/out/partial/ (git-ignored) unless --out says otherwise. A benchmark that fails is reported as not measured and the others
+bench/out/partial/ (git-ignored) unless --out says otherwise. ``--only NAMES --update`` re-measures
+those sections into the committed bench/RESULTS.md and results.json, keeping the others; the header
+then lists each such update (date, command, machine). A benchmark that fails is reported as not measured and the others
 still run; the exit code is then 1.
 """
 from __future__ import annotations
@@ -19,9 +21,9 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from .common import REPO, BenchConfig, Section, device_info
-from .report import table_markdown, write
+from .report import merge, table_markdown, write
 
-BENCHMARKS = ("models", "node", "transport", "fusion", "album", "training")
+BENCHMARKS = ("models", "node", "transport", "fusion", "album", "training", "field_nerf")
 
 
 def run_one(name: str, config: BenchConfig) -> Section:
@@ -51,8 +53,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=0,
                         help="torch / OpenMP threads in every process (0 = torch's default, all cores); "
                              "1 gives steadier figures on a machine other jobs share")
+    parser.add_argument("--update", action="store_true",
+                        help="with --only: replace those sections in bench/ (or --out), keep the others")
     args = parser.parse_args(argv)
     names = BENCHMARKS if not args.only else tuple(n.strip() for n in args.only.split(",") if n.strip())
+    if args.update and (args.quick or not args.only):
+        parser.error("--update re-measures some sections of a full run: give --only, not --quick")
     unknown = sorted(set(names) - set(BENCHMARKS))
     if unknown:
         parser.error(f"unknown benchmarks {unknown}; choose from {list(BENCHMARKS)}")
@@ -74,7 +80,9 @@ def main(argv: list[str] | None = None) -> int:
     header["seconds"] = time.perf_counter() - started
     header["load_average_end"] = [round(v, 2) for v in os.getloadavg()]
     out = args.out or (REPO / "bench" / "out" / "quick" if args.quick else
-                       REPO / "bench" if names == BENCHMARKS else REPO / "bench" / "out" / "partial")
+                       REPO / "bench" if names == BENCHMARKS or args.update else REPO / "bench" / "out" / "partial")
+    if args.update:
+        sections, header = merge(out / "results.json", sections, header, BENCHMARKS)
     md, js = write(sections, header, out)
     print(f"[bench] wrote {md} and {js} in {header['seconds'] / 60:.1f} min", flush=True)
     return 1 if any(s.error for s in sections) else 0
