@@ -6,6 +6,8 @@ A thin adapter from topics to :class:`find_core.pipeline.FindPipeline` (see docs
   a one-slot mailbox; a worker thread always takes the *newest* frame. A frame replaced before the
   worker got to it counts as ``frames_dropped``; a gap in a publisher's sequence numbers (a frame DDS
   never delivered) as ``frames_missed``.
+* Each processed frame is encoded once (``FindPipeline.encode``): its image embedding for the ring
+  buffer, its masks and its per-pixel embeddings all come from that one vision pass.
 * Each processed frame is embedded once (``embed_images``) into a ring buffer, so an instruction
   ranks the buffer with one text encoding (``localize`` with ``frame_embeddings``).
 * Bad input of any kind becomes an ``error`` result on ``~/results`` and a log line; the node keeps
@@ -37,6 +39,7 @@ from visualization_msgs.msg import MarkerArray
 
 from find_core.instructions import Instruction, InstructionError, parse_instruction
 from find_core.messages import stamp_seconds
+from find_core.pipeline import EncodedImage
 
 from .depth_pairing import DepthPairing
 from .entity_geometry import grounding_regions, place_entity, region_stats, resize_max_side
@@ -237,7 +240,8 @@ class FindPerceptionNode(Node):
         rgb = resize_max_side(rgb, p.processing_max_side)
         watch.mark("decode")
         try:
-            embedding = self.pipeline.embed_images([rgb])[0]
+            encoded = self.pipeline.encode(rgb)   # one vision pass serves every output of this frame
+            embedding = self.pipeline.embed_images([encoded])[0]
         except Exception as err:
             self._model_error(err)
             return
@@ -254,39 +258,39 @@ class FindPerceptionNode(Node):
         self._processed_times.append(time.perf_counter())
 
         if p.mode == "segment":
-            self._segment(frame, watch, received)
+            self._segment(frame, encoded, watch, received)
         elif p.standing and self._standing is not None:
-            self._ground_standing(frame, watch, received)
+            self._ground_standing(frame, encoded, watch, received)
         elif p.embeddings.enabled and p.embeddings.every_frame:
-            self._publish_embeddings(frame)
+            self._publish_embeddings(frame, encoded)
 
     def _model_error(self, err: Exception, instruction: Instruction | None = None,
                      frame: FrameInfo | None = None) -> None:
         self._log.error(f"model error: {err}\n{traceback.format_exc()}", throttle_duration_sec=1.0)
         self._publish_error("model_error", f"{type(err).__name__}: {err}", frame=frame, instruction=instruction)
 
-    def _segment(self, frame: BufferedFrame, watch: Stopwatch, received: float) -> None:
+    def _segment(self, frame: BufferedFrame, encoded: EncodedImage, watch: Stopwatch, received: float) -> None:
         p = self.params
         try:
-            result = self.pipeline.segment(frame.rgb, p.classes, p.segment_mode, p.object_threshold)
+            result = self.pipeline.segment(encoded, p.classes, p.segment_mode, p.object_threshold)
         except Exception as err:
             self._model_error(err, frame=self._frame_info(frame))
             return
         watch.mark("segment")
         labels = result.label_map.astype(np.uint16)
         regions = [(s.segment_id, i, s.label, "class", s.score, s.class_index) for i, s in enumerate(result.segments)]
-        self._publish_outputs("segmentation", frame, labels, regions, watch, received)
+        self._publish_outputs("segmentation", frame, labels, regions, watch, received, encoded=encoded)
 
-    def _ground_standing(self, frame: BufferedFrame, watch: Stopwatch, received: float) -> None:
+    def _ground_standing(self, frame: BufferedFrame, encoded: EncodedImage, watch: Stopwatch, received: float) -> None:
         instruction = self._standing
         try:
-            grounding = self.pipeline.interleave_ground(frame.rgb, instruction)
+            grounding = self.pipeline.interleave_ground(encoded, instruction)
         except Exception as err:
             self._model_error(err, instruction, self._frame_info(frame))
             return
         watch.mark("ground")
         labels, regions = grounding_regions(grounding.segments, frame.size)
-        self._publish_outputs("grounding", frame, labels, regions, watch, received, instruction)
+        self._publish_outputs("grounding", frame, labels, regions, watch, received, instruction, encoded=encoded)
 
     def _process_instruction(self, raw: str, received: float) -> None:
         watch = Stopwatch()
@@ -352,10 +356,10 @@ class FindPerceptionNode(Node):
         header.stamp.sec, header.stamp.nanosec = frame.sec, frame.nanosec
         return header
 
-    def _publish_embeddings(self, frame: BufferedFrame) -> EmbeddingInfo | None:
+    def _publish_embeddings(self, frame: BufferedFrame, encoded: EncodedImage | None = None) -> EmbeddingInfo | None:
         p = self.params.embeddings
         try:
-            result = self.pipeline.embed_pixels(frame.rgb)
+            result = self.pipeline.embed_pixels(encoded if encoded is not None else frame.rgb)
         except Exception as err:
             self._model_error(err, frame=self._frame_info(frame))
             return None
@@ -372,8 +376,9 @@ class FindPerceptionNode(Node):
 
     def _publish_outputs(self, kind: str, frame: BufferedFrame, labels: np.ndarray, regions: list[tuple],
                          watch: Stopwatch, received: float, instruction: Instruction | None = None,
-                         localization: LocalizationInfo | None = None) -> None:
-        """masks, embeddings, overlay, 3D markers and the result for one frame's labelled regions."""
+                         localization: LocalizationInfo | None = None, encoded: EncodedImage | None = None) -> None:
+        """masks, embeddings, overlay, 3D markers and the result for one frame's labelled regions
+        (`encoded`: the frame's encoding when it is the frame just processed)."""
         header = self._header(frame)
         entities = []
         for label_id, index, label, entity_kind, score, class_id in regions:
@@ -383,7 +388,7 @@ class FindPerceptionNode(Node):
         self._pub_masks.publish(labels_to_image(labels, header))
         embedding_info = None
         if self.params.embeddings.enabled:
-            embedding_info = self._publish_embeddings(frame)
+            embedding_info = self._publish_embeddings(frame, encoded)
             watch.mark("embed_pixels")
         depth, reason = (frame.depth, None) if frame.depth is not None else self._pair_depth(frame.stamp,
                                                                                                frame.frame_id)
