@@ -88,7 +88,10 @@ def run_ns_train(argv: list[str], cwd: Path, env: dict, timeout: float = 600.0) 
         assert len(ports) == 1, log.read_text()[-5000:]
         addresses = listening(process.pid, int(ports[0][1]))
         process.send_signal(signal.SIGINT)
-        process.wait(timeout=60)
+        try:   # training and the checkpoint are done: a viewer slow to stop on a loaded machine is killed
+            process.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            pass
     finally:
         if process.poll() is None:
             process.kill()
