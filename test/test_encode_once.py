@@ -51,27 +51,24 @@ def _same(a: np.ndarray, b: np.ndarray) -> None:
     np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5)
 
 
-def test_every_call_on_an_encoded_frame_matches_the_array_and_encodes_once(pipe, image, monkeypatch):
-    classes = ["red square", "background"]
-    expected = {
-        "segment": pipe.segment(image, classes, "semantic").label_map,
+def answers(pipe: FindPipeline, image: np.ndarray | EncodedImage) -> dict[str, np.ndarray]:
+    """Every call that takes one image, on `image`."""
+    return {
+        "segment": pipe.segment(image, ["red square", "background"], "semantic").label_map,
         "ground": pipe.ground(image, ["the red square"]).segments[0].mask,
         "interactive": pipe.interactive(image, [[SpatialPrompt.point(30, 20)]]).segments[0].mask,
         "pixels": pipe.embed_pixels(image).embeddings,
         "images": pipe.embed_images([image]),
         "interleave": pipe.interleave_ground(image, "the red square").segments[0].mask,
     }
+
+
+def test_every_call_on_an_encoded_frame_matches_the_array_and_encodes_once(pipe, image, monkeypatch):
+    expected = answers(pipe, image)
     counter = CountingEncoder(pipe, monkeypatch)
     encoded = pipe.encode(image)
     assert isinstance(encoded, EncodedImage) and encoded.shape == image.shape
-    got = {
-        "segment": pipe.segment(encoded, classes, "semantic").label_map,
-        "ground": pipe.ground(encoded, ["the red square"]).segments[0].mask,
-        "interactive": pipe.interactive(encoded, [[SpatialPrompt.point(30, 20)]]).segments[0].mask,
-        "pixels": pipe.embed_pixels(encoded).embeddings,
-        "images": pipe.embed_images([encoded]),
-        "interleave": pipe.interleave_ground(encoded, "the red square").segments[0].mask,
-    }
+    got = answers(pipe, encoded)
     assert counter.calls == 1                       # the frame itself; text needs no vision pass here
     for name in expected:
         _same(np.asarray(got[name], dtype=np.float32), np.asarray(expected[name], dtype=np.float32))

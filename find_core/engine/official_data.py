@@ -19,6 +19,8 @@ import torch
 from ..data import CocoCaptions, CocoPanoptic, FindBenchEntities, RefCocoG
 from ..data.samples import Segment
 from ..preprocess import Letterbox, letterbox
+from ..tasks.common import class_text
+from ..tasks.official import placeholder_text
 from .batches import _stack, sample_spatial_prompts
 from .config import DataConfig, InteractiveConfig, OfficialRecipeConfig
 
@@ -73,7 +75,6 @@ class OfficialData:
 
     def __init__(self, root: Path, split: str, input_size: int, data: DataConfig, interactive: InteractiveConfig,
                  recipe: OfficialRecipeConfig, class_template: str = "{}"):
-        from ..tasks.common import class_text
         self.panoptic = CocoPanoptic(root, split)
         self.input_size, self.interactive, self.recipe = input_size, interactive, recipe
         self.class_names = [c.name for c in self.panoptic.categories]
@@ -165,7 +166,6 @@ class OfficialData:
         return Grounding([names[i] for i in rows], masks[rows], "class")
 
     def _entry(self, image_id: int, segments: list[Segment], box: Letterbox, rng: np.random.Generator) -> Entry:
-        from ..tasks.official import placeholder_text
         entries = self.entries.get(image_id, [])
         size = box.size
         if not entries:  # the mapper's empty entry: "N/A", one entity with an empty mask

@@ -31,7 +31,7 @@ from torch import Tensor, nn
 
 from ..interface.find_decoder import InterleavePrompt, StrokePrompt, TextPrompt
 from ..interface.inputs import ImageFeatures
-from ..interface.official_table import draw_conditional
+from ..interface.official_table import ConditionalAttention, draw_conditional
 from ..config import ConfigError
 from ..losses.official import ImageTargets, OfficialCriterion, OfficialLossConfig
 from ..losses.official_points import PointSampling
@@ -102,7 +102,7 @@ class OfficialStep(nn.Module):
             logged[kind] = logged.get(kind, torch.zeros((), device=device)) + weights.of(name) * value.detach()
         return result.total, logged
 
-    def _swaps(self, draws: random.Random):
+    def _swaps(self, draws: random.Random) -> tuple[ConditionalAttention, ...]:
         return draw_conditional(draws) if self.recipe.conditional_attention else ()
 
     def _encode(self, images: Tensor) -> ImageFeatures:
