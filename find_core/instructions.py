@@ -45,6 +45,18 @@ SCHEMA_VERSION = 1
 MAX_SIDE = 4096
 
 
+
+# Seconds: how close a stamp must be to a frame's header stamp to name that frame (an instruction's
+# frame_stamp, the node demo matching what it recorded to what the node reports). Stamps are copied
+# exactly between messages; 1 ms (docs/ros_interface.md) also lets a client round them to milliseconds.
+FRAME_STAMP_TOLERANCE = 1e-3
+
+
+def same_stamp(a: float, b: float) -> bool:
+    """Whether two stamps (seconds) name the same frame (within FRAME_STAMP_TOLERANCE)."""
+    return abs(a - b) <= FRAME_STAMP_TOLERANCE
+
+
 class InstructionError(ValueError):
     """An instruction that cannot be used; ``field`` is the dotted path of the bad value."""
 

@@ -52,13 +52,12 @@ from find_core.config import input_size_problem
 from find_core.data.frames import Camera, FrameRecord, FramesReader, FramesWriter
 from find_core.demo import field_demo
 from find_core.embedded import EMBEDDED, fallback_warning
-from find_core.instructions import Instruction
+from find_core.instructions import Instruction, same_stamp
 from find_core.loading import ModelLoadError, ModelSource, build_pipeline, resolve_model
 from find_core.messages import pose_matrix, stamp_seconds
 
 from .demo_scene import DemoError, Referents, build_instruction, choose_referents, prepare_scene
 from .demo_score import NodeRun, frame_hash, screen, summarize
-from .frame_buffer import same_stamp
 from .image_conversion import depth_to_meters, image_to_labels, image_to_rgb
 from .launch_support import EMBEDDED_SCENE_INPUT_SIZE
 from .process_harness import PACKAGE_ROOT, HarnessError, NodeProcess, Probe, stop_all

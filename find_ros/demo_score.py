@@ -10,12 +10,11 @@ from pathlib import Path
 import numpy as np
 
 from find_core.data.frames import FramesReader
-from find_core.instructions import Instruction
+from find_core.instructions import Instruction, same_stamp
 from find_core.metrics.interactive import mask_iou
 
 from .demo_scene import DemoError, Referents, min_visible_area
 from .entity_geometry import resize_mask
-from .frame_buffer import same_stamp
 
 
 @dataclass

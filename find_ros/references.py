@@ -5,10 +5,10 @@ from __future__ import annotations
 import dataclasses
 import json
 
-from find_core.instructions import Instruction, InstructionError, VisualReference
+from find_core.instructions import FRAME_STAMP_TOLERANCE, Instruction, InstructionError, VisualReference
 
 from .entity_geometry import resize_mask
-from .frame_buffer import FRAME_STAMP_TOLERANCE, FrameBuffer
+from .frame_buffer import FrameBuffer
 
 
 class ReferenceProblem(Exception):

@@ -11,13 +11,11 @@ import numpy as np
 import torch
 
 from ..encoders.language import TokenFeatures
-from ..instructions import Instruction, VisualReference
+from ..instructions import Instruction, VisualReference, same_stamp
 from ..interface.groups import Group
 from ..interface.inputs import PromptBlock, SampleInputs, SourceQuery
 from ..model import FindModel
 from .common import encode_references
-
-FRAME_STAMP_TOLERANCE = 1e-3  # seconds
 
 
 def reference_image(reference: VisualReference, frames: Mapping[float, np.ndarray] | None) -> np.ndarray:
@@ -27,7 +25,7 @@ def reference_image(reference: VisualReference, frames: Mapping[float, np.ndarra
     if not frames:
         raise ValueError(f"visual entity refers to frame stamp {reference.frame_stamp} but no frames are buffered")
     stamp = min(frames, key=lambda s: abs(s - reference.frame_stamp))
-    if abs(stamp - reference.frame_stamp) > FRAME_STAMP_TOLERANCE:
+    if not same_stamp(stamp, reference.frame_stamp):
         raise ValueError(f"no buffered frame with stamp {reference.frame_stamp:.3f} (nearest {stamp:.3f})")
     return frames[stamp]
 
