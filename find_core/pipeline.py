@@ -19,6 +19,7 @@ import torch.nn.functional as F
 from .checkpoint import load_config_beside, load_weights
 from .config import ModelConfig, input_size_problem
 from .instructions import Instruction, parse_instruction
+from .interface.find_decoder import class_scores
 from .interface.inputs import ImageFeatures, PredictionSet
 from .model import FindModel
 from .preprocess import Letterbox, letterbox
@@ -177,9 +178,10 @@ class FindPipeline:
         with self._autocast():
             class_embeddings = self._class_embeddings(list(prompts))
             features, boxes = self._encode([image])
-            if self.model.official:  # classes + "background" (the official no-object class)
-                outputs = official.image_outputs(self.model, features, class_embeddings)
-                logits, masks = outputs["pred_logits"][0], outputs["pred_masks"][0]
+            if self.model.official:  # classes + "background" (the official no-object class), scored on the
+                outputs = self._image_only([image], features)   # image-only `seg` pass (kept on an EncodedImage)
+                logits = class_scores(outputs["pred_captions"][:1], class_embeddings, self.model.logit_scale)[0]
+                masks = outputs["pred_masks"][0]
             else:
                 sets = self._image_only([image], features)
                 logits = generic.class_logits(self.model, sets.object_semantic[0], class_embeddings)

@@ -116,6 +116,15 @@ class FindDecoderConfig:
 # Decoder
 # --------------------------------------------------------------------------------------------------
 
+def class_scores(caption: Tensor, class_embeddings: Tensor, logit_scale: Tensor) -> Tensor:
+    """Class logits [B, L, K] of semantic outputs [B, L, C] (upstream `compute_similarity`): exp(scale) ×
+    cosine with each class embedding [K, C]. They depend on nothing else of the pass, so the logits of
+    a pass run without classes can be computed afterwards from its `pred_captions`."""
+    v = caption / (caption.norm(dim=-1, keepdim=True) + 1e-7)
+    t = class_embeddings / (class_embeddings.norm(dim=-1, keepdim=True) + 1e-7)
+    return logit_scale.exp() * v @ t.unsqueeze(0).transpose(1, 2)
+
+
 @dataclass
 class _Group:
     """Live state of one group: content [n, B, C] (updated by the layers) and fixed position [n, B, C]."""
@@ -257,9 +266,7 @@ class FindDecoder(nn.Module):
                 class_embeddings = self._class_table(class_embeddings, caption[:, first_class_query], class_indexes)
                 if tables is not None:
                     tables.append(class_embeddings.detach())
-            v = caption / (caption.norm(dim=-1, keepdim=True) + 1e-7)
-            t = class_embeddings / (class_embeddings.norm(dim=-1, keepdim=True) + 1e-7)
-            logits = logit_scale.exp() * v @ t.unsqueeze(0).transpose(1, 2)
+            logits = class_scores(caption, class_embeddings, logit_scale)
         maskemb = self.mask_embed(x)
         masks = torch.einsum("bqc,bchw->bqhw", maskemb, mask_features)
         resized = F.interpolate(masks, size=target_size, mode="bilinear", align_corners=False)
