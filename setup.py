@@ -55,7 +55,7 @@ setup(
     zip_safe=False,
     entry_points={
         "console_scripts": [
-            "find_demo = find_core.demo:main",
+            "find_library_demo = find_core.library_demo:main",
             "find_perception = find_ros.perception_node:main",
             "find_replay = find_ros.replay_node:main",
             "find_field = find_ros.field_node:main",

@@ -8,13 +8,16 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from .instructions import Entity, Instruction, InstructionError, VisualReference, parse_instruction
-
 if TYPE_CHECKING:
+    from .instructions import Entity, Instruction, InstructionError, VisualReference, parse_instruction
     from .pipeline import FindPipeline
     from .prompts import ClassPrompt, SpatialPrompt
 
-_LAZY = {"FindPipeline": "pipeline", "ClassPrompt": "prompts", "SpatialPrompt": "prompts"}
+# numpy and PIL (instructions) load on first use too, so find_core.embedded stays standard-library only
+# (the launch process reads the embedded checkpoint's input size from it)
+_LAZY = {"FindPipeline": "pipeline", "ClassPrompt": "prompts", "SpatialPrompt": "prompts",
+         **{name: "instructions" for name in ("Entity", "Instruction", "InstructionError", "VisualReference",
+                                              "parse_instruction")}}
 
 __all__ = ["FindPipeline", "Instruction", "Entity", "VisualReference", "InstructionError", "parse_instruction",
            "ClassPrompt", "SpatialPrompt"]

@@ -22,11 +22,24 @@ log = logging.getLogger("find_core.embedded")
 EMBEDDED_CHECKPOINT = Path(__file__).resolve().parent / "checkpoints" / "find-synthetic"
 EMBEDDED = "embedded"          # the model name that means "the embedded default" (e.g. the node's model_preset)
 FALLBACK_PRESET = "tiny-test"  # what runs when the checkpoint is missing: random weights, meaningless masks
+# The input size for the embedded checkpoint on the demo camera's scenes (find_core.data.scene_video:
+# 60 degree field of view, ~2 m away): the camera sees its tiles at about half the pixel size of the
+# synthetic training scenes, so the checkpoint (trained at 128) gets its frames letterboxed to 256, which
+# brings them back to scale (training.evaluate_field, README's field table: 78 of 101 objects within
+# 10 cm instead of 53). The one place of this rule: the node demo and demo.launch.py's input_size default
+# read it from here.
+EMBEDDED_SCENE_INPUT_SIZE = 256
 
 
 def has_embedded_checkpoint() -> bool:
     """True when the shipped checkpoint (weights and their config.yaml) is present."""
     return (EMBEDDED_CHECKPOINT / "model.safetensors").is_file() and (EMBEDDED_CHECKPOINT / "config.yaml").is_file()
+
+
+def scene_input_size(model: str, checkpoint: str = "") -> int | None:
+    """The letterbox side for ``model`` on the demo camera's scenes: EMBEDDED_SCENE_INPUT_SIZE for
+    the embedded checkpoint, None (the model's own size) for any other model."""
+    return EMBEDDED_SCENE_INPUT_SIZE if model == EMBEDDED and not checkpoint else None
 
 
 def fallback_warning() -> str:

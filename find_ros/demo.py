@@ -50,16 +50,15 @@ from transformers.utils import logging as hf_logging
 
 from find_core.config import input_size_problem
 from find_core.data.frames import Camera, FrameRecord, FramesReader, FramesWriter
-from find_core.demo import field_demo
-from find_core.embedded import EMBEDDED, fallback_warning
+from find_core.embedded import EMBEDDED_SCENE_INPUT_SIZE, fallback_warning, scene_input_size
 from find_core.instructions import Instruction, same_stamp
 from find_core.loading import ModelLoadError, ModelSource, build_pipeline, resolve_model
 from find_core.messages import pose_matrix, stamp_seconds
 
+from .demo_field import fuse_and_locate
 from .demo_scene import DemoError, Referents, build_instruction, choose_referents, prepare_scene
 from .demo_score import NodeRun, frame_hash, screen, summarize
 from .image_conversion import depth_to_meters, image_to_labels, image_to_rgb
-from .launch_support import EMBEDDED_SCENE_INPUT_SIZE
 from .process_harness import PACKAGE_ROOT, HarnessError, NodeProcess, Probe, stop_all
 
 log = logging.getLogger("find_ros.demo")
@@ -116,7 +115,7 @@ class DemoConfig:
         checkpoint gets EMBEDDED_SCENE_INPUT_SIZE and other models their own size."""
         size = self.perception_params.get("input_size", self.input_size)
         if size is None:
-            size = EMBEDDED_SCENE_INPUT_SIZE if self.model == EMBEDDED and not self.checkpoint else 0
+            return scene_input_size(self.model, self.checkpoint)
         return size or None
 
     @property
@@ -314,8 +313,9 @@ def field_step(config: DemoConfig, reader: FramesReader, referents: Referents, m
     torch.manual_seed(config.seed)  # an untrained preset's random weights: the same every run
     pipeline = build_pipeline(model, device=config.device, input_size=config.inference_size())
     log.info(f"3D field: fusing {config.out / 'recording'} and asking for {referents.text['phrase']!r}")
-    return field_demo(config.out / "recording", pipeline, referents.text["phrase"], config.out, config.voxel_size,
-                      metadata={**model.metadata(), "input_size": pipeline.input_size}, truth=reader.scene["objects"])
+    return fuse_and_locate(config.out / "recording", pipeline, referents.text["phrase"], config.out,
+                           config.voxel_size, metadata={**model.metadata(), "input_size": pipeline.input_size},
+                           truth=reader.scene["objects"])
 
 
 def run(config: DemoConfig) -> dict:

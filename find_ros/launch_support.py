@@ -14,7 +14,8 @@ correct by construction:
 * **Overrides win.** A node's ``parameters`` are ``[params_file, {overrides}]``: launch_ros applies
   them in order, so what the launch sets beats the file. No global ``SetParameter``, which launch_ros
   applies *before* the node's params file.
-* **No model in the launch process.** This module imports nothing but the standard library (and
+* **No model in the launch process.** This module imports nothing but the standard library,
+  :mod:`find_core.embedded` (standard library only: the embedded checkpoint's input-size rule) and
   ``launch`` inside :func:`launch_description` / :func:`demo_launch_description`); the demo's scene
   is rendered by its own process (``python -m find_core.data.scene_video``) before the nodes start.
 
@@ -27,6 +28,8 @@ import sys
 import tempfile
 from dataclasses import dataclass
 from typing import Any
+
+from find_core.embedded import EMBEDDED_SCENE_INPUT_SIZE
 
 PACKAGE = "find_ros"
 TRUE, FALSE = ("true", "yes", "on", "1"), ("false", "no", "off", "0")
@@ -98,11 +101,6 @@ REPLAY = NodeSpec("find_replay", "find_replay.yaml", _common("find_replay", "fin
 
 DEMO_SCENE = os.path.join(tempfile.gettempdir(), "find_ros_demo_scene")
 DEMO_SCENE_SIZE = {"frames": "60", "width": "320", "height": "240", "fps": "10.0", "seed": "0"}
-# The demo camera (60 degree field of view, ~2 m away) sees its tiles at about half the pixel size of the
-# synthetic training scenes, so the embedded checkpoint (trained at 128) gets its frames letterboxed to 256,
-# which brings them back to scale (training.evaluate_field: 78 of 101 objects within 10 cm instead of 53).
-# Both demos use it: this launch file's input_size default and python -m find_ros.demo (scripts/demo.sh).
-EMBEDDED_SCENE_INPUT_SIZE = 256
 DEMO = (
     Argument("source", "", "Image folder, video, frames folder or rosbag2; empty = the synthetic scene.",
              "source"),

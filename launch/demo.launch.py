@@ -12,8 +12,8 @@ With no ``source`` the synthetic posed RGB-D video of find_core.data.scene_video
 camera_info, poses) is rendered once into ``scene_dir`` by its own process (the launch process
 imports no model), and the nodes start when it has finished. The replay publishes in the ``camera``
 namespace (/camera/image, /camera/depth, /camera/camera_info, /camera/pose); find_perception is
-remapped onto it, letterboxing frames to ``input_size`` (256: the embedded checkpoint on the
-synthetic scene). With ``field:=true`` (the default) find_field fuses /find_perception/embeddings
+remapped onto it, letterboxing frames to ``input_size`` (default
+``find_core.embedded.EMBEDDED_SCENE_INPUT_SIZE``, 256: the embedded checkpoint on the synthetic scene). With ``field:=true`` (the default) find_field fuses /find_perception/embeddings
 with the replay's depth, camera_info and pose, and find_perception gets ``embeddings.every_frame:
 true`` so every processed frame reaches the map; the map is saved to ``map_path`` when the launch
 stops. These values are the nodes' own parameters, after their params files, so they win over

@@ -4,7 +4,7 @@
 # demo_out/scene, reused afterwards), an interleaved instruction, the answer checked against ground truth
 # (demo_out/summary.json), then a 3D feature field of the recording (demo_out/field.ply, field_answer.json).
 # Extra arguments go to `python -m find_ros.demo` (e.g. --device cuda, --model tiny-test, --frames 20).
-# The 2D library demo alone: .venv/bin/python -m find_core.demo
+# The 2D library demo alone: .venv/bin/python -m find_core.library_demo
 set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 "$root/scripts/setup.sh"

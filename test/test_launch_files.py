@@ -62,11 +62,13 @@ def test_launch_files_only_call_the_helper():
 
 
 def test_the_launch_process_imports_no_model():
+    """Of find_core only the embedded checkpoint's input-size rule (standard library only) is read."""
     code = ("import sys, find_ros.launch_support; "
-            "print(sorted({m.split('.')[0] for m in sys.modules} & {'torch', 'find_core', 'transformers', "
-            "'numpy', 'rclpy', 'launch', 'launch_ros'}))")
+            "print(sorted({m.split('.')[0] for m in sys.modules} & {'torch', 'transformers', "
+            "'numpy', 'PIL', 'rclpy', 'launch', 'launch_ros'}), sorted(m for m in sys.modules if "
+            "m.split('.')[0] == 'find_core'))")
     out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, check=True).stdout
-    assert out.strip() == "[]"
+    assert out.strip() == "[] ['find_core', 'find_core.embedded']"
 
 
 @pytest.mark.parametrize("spec", [ls.PERCEPTION, ls.FIELD, ls.REPLAY], ids=lambda s: s.executable)

@@ -32,7 +32,7 @@ from typing import Sequence
 
 import numpy as np
 
-from . import synthetic_scenes as ss
+from . import synthetic_shapes as ss
 from .frames import Camera, FrameRecord, FramesWriter
 
 __all__ = ["SceneVideoConfig", "Tile", "Ground", "VideoScene", "tile_texture", "sample_video_scene",
