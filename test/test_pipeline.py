@@ -17,6 +17,7 @@ def test_segment_modes(tiny_pipeline, scene_image, mode):
     result = tiny_pipeline.segment(scene_image, classes, mode=mode, object_threshold=0.0)
     assert isinstance(result, SegmentationResult) and result.mode == mode
     assert result.label_map.shape == scene_image.shape[:2]
+    assert result.segments, "object_threshold 0 keeps every query's segment: the checks below need some"
     for segment in result.segments:
         assert segment.mask.shape == scene_image.shape[:2] and segment.mask.dtype == bool
         assert 0 <= segment.class_index < len(classes)
