@@ -292,6 +292,17 @@ def image_to_labels(msg: Image, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndar
 # --------------------------------------------------------------------------- embeddings
 
 
+def _may_overflow(values: np.ndarray, target: np.dtype) -> bool:
+    """False when no finite value of ``values`` can become inf in ``target``: decided by the dtypes or
+    by one max (unit-vector embeddings), instead of two isfinite passes over the array. NaN makes the
+    max NaN and the answer True, so such input gets the exact test."""
+    if values.dtype.kind != "f":
+        return True
+    if values.dtype.itemsize <= target.itemsize:
+        return False
+    return not float(np.abs(values).max()) <= float(np.finfo(target).max)
+
+
 def embeddings_to_image(
     embeddings: np.ndarray,
     header: Header | None = None,
@@ -316,8 +327,8 @@ def embeddings_to_image(
     _check_not_empty(embeddings, "embeddings")
     with np.errstate(over="ignore"):
         encoded = embeddings.astype(target)
-    overflow = np.isfinite(embeddings) & ~np.isfinite(encoded)
-    if overflow.any():
+    overflow = np.isfinite(embeddings) & ~np.isfinite(encoded) if _may_overflow(embeddings, target) else None
+    if overflow is not None and overflow.any():
         raise ImageConversionError(
             f"embeddings overflow {dtype}: {int(overflow.sum())} finite values become inf "
             f"(max |x| = {float(np.nanmax(np.abs(embeddings[overflow])))})"

@@ -119,14 +119,25 @@ class EmbeddingParams(_Validated):
     """Per-pixel embeddings published on ~/embeddings."""
 
     enabled: bool = option(True, "Publish per-pixel embeddings (FindPipeline.embed_pixels) on ~/embeddings.")
-    dtype: str = option("float32", "Element type of ~/embeddings: float32 -> 32FC<D>, float16 -> 16FC<D>.",
+    dtype: str = option("float16", "Element type of ~/embeddings: float16 -> 16FC<D> (half the bytes; unit "
+                                   "vectors lose nothing a consumer can see, bench transport), float32 -> 32FC<D>.",
                         choices=("float32", "float16"))
     dims: int = option(0, "Reduce embeddings to this many channels with a fixed random orthogonal projection "
                           "(see docs/ros_interface.md for how to rebuild it); 0 keeps the model's width.",
                        minimum=0, maximum=4096)
     projection_seed: int = option(0, "Seed of the orthogonal projection used when dims > 0.", minimum=0,
                                   maximum=2**31 - 1)
+    subsample: int = option(1, "Publish the mean (re-normalised) of each N x N block of embedding cells: an N "
+                               "times coarser grid, N^2 times fewer bytes; the result's embeddings.stride is "
+                               "N times the model's. 1, 2, 4 or 8 (so the longer side keeps a whole number of "
+                               "cells, as find_field's embeddings.stride 0 expects); 1 = every cell.",
+                            minimum=1, maximum=8)
     every_frame: bool = option(False, "Publish embeddings for every processed frame, not only with results.")
+
+    def _rules(self) -> list[str]:
+        if self.subsample not in (1, 2, 4, 8):
+            return [f"'embeddings.subsample' must be 1, 2, 4 or 8, got {self.subsample}"]
+        return []
 
 
 @dataclass
@@ -211,7 +222,7 @@ class PerceptionParams(_Validated):
             out.append("'classes' must hold at least one non-empty class name in segment mode")
         if len(set(self.classes)) != len(self.classes):
             out.append(f"'classes' has duplicates: {self.classes}")
-        return out
+        return out + self.embeddings._rules()
 
 
 # --------------------------------------------------------------------------- find_replay

@@ -42,10 +42,10 @@ from find_core.messages import stamp_seconds
 from find_core.pipeline import EncodedImage
 
 from .depth_pairing import DepthPairing
+from .embedding_transport import EmbeddingTransport
 from .entity_geometry import grounding_regions, place_entity, region_stats, resize_max_side
 from .frame_buffer import BufferedFrame, DepthFrame, FrameBuffer
-from .image_conversion import (ImageConversionError, compressed_to_rgb, embeddings_to_image, image_to_rgb,
-                               labels_to_image, rgb_to_image)
+from .image_conversion import ImageConversionError, compressed_to_rgb, image_to_rgb, labels_to_image, rgb_to_image
 from .node_runner import NodeWorker, PublishGate, run_node
 from .node_stats import SequenceGaps, Stopwatch, recent_rate
 from .params import ParameterError, PerceptionParams, declare_params
@@ -53,7 +53,7 @@ from .qos import IMAGE_DEPTH, REFRESH_PERIOD, CameraSubscription, gid_key, image
 from .results_schema import (POSITION_REASONS, EmbeddingInfo, EntityInfo, FrameInfo, LocalizationInfo, Result,
                              error_result)
 from .references import ReferenceProblem, is_clear, resolve_frame_references
-from .startup import StartupError, embedding_projection, load_model
+from .startup import StartupError, load_model
 from .visuals import entity_markers, overlay_image
 
 # --------------------------------------------------------------------------- the node
@@ -74,7 +74,12 @@ class FindPerceptionNode(Node):
         self._log.info(f"loading model {p.model_preset!r} checkpoint={p.checkpoint or '-'} on {p.device}")
         self.pipeline = load_model(p, self._log.warning, p.input_size or None)
         self._embedding_dims = self._warm_up()
-        self._projection = embedding_projection(self._embedding_dims, p.embeddings.dims, p.embeddings.projection_seed)
+        e = p.embeddings
+        try:
+            self._transport = EmbeddingTransport.from_params(self._embedding_dims, e.dtype, e.dims, e.projection_seed,
+                                                             e.subsample)
+        except ValueError as err:
+            raise StartupError(str(err)) from None
         self._log.info(f"model {p.model_preset!r} checkpoint={p.checkpoint or '-'} on {self.pipeline.device} "
                        f"({p.precision}, input {self.pipeline.input_size} px) ready in "
                        f"{time.perf_counter() - started:.1f} s; embedding width {self._embedding_dims}")
@@ -357,22 +362,18 @@ class FindPerceptionNode(Node):
         return header
 
     def _publish_embeddings(self, frame: BufferedFrame, encoded: EncodedImage | None = None) -> EmbeddingInfo | None:
-        p = self.params.embeddings
         try:
             result = self.pipeline.embed_pixels(encoded if encoded is not None else frame.rgb)
         except Exception as err:
             self._model_error(err, frame=self._frame_info(frame))
             return None
-        values = result.embeddings if self._projection is None else result.embeddings @ self._projection
-        try:
-            msg = embeddings_to_image(values, self._header(frame), p.dtype)
+        try:   # pooled, projected and cast as the embeddings.* parameters say (find_ros.embedding_transport)
+            msg, info = self._transport.message(result.embeddings, result.stride, self._header(frame))
         except ImageConversionError as err:
             self._model_error(err, frame=self._frame_info(frame))
             return None
         self._pub_embeddings.publish(msg)
-        return EmbeddingInfo(msg.encoding, int(values.shape[2]), int(result.embeddings.shape[2]),
-                             int(values.shape[1]), int(values.shape[0]), float(result.stride),
-                             p.projection_seed if self._projection is not None else None)
+        return info
 
     def _publish_outputs(self, kind: str, frame: BufferedFrame, labels: np.ndarray, regions: list[tuple],
                          watch: Stopwatch, received: float, instruction: Instruction | None = None,
@@ -386,6 +387,7 @@ class FindPerceptionNode(Node):
             entities.append(EntityInfo(int(label_id), int(index), str(label), entity_kind, float(score), area, box,
                                        None if class_id is None else int(class_id)))
         self._pub_masks.publish(labels_to_image(labels, header))
+        watch.mark("publish")                    # so that embed_pixels times the embeddings alone
         embedding_info = None
         if self.params.embeddings.enabled:
             embedding_info = self._publish_embeddings(frame, encoded)
