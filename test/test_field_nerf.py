@@ -15,7 +15,7 @@ import pytest
 import torch
 from PIL import Image
 
-pytest.importorskip("nerfstudio")
+import nerfstudio  # noqa: E402,F401  pinned (requirements.txt): missing is a failure, never a skip
 
 from find_core.data.frames import FrameRecord, FramesReader, FramesWriter  # noqa: E402
 from find_core.data.scene_video import render_scene_video  # noqa: E402

@@ -21,9 +21,6 @@ OUTPUT_FILES = ("generic", "grounding", "spatial", "retrieval", "interactive_rou
 TOLERANCE = 1e-4
 LANG_PROJ = "sem_seg_head.predictor.lang_encoder.lang_proj"
 
-needs_fixtures = pytest.mark.skipif(not (FIXTURES / "weights.safetensors").is_file(),
-                                    reason="reference fixtures not present")
-
 
 @pytest.fixture(scope="module")
 def weights() -> dict[str, torch.Tensor]:
@@ -37,7 +34,6 @@ def comparisons(weights):
 
 # ---- parity -------------------------------------------------------------------------------------
 
-@needs_fixtures
 def test_state_dict_loads_strictly_with_official_keys(weights):
     decoder = FindDecoder(decoder_config(json.loads((FIXTURES / "config.json").read_text())))
     state = decoder_state(weights)
@@ -46,7 +42,6 @@ def test_state_dict_loads_strictly_with_official_keys(weights):
     assert not result.missing_keys and not result.unexpected_keys
 
 
-@needs_fixtures
 def test_every_fixture_output_is_compared(comparisons):
     expected = {qualified_name(f, k) for f in OUTPUT_FILES
                 for k in load_file(str(FIXTURES / f"{f}.safetensors")) if not k.startswith("in.")}
@@ -60,7 +55,6 @@ def test_every_fixture_output_is_compared(comparisons):
             {str(i) for i in range(9)}
 
 
-@needs_fixtures
 def test_outputs_match_official_within_tolerance(comparisons):
     failures = []
     for name, ours, official in comparisons:
@@ -71,7 +65,6 @@ def test_outputs_match_official_within_tolerance(comparisons):
     assert not failures, "\n".join(failures)
 
 
-@needs_fixtures
 def test_new_fixture_files_are_compared_with_aux_and_post_processing(comparisons):
     names = {name for name, _, _ in comparisons}
     for name in ("retrieval.aux.0.pred_retrievals_lang", "retrieval.post.scores",
@@ -86,7 +79,6 @@ def test_new_fixture_files_are_compared_with_aux_and_post_processing(comparisons
         assert name in names, name
 
 
-@needs_fixtures
 def test_grounding_prompt_matches_the_saved_decoder_inputs(weights):
     saved = load_file(str(FIXTURES / "grounding.safetensors"))
     prompt = grounding_prompt(saved["in.phrase_token_hidden_states"], saved["in.phrase_attention_mask"],
@@ -101,7 +93,6 @@ def _close(ours: torch.Tensor, saved: torch.Tensor) -> None:
     torch.testing.assert_close(ours.float(), saved.float(), atol=1e-5, rtol=0)
 
 
-@needs_fixtures
 def test_retrieval_and_class_prompts_match_the_saved_decoder_inputs(weights):
     saved = load_file(str(FIXTURES / "retrieval.safetensors"))
     prompt = padded_text_prompt(saved["in.caption_token_hidden_states"], saved["in.caption_attention_mask"],
@@ -123,7 +114,6 @@ def test_retrieval_and_class_prompts_match_the_saved_decoder_inputs(weights):
     assert torch.equal(phrases.query_items, train["in.grounding_query_indices"].transpose(0, 1))
 
 
-@needs_fixtures
 @pytest.mark.parametrize("file", ["interleave_grounding", "interleave_retrieval", "train_forward"])
 def test_interleave_entry_prompt_matches_the_saved_decoder_inputs(weights, file):
     saved = load_file(str(FIXTURES / f"{file}.safetensors"))
@@ -138,7 +128,6 @@ def test_interleave_entry_prompt_matches_the_saved_decoder_inputs(weights, file)
     assert prompt.token_entities.tolist() == [[-4, -4, 0, 0, -4, -4, 1, 1, 1, 1, 1, 1, -4]]
 
 
-@needs_fixtures
 def test_entity_point_tokens_rebuild_the_ranking_pass_tokens(weights):
     """The ranking pass's per-level point tokens, assembled from our own pass of the visual entity alone
     on its image: an empty padded token for the text entity, then the entity's points re-labelled 1."""
@@ -163,7 +152,6 @@ def test_entity_point_tokens_rebuild_the_ranking_pass_tokens(weights):
         assert torch.equal(points.items, saved[f"in.refint_tokens.src_interleave_indices.{level}"][..., 0])
 
 
-@needs_fixtures
 def test_spatial_memories_need_one_prompt(weights):
     decoder = FindDecoder(decoder_config(json.loads((FIXTURES / "config.json").read_text())))
     decoder.load_state_dict(decoder_state(weights), strict=True)

@@ -28,9 +28,6 @@ TOLERANCE = 1e-4  # absolute, relative for values above 1
 GROUP_TERMS = {"mask": ("ce", "bce", "dice"), "spatial": ("ce", "bce", "dice"), "grounding": ("ce", "bce", "dice"),
                "retrieval": ("decoder",), "interleave": ("itc", "ce", "bce", "dice")}
 
-needs_fixtures = pytest.mark.skipif(not LOSSES.is_file() or not (FIXTURES / "weights.safetensors").is_file(),
-                                    reason="reference fixtures not present")
-
 
 # ---- fixture access ------------------------------------------------------------------------------
 
@@ -138,7 +135,6 @@ def _assert_close(differences: dict[str, float]) -> None:
 
 # ---- parity ---------------------------------------------------------------------------------------
 
-@needs_fixtures
 def test_fixture_holds_every_upstream_term(saved):
     for prefix, sets in (("", 10), ("b2.", 3)):
         names = {k[len(prefix):] for k in saved if k.startswith(prefix + "loss_")}
@@ -148,7 +144,6 @@ def test_fixture_holds_every_upstream_term(saved):
     assert all(saved[f"b2.loss_interleave_itc_{k}"].item() > 0.1 for k in range(3))
 
 
-@needs_fixtures
 def test_terms_from_our_decoder_match_upstream(our_output, saved, weights):
     result = _criterion_on([our_output.final] + our_output.aux[::-1], saved, "in.", weights[LANGUAGE + "logit_scale"])
     _assert_close(_differences(result, saved, ""))
@@ -156,14 +151,12 @@ def test_terms_from_our_decoder_match_upstream(our_output, saved, weights):
     assert abs(result.total.item() - saved["total"].item()) <= TOLERANCE * abs(saved["total"].item())
 
 
-@needs_fixtures
 def test_terms_from_saved_upstream_outputs_match(forward, saved, weights):
     result = _criterion_on(_saved_sets(forward, "train."), saved, "in.", weights[LANGUAGE + "logit_scale"])
     _assert_close(_differences(result, saved, ""))
     _assert_matches(result, saved, "")
 
 
-@needs_fixtures
 def test_batch_of_two_matches_upstream(saved):
     """Synthetic batch 2: contrastive terms across images, per-image padding of prompts / entities /
     phrases, an empty stroke target (not supervised), a class-name grounding (weight 0.5)."""
@@ -175,7 +168,6 @@ def test_batch_of_two_matches_upstream(saved):
     assert abs(result.total.item() - saved["b2.total"].item()) <= TOLERANCE * abs(saved["b2.total"].item())
 
 
-@needs_fixtures
 def test_weights_and_total_are_the_official_ones(saved):
     weights = OfficialLossWeights()
     for prefix in ("", "b2."):
@@ -186,7 +178,6 @@ def test_weights_and_total_are_the_official_ones(saved):
         assert total.item() == pytest.approx(saved[prefix + "total"].item(), rel=1e-6)
 
 
-@needs_fixtures
 def test_random_draws_follow_upstream(forward, saved, weights, monkeypatch):
     """Same sequence of torch.rand shapes as upstream (so a seeded generator replays its points), and the
     first matcher points / first importance-sampled loss points equal the recorded ones."""
@@ -215,7 +206,6 @@ def test_random_draws_follow_upstream(forward, saved, weights, monkeypatch):
 
 # ---- learning ----------------------------------------------------------------------------------
 
-@needs_fixtures
 def test_total_decreases_over_sgd_steps(forward, saved, weights):
     """A few SGD steps on the small decoder (every parameter the train task uses) lower the official total."""
     torch.manual_seed(0)

@@ -231,6 +231,13 @@ def perception_nodes(tmp_path_factory: pytest.TempPathFactory):
                                           "segment_mode": "semantic",  # labels every pixel, whatever the weights
                                           "object_threshold": 0.0, "embeddings": {"enabled": False},
                                           "depth": {"enabled": False}}, folder),
+        # semantic segmentation labels every pixel whatever the weights: of 3 classes, the largest
+        # segment covers a third of the frame or more, a mask big enough for the 3D geometry checks
+        "semantic_depth": Perception("semantic_depth", {**common, "mode": "segment", "segment_mode": "semantic",
+                                                        "classes": ["red square", "blue disc", "background"],
+                                                        "object_threshold": 0.0, "processing_max_side": 0,
+                                                        "embeddings": {"enabled": False}, "publish_overlay": False},
+                                     folder),
     }
     try:
         yield nodes
@@ -256,6 +263,12 @@ def standing_node(perception_nodes) -> Perception:
 def segment_node(perception_nodes) -> Perception:
     perception_nodes["segment"].ready()
     return perception_nodes["segment"]
+
+
+@pytest.fixture()
+def semantic_depth_node(perception_nodes) -> Perception:
+    perception_nodes["semantic_depth"].ready()
+    return perception_nodes["semantic_depth"]
 
 
 # --------------------------------------------------------------------------- perception: outputs
@@ -351,27 +364,28 @@ def test_localize_publishes_every_output_for_the_best_frame(localize_node: Perce
 
 @pytest.mark.ros
 @pytest.mark.slow
-def test_markers_from_half_resolution_metre_depth(localize_node: Perception):
-    """32FC1 depth at half the colour resolution, camera_info for the colour size: K is rescaled."""
-    node = localize_node
+def test_markers_from_half_resolution_metre_depth(semantic_depth_node: Perception):
+    """32FC1 depth at half the colour resolution, camera_info for the colour size: K is rescaled. The
+    segment is the largest of a semantic segmentation (every pixel labelled, 3 classes), so at least a
+    third of the frame whatever the random weights: half-resolution sampling cannot miss it."""
+    node = semantic_depth_node
     K = np.asarray(camera_info().k).reshape(3, 3)
-    stamps = [2100.0 + 0.25 * i for i in range(4)]
-    for i, s in enumerate(stamps):
-        node.send_frame(s, make_frame(i + 3), depth_image(np.full((48, 64), 1.5, np.float32), "32FC1"),
-                        camera_info())
-    node.send_instruction(json.dumps({"schema_version": 1, "id": "q-depth", "text": "a blue square"}))
-    doc = node.result_where(lambda d: d["instruction_id"] == "q-depth", "the localization result")
-    best = doc["localization"]["best_stamp"]
-    masks = image_to_labels(node.output("masks", best, "masks"))
-    markers = node.output("entities", best, "entity markers").markers
-    (entity,) = doc["entities"]
-    if entity["pixel_area"] < 20:
-        pytest.skip("the random model's mask is too small for a sampling-tolerant check")
-    sphere = next(m for m in markers if m.ns == "find/centroid")
+    stamp = 2100.0
+    node.send_frame(stamp, make_frame(3), depth_image(np.full((48, 64), 1.5, np.float32), "32FC1"), camera_info())
+    doc = node.result_where(lambda d: d["type"] == "segmentation" and d["frame"]["stamp"] == pytest.approx(stamp),
+                            "the segmentation with depth")
+    masks = image_to_labels(node.output("masks", stamp, "masks"))
+    markers = node.output("entities", stamp, "entity markers").markers
+    assert (masks > 0).all(), "semantic segmentation labels every pixel"
+    entity = max(doc["entities"], key=lambda e: e["pixel_area"])
+    assert 3 * entity["pixel_area"] >= masks.size and entity["pixel_area"] == int((masks == entity["label_id"]).sum())
+    assert entity["position_reason"] is None and entity["depth_valid_fraction"] == 1.0
+    sphere = next(m for m in markers if m.ns == "find/centroid" and m.id == entity["label_id"])
     got = np.array([sphere.pose.position.x, sphere.pose.position.y, sphere.pose.position.z])
-    want = expected_centroid(masks, 1, 1.5, K)     # full-resolution pixels, full-resolution K
+    want = expected_centroid(masks, entity["label_id"], 1.5, K)     # full-resolution pixels, full-resolution K
     assert got[2] == pytest.approx(1.5)
     np.testing.assert_allclose(got, want, atol=0.04)    # half-resolution sampling: about a pixel (1.5 cm)
+    np.testing.assert_allclose(entity["position"], got, atol=1e-4)
 
 
 # --------------------------------------------------------------------------- perception: bad input

@@ -5,51 +5,23 @@ The frames are scenes of the synthetic generator the checkpoint was trained on (
 the training and held-out sets never use). Each sequence of four frames hides one object whose
 colour and category appear in no other frame of it, and the instruction names exactly that
 ("the red disc"). A model that ignored the words would pick the right frame one time in four; the
-test asks for at least 6 of 10 sequences (the embedded checkpoint's rate on such sequences is
-measured in the README), each with its mask on the object.
+test asks for at least 6 of 10 sequences (the embedded checkpoint's rate on 40 such sequences, through
+the library, is training/results/localization_embedded.json from training.evaluate_localization,
+which also makes the sequences), each with its mask on the object.
 """
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
 
 import numpy as np
 import pytest
 
-from find_core.data.synthetic_scenes import SceneObject, sample_scene
 from find_ros.image_conversion import image_to_labels, image_to_rgb
 from test_ros_nodes import Perception
+from training.evaluate_localization import FRAMES, make_sequence
 
-FRAMES = 4
 SEQUENCES = range(7001, 7011)
 REQUIRED = 6
-
-
-@dataclass
-class Sequence:
-    frames: list[np.ndarray]
-    target: int
-    text: str
-    mask: np.ndarray
-
-
-def unique_object(scenes: list, index: int) -> SceneObject | None:
-    """A thing of scene `index` whose (colour, category) occurs nowhere else in the sequence."""
-    def look(o: SceneObject) -> tuple[str, str]:
-        return o.colour, o.category
-    elsewhere = {look(o) for j, s in enumerate(scenes) if j != index for o in s.things}
-    mine = [look(o) for o in scenes[index].things]
-    return next((o for o in scenes[index].things if look(o) not in elsewhere and mine.count(look(o)) == 1), None)
-
-
-def make_sequence(seed: int) -> Sequence:
-    rng = np.random.default_rng(seed)
-    while True:
-        scenes = [sample_scene(rng, i, 128, int(rng.integers(2, 5))) for i in range(FRAMES)]
-        target = int(rng.integers(FRAMES))
-        obj = unique_object(scenes, target)
-        if obj is not None:
-            return Sequence([s.image for s in scenes], target, f"the {obj.colour} {obj.category}", obj.mask)
 
 
 @pytest.fixture(scope="module")

@@ -1,0 +1,122 @@
+"""Frame localization on synthetic sequences: does ``FindPipeline.localize`` pick the frame that holds
+the object an instruction names, and does its mask cover that object?
+
+    python -m training.evaluate_localization [--checkpoint CKPT] [--seeds 7001-7040] [--out F.json]
+
+Each sequence is four scenes of the synthetic generator the embedded checkpoint was trained on (seeds
+the training and held-out sets never use). One of them hides a thing whose (colour, category) occurs
+in no other frame of the sequence, and the instruction names exactly that ("the red disc"). A model
+that ignored the words would pick the right frame one time in four. The JSON summary (right frames,
+masks with IoU >= 0.5 among them, their mean IoU, chance) names the checkpoint's tensor digest and
+this command, so the README's figure can be checked against it (test/test_readme_figures.py).
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from find_core.data.synthetic_shapes import SceneObject, sample_scene
+from find_core.metrics.interactive import mask_iou
+
+from .output import emit_json
+
+FRAMES = 4
+SIZE = 128                      # the synthetic training scenes' size
+DEFAULT_SEEDS = "7001-7040"
+IOU_HIT = 0.5
+
+
+@dataclass
+class Sequence:
+    """Frames, the index of the one holding the named object, the instruction text and that object's mask."""
+
+    frames: list[np.ndarray]
+    target: int
+    text: str
+    mask: np.ndarray
+
+
+def unique_object(scenes: list, index: int) -> SceneObject | None:
+    """A thing of scene ``index`` whose (colour, category) occurs nowhere else in the sequence."""
+    def look(o: SceneObject) -> tuple[str | None, str]:
+        return o.colour, o.category
+    elsewhere = {look(o) for j, s in enumerate(scenes) if j != index for o in s.things}
+    mine = [look(o) for o in scenes[index].things]
+    return next((o for o in scenes[index].things if look(o) not in elsewhere and mine.count(look(o)) == 1), None)
+
+
+def make_sequence(seed: int) -> Sequence:
+    """The sequence of ``seed`` (redrawn from the same generator until one frame has a unique object)."""
+    rng = np.random.default_rng(seed)
+    while True:
+        scenes = [sample_scene(rng, i, SIZE, int(rng.integers(2, 5))) for i in range(FRAMES)]
+        target = int(rng.integers(FRAMES))
+        obj = unique_object(scenes, target)
+        if obj is not None:
+            return Sequence([s.image for s in scenes], target, f"the {obj.colour} {obj.category}", obj.mask)
+
+
+def evaluate(pipeline, seeds: list[int]) -> dict:
+    """Localize every sequence; counts, mean IoU of the right-frame masks and per-sequence outcomes."""
+    outcomes = []
+    for seed in seeds:
+        sequence = make_sequence(seed)
+        result = pipeline.localize(sequence.frames, sequence.text)
+        right = result.best_index == sequence.target
+        iou = mask_iou(result.grounding.segments[0].mask, sequence.mask) if right else 0.0
+        outcomes.append({"seed": seed, "text": sequence.text, "target": sequence.target,
+                         "chosen": int(result.best_index), "iou": round(float(iou), 4)})
+    right_ious = [o["iou"] for o in outcomes if o["chosen"] == o["target"]]
+    return {
+        "sequences": len(outcomes), "frames_per_sequence": FRAMES, "chance_right": len(outcomes) / FRAMES,
+        "right_frame": len(right_ious), "masks_iou_at_least_0.5": sum(i >= IOU_HIT for i in right_ious),
+        "mean_iou_when_right": round(float(np.mean(right_ious)), 4) if right_ious else None,
+        "outcomes": outcomes,
+    }
+
+
+def parse_seeds(text: str) -> list[int]:
+    """'7001-7040' or '1,5,9' (ranges inclusive)."""
+    seeds: list[int] = []
+    for part in text.split(","):
+        low, _, high = part.strip().partition("-")
+        seeds += list(range(int(low), int(high) + 1)) if high else [int(low)]
+    if not seeds:
+        raise ValueError(f"no seeds in {text!r}")
+    return seeds
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m training.evaluate_localization", description=__doc__.splitlines()[0])
+    parser.add_argument("--checkpoint", type=Path, help="checkpoint folder (default: the embedded checkpoint)")
+    parser.add_argument("--seeds", default=DEFAULT_SEEDS, help=f"sequence seeds (default {DEFAULT_SEEDS})")
+    parser.add_argument("--input-size", type=int, help="letterbox side for inference (default: the model's)")
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--out", type=Path, help="also write the JSON here")
+    args = parser.parse_args(argv)
+    from find_core.checkpoint import CheckpointError, weights_digest
+    from find_core.embedded import EMBEDDED_CHECKPOINT
+    from find_core.loading import ModelLoadError, load_pipeline
+    checkpoint = args.checkpoint or EMBEDDED_CHECKPOINT
+    try:
+        seeds = parse_seeds(args.seeds)
+        pipeline = load_pipeline(None, str(checkpoint), device=args.device, input_size=args.input_size)
+        digest = weights_digest(checkpoint)
+    except (ValueError, ModelLoadError, CheckpointError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    metrics = evaluate(pipeline, seeds)
+    metrics["meta"] = {"checkpoint": str(args.checkpoint or "embedded"), "checkpoint_sha256": digest,
+                       "input_size": pipeline.input_size, "seeds": args.seeds, "device": args.device,
+                       "command": " ".join(["python -m training.evaluate_localization",
+                                            *(argv if argv is not None else sys.argv[1:])])}
+    emit_json(metrics, args.out)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
