@@ -14,7 +14,12 @@ A query is plain text, an instruction (JSON schema v1) or a raw embedding (:func
      "relevancy": {"max": .., "mean": .., "threshold": ..} | null,   # threshold: the object cut used
      "objects": [{"rank": 1, "centroid": [x, y, z], "box_min": [..], "box_max": [..],
                   "score": ..,              # mean relevancy of its voxels
-                  "peak": .., "voxels": n}],  # best first
+                  "peak": .., "voxels": n,
+                  "last_seen": 12.3 | null}],  # best first; stamp (s) of the newest frame that saw it
+     "found": true | false | null,          # answers: does the best object name a place ("not here": false)
+     "decision": {"best_score": .. | null,  # the best object's score (null: no object at all)
+                  "reason": "found" | "no_cluster" | "below_threshold",
+                  "threshold": .. | null} | null,   # the calibrated 'not here' threshold (null: none)
      "files": {"map": "/path/map.npz", "ply": "/path/map.ply"} | null,   # "saved" only
      "timings_ms": {"embed": .., "relevancy": .., "publish": .., "total": ..},
      "error": {"code": "...", "message": "...", "field": "..." | null} | null}
@@ -32,7 +37,7 @@ import numpy as np
 from find_core.instructions import Instruction, InstructionError, parse_instruction
 
 if TYPE_CHECKING:  # find_core.field pulls in Open3D
-    from find_core.field import FieldObject, VoxelFeatureMap
+    from find_core.field import Decision, FieldObject, VoxelFeatureMap
 
 ANSWER_SCHEMA_VERSION = 1
 ANSWER_TYPES = ("answer", "saved", "cleared", "error")
@@ -131,7 +136,8 @@ def answer_doc(type_: str, node: str, frame_id: str, *, spec: QuerySpec | None =
                text: str | None = None, fmap: VoxelFeatureMap | None = None,
                relevancy: dict[str, float] | None = None, objects: Sequence[FieldObject] = (),
                files: dict[str, str] | None = None, timings: dict[str, float] | None = None,
-               error: QueryError | None = None, stamp: float | None = None) -> dict[str, Any]:
+               error: QueryError | None = None, stamp: float | None = None,
+               decision: Decision | None = None) -> dict[str, Any]:
     """One ~/answer message (schema in the module docstring); every key is always present."""
     if type_ not in ANSWER_TYPES:
         raise ValueError(f"unknown answer type {type_!r}")
@@ -150,6 +156,8 @@ def answer_doc(type_: str, node: str, frame_id: str, *, spec: QuerySpec | None =
                                              "frames_fused": fmap.metadata.get("frames_fused")},
            "relevancy": relevancy,
            "objects": [{"rank": rank, **obj.to_json()} for rank, obj in enumerate(objects, 1)],
+           "found": None if decision is None else decision.found,
+           "decision": None if decision is None else {k: v for k, v in decision.to_json().items() if k != "found"},
            "files": files, "timings_ms": dict(timings or {}),
            "error": None if error is None else {"code": error.code, "message": error.message, "field": error.field}}
     return doc

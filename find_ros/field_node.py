@@ -18,6 +18,15 @@ A thin adapter from topics to :mod:`find_core.field` (see docs/ros_interface.md,
   (MarkerArray). Query embeddings come from a FindPipeline loaded once at start with the perception
   node's model parameters, projected like the perception node's embeddings when it reduced them.
 * ``~/command``: ``save``, ``save <path>``, ``clear``; the map is also saved on shutdown (``map_path``).
+* Maps continue across runs: ``map`` loads a saved map at start (voxels, features, weights, colours,
+  last-seen times, TSDF) and fusion goes on into it; a map of another voxel size, embedding width,
+  model or frame is refused (the node logs why and does not start; :mod:`find_ros.field_map`).
+* Colour: an optional ``image`` topic (the camera's colour image, same stamps) colours the map; the
+  saved ``.ply`` preview is then in the fused colours (otherwise in the embeddings' PCA colours).
+* Maps forget what moved: each voxel keeps when it was last seen (answers carry ``last_seen``), and
+  free space seen through a voxel decays it (``fusion.free_space_decay``, :mod:`find_core.field.forget`).
+* "Not here": an answer is ``found: false`` (with the best score and the reason) when no object
+  reaches the model's calibrated threshold (``query.not_here_threshold``, :mod:`find_core.field.abstain`).
 * Bad input never stops the node: it is counted in ``~/status`` and logged, bad queries get error
   answers.
 * Input reliability follows the publishers by default (``camera_reliability: auto``, see
@@ -33,7 +42,6 @@ Run: ``python -m find_ros.field_node --ros-args --params-file config/find_field.
 """
 from __future__ import annotations
 
-import dataclasses
 import json
 import sys
 import threading
@@ -50,13 +58,13 @@ from sensor_msgs.msg import CameraInfo, Image, PointCloud2
 from std_msgs.msg import Header, String
 from visualization_msgs.msg import MarkerArray
 
-from find_core.field import (FeatureFusion, FusionConfig, ObjectConfig, VoxelFeatureMap, locate, save_map,
-                             write_color_ply)
+from find_core.field import FeatureFusion, FusionConfig, ObjectConfig, VoxelFeatureMap, decide, locate
 from find_core.field.objects import cut_off
 from find_core.messages import pose_matrix, stamp_ns, stamp_seconds
 
 from .answer_schema import QueryError, QuerySpec, answer_doc, parse_query
 from .entity_geometry import scale_intrinsics
+from .field_map import check_width, continue_map, frame_colour, map_metadata, model_identity, not_here_threshold, save_files
 from .field_params import FieldParams, parse_offset
 from .frame_matching import Bundle, FrameMatcher, GridMismatch, StampBuffer, depth_stride
 from .image_conversion import ImageConversionError, depth_to_meters, image_to_embeddings
@@ -66,7 +74,7 @@ from .qos import REFRESH_PERIOD, CameraSubscription, image_output_qos, instructi
 from .node_stats import recent_rate
 from .query_embedder import ProjectedEmbedder, field_query
 from .startup import StartupError, embedding_projection, load_model
-from .visuals import object_markers, pca_colors, relevancy_cloud
+from .visuals import object_markers, relevancy_cloud
 
 MAX_REQUESTS = 32          # queries/commands waiting for the worker
 
@@ -90,15 +98,28 @@ class FindFieldNode(Node):
             import torch
             torch.set_num_threads(p.cpu_threads)
         self._offset = parse_offset(p.pose_offset)
-        self._embedder = self._load_model()
         self._fusion_config = FusionConfig(voxel_size=p.fusion.voxel_size, depth_min=p.fusion.depth_min,
                                            depth_max=p.fusion.depth_max, edge_threshold=p.fusion.edge_threshold,
                                            max_feature_voxels=p.fusion.max_feature_voxels,
-                                           max_blocks=p.fusion.max_blocks, device=p.device)
+                                           max_blocks=p.fusion.max_blocks, device=p.device,
+                                           free_space_decay=p.fusion.free_space_decay,
+                                           forget_below=p.fusion.forget_below)
         try:
             self._fusion = FeatureFusion(self._fusion_config)
         except ValueError as err:
             raise StartupError(f"cannot build the map: {err}") from None
+        self._checkpoint, self._digest = model_identity(p)
+        self._map_frame = p.map_frame
+        if p.map:       # before the model loads: a map that cannot continue is refused at once
+            loaded = continue_map(self._fusion, p, self._digest)
+            self._map_frame = self._map_frame or loaded.metadata.get("map_frame") or ""
+        self._embedder = self._load_model()
+        if p.map:
+            check_width(p.map, loaded.dim, self._query_width)
+            self._log.info(f"continuing the map {p.map}: {len(loaded)} voxels, {loaded.dim}-d, "
+                           f"{loaded.metadata.get('frames_fused')} frames fused before")
+        self._threshold = not_here_threshold(p, self._checkpoint, self._digest, self._log.info) \
+            if self._embedder is not None or p.query.not_here_threshold >= 0 else None
         self._objects = ObjectConfig(threshold=p.query.threshold or None, relative=p.query.relative,
                                      min_voxels=p.query.min_voxels, top_k=p.query.top_k)
         self._negatives = [n for n in p.query.negatives if n.strip()]
@@ -108,7 +129,6 @@ class FindFieldNode(Node):
         self._matcher = FrameMatcher(p.sync_tolerance, p.pose_tolerance, p.match_timeout, p.buffer_seconds)
         self._requests: deque[tuple[str, str]] = deque()
         self._next_due = 0.0
-        self._map_frame = p.map_frame
         self._counts = dict(frames_fused=0, frames_rejected=0, queries=0, errors=0)
         self._rejected: dict[str, int] = {}
         self._fused_times: deque[float] = deque(maxlen=60)
@@ -133,7 +153,8 @@ class FindFieldNode(Node):
                             ("embeddings", Image, self._on_embeddings, 2),
                             ("depth", Image, lambda msg, _: self._on_partner(m.depths, msg), 2),
                             ("camera_info", CameraInfo, lambda msg, _: self._on_partner(m.infos, msg), 10),
-                            ("pose", pose_type, lambda msg, _: self._on_partner(m.poses, msg), 50))}
+                            ("pose", pose_type, lambda msg, _: self._on_partner(m.poses, msg), 50),
+                            ("image", Image, lambda msg, _: self._on_partner(m.images, msg), 2))}
         self.create_timer(REFRESH_PERIOD, lambda: [s.refresh() for s in self._inputs.values()])
         self.create_subscription(String, "~/query", lambda m: self._on_request("query", m), instruction_qos())
         self.create_subscription(String, "~/command", lambda m: self._on_request("command", m), instruction_qos())
@@ -148,6 +169,7 @@ class FindFieldNode(Node):
     def _load_model(self) -> ProjectedEmbedder | None:
         """The query model, loaded once; its (projected) embeddings of the negatives warm it up."""
         p = self.params
+        self._query_width: int | None = None
         if not p.model_preset and not p.checkpoint:
             self._log.info("no model (model_preset and checkpoint empty): embedding queries only")
             return None
@@ -160,6 +182,7 @@ class FindFieldNode(Node):
             raise StartupError(f"the model fails to embed a query: {type(err).__name__}: {err}") from None
         dims = p.embeddings.dims
         projection = embedding_projection(width, dims, p.embeddings.projection_seed)
+        self._query_width = dims if projection is not None else width
         embedder = ProjectedEmbedder(pipeline, projection)
         embedder.embed_text([n for n in p.query.negatives if n.strip()])
         self._log.info(f"query model {p.model_preset!r} checkpoint={p.checkpoint or '-'} ready in "
@@ -262,10 +285,16 @@ class FindFieldNode(Node):
         elif frame and frame != self._map_frame:
             return self._reject("pose_frame_mismatch", f"pose in frame {frame!r}, the map is in {self._map_frame!r}")
         pose = pose_matrix(bundle.pose) @ self._offset
+        rgb = None
+        if bundle.image is not None:
+            try:
+                rgb = frame_colour(bundle.image, depth.shape)
+            except ImageConversionError as err:       # fuse the frame anyway, without colour
+                self._log.warning(f"colour image not used: {err}", throttle_duration_sec=2.0)
         with self._map_lock:
             before = dict(self._fusion.stats.skipped)
             try:
-                fused = self._fusion.integrate(depth, pose, K, embeddings, stride)
+                fused = self._fusion.integrate(depth, pose, K, embeddings, stride, rgb=rgb, stamp=bundle.stamp * 1e-9)
             except ValueError as err:       # e.g. the embedding width changed: a configuration problem
                 return self._reject("bad_frame", str(err))
         if not fused:
@@ -287,10 +316,7 @@ class FindFieldNode(Node):
             self._query(raw)
 
     def _metadata(self) -> dict[str, Any]:
-        p = self.params
-        return {"node": self._fqn, "map_frame": self._map_frame or "map",
-                "preset": p.model_preset or None, "checkpoint": p.checkpoint or None,
-                "projection_dims": p.embeddings.dims, "projection_seed": p.embeddings.projection_seed}
+        return map_metadata(self.params, self._fqn, self._map_frame, self._digest)
 
     def _map(self) -> VoxelFeatureMap:
         with self._map_lock:
@@ -324,21 +350,17 @@ class FindFieldNode(Node):
                    "threshold": round(float(cut_off(relevancy, self._objects)), 4)}
         timings = {"embed": (embedded - started) * 1e3, "relevancy": (scored - embedded) * 1e3,
                    "publish": (done - scored) * 1e3, "total": (done - started) * 1e3}
+        decision = decide(objects, self._threshold)
         doc = answer_doc("answer", self._fqn, header.frame_id, spec=spec, fmap=fmap, relevancy=summary,
                          objects=objects, timings={k: round(v, 3) for k, v in timings.items()},
-                         stamp=stamp_seconds(header))
+                         stamp=stamp_seconds(header), decision=decision)
         self._pub_answer.publish(String(data=json.dumps(doc)))
         best = f"best at {objects[0].to_json()['centroid']} score {objects[0].score:.2f}" if objects else "no object"
+        best += "" if decision.found else f" -> not here ({decision.reason})"
         self._log.info(f"query {spec.kind} {spec.text!r}: {len(objects)} object(s), {best}")
 
     def _save(self, target: str) -> tuple[Path, Path]:
-        path = Path(target).expanduser()
-        if path.suffix == "":
-            path = path.with_suffix(".npz")
-        fmap = self._map()
-        npz = save_map(fmap, path)
-        ply = write_color_ply(path.with_suffix(".ply"), dataclasses.replace(fmap, colors=pca_colors(fmap.features)))
-        return npz, ply
+        return save_files(self._map(), target, self._fusion.stats.coloured > 0)
 
     def _command(self, raw: str) -> None:
         words = raw.strip().split(maxsplit=1)
@@ -401,7 +423,8 @@ class FindFieldNode(Node):
         return {"schema_version": 1, "node": self._fqn, "map_frame": self._map_frame or None,
                 "stats": stats, "rejected": rejected, "waiting": waiting,
                 "map": {"voxels": 0 if table is None else int(table.size), "dim": None if table is None else table.dim,
-                        "voxel_size": self.params.fusion.voxel_size, "frames_fused": self._fusion.stats.fused},
+                        "voxel_size": self.params.fusion.voxel_size, "frames_fused": self._fusion.stats.fused,
+                        "frames_coloured": self._fusion.stats.coloured, "voxels_forgotten": self._fusion.stats.forgotten},
                 "mean_integrate_ms": round(float(np.mean(self._integrate_ms)), 3) if self._integrate_ms else 0.0,
                 "last_fused_stamp": last, "last_unmatched": last_unmatched,
                 "camera_reliability": {name: sub.current for name, sub in self._inputs.items()}}

@@ -43,6 +43,11 @@ class FusionParams(_Validated):
     max_feature_voxels: int = option(1_000_000, "Most embedding voxels; frames beyond are skipped "
                                                 "(over_capacity).", minimum=1)
     max_blocks: int = option(50_000, "Most TSDF blocks (8^3 voxels each).", minimum=1)
+    free_space_decay: float = option(0.5, "Weight factor of a voxel each time a frame sees free space through "
+                                          "it (something moved away); 1 = never forget.", minimum=0.01,
+                                     maximum=1.0)
+    forget_below: float = option(1.0, "A voxel whose weight (observations) decays below this is erased.",
+                                 minimum=0.0, maximum=1e6)
 
 
 @dataclass
@@ -59,6 +64,11 @@ class QueryParams(_Validated):
                              maximum=1.0)
     min_voxels: int = option(5, "Smaller clusters are not objects.", minimum=1)
     top_k: int = option(5, "Most objects in an answer.", minimum=1, maximum=1000)
+    not_here_threshold: float = option(-1.0, "Score the best object needs for 'found: true'; -1 = the model's "
+                                             "calibrated threshold (field_abstention.json beside its checkpoint, "
+                                             "from python -m training.evaluate_field --calibrate), none if it "
+                                             "has none; 0 = always found when there is an object.",
+                                       minimum=-1.0, maximum=1.0)
 
 
 @dataclass
@@ -95,6 +105,8 @@ class FieldParams(_Validated):
                                              "all are).", choices=CAMERA_RELIABILITIES)
     map_path: str = option("", "Where 'save' (without a path) and shutdown write the map (.npz, plus a .ply "
                                "preview beside it); empty = no save on shutdown.")
+    map: str = option("", "A saved map (.npz) loaded at start: fusion continues into it. Its voxel size, "
+                          "embedding width, model and frame must match this node's, or the node refuses to start.")
     status_period: float = option(2.0, "Seconds between ~/status messages and log lines; 0 = off.",
                                   minimum=0.0, maximum=3600.0)
     embeddings: EmbeddingInputParams = option(EmbeddingInputParams(), "Incoming embeddings.")
@@ -112,6 +124,8 @@ class FieldParams(_Validated):
                        f"({self.fusion.depth_max})")
         if not [n for n in self.query.negatives if n.strip()]:
             out.append("'query.negatives' must hold at least one phrase")
+        if self.map and Path(self.map).suffix != ".npz":
+            out.append(f"'map' must be a .npz map file, got {self.map!r}")
         if self.map_path and Path(self.map_path).suffix not in ("", ".npz"):
             out.append(f"'map_path' must end in .npz (or have no suffix), got {self.map_path!r}")
         return out

@@ -1,5 +1,5 @@
 """Pairing each embeddings image with what find_field fuses it with: the depth, camera_info and pose
-of the same stamp (:class:`FrameMatcher`, no rclpy; the node calls it under its lock), and the
+of the same stamp (and the colour image when one came) (:class:`FrameMatcher`, no rclpy; the node calls it under its lock), and the
 embedding grid with the depth image's pixels (:func:`depth_stride`)."""
 from __future__ import annotations
 
@@ -94,6 +94,7 @@ class Bundle:
     depth: Any                 # sensor_msgs/Image
     camera_info: Any           # sensor_msgs/CameraInfo
     pose: Any                  # PoseStamped or Odometry
+    image: Any = None          # sensor_msgs/Image, the colour image of the same stamp (optional)
 
 
 class FrameMatcher:
@@ -111,6 +112,7 @@ class FrameMatcher:
         self.depths: StampBuffer[Any] = StampBuffer(buffer_seconds)
         self.infos: StampBuffer[Any] = StampBuffer(buffer_seconds)
         self.poses: StampBuffer[Any] = StampBuffer(buffer_seconds)
+        self.images: StampBuffer[Any] = StampBuffer(buffer_seconds, limit=8)   # colour: optional, never waited for
         self.pending: dict[int, tuple[Any, float]] = {}
         self.counts = {"received": 0, "skipped": 0, "unmatched": 0}
         self.last_unmatched: str | None = None     # why the latest unmatched frame found no partners
@@ -129,7 +131,7 @@ class FrameMatcher:
         pose = self.poses.nearest(stamp, self.pose_tolerance)
         if depth is None or info is None or pose is None:
             return None
-        return Bundle(stamp, self.pending[stamp][0], depth, info, pose)
+        return Bundle(stamp, self.pending[stamp][0], depth, info, pose, self.images.nearest(stamp, self.sync_tolerance))
 
     def missing(self, stamp: int) -> str:
         """Which partners a frame lacks, and how far off the nearest ones are (for tuning tolerances)."""

@@ -14,16 +14,21 @@ so that a regression in the model, the per-pixel embeddings, fusion or the query
 from __future__ import annotations
 
 import json
+import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
 
 from find_core import FindPipeline
 from find_core.data.scene_video import render_scene_video
+from find_core.checkpoint import weights_digest
 from find_core.embedded import EMBEDDED_CHECKPOINT
+from find_core.field import load_abstention
 from training import evaluate_field
 from training.evaluate_field import ObjectResult, parse_seeds, scene_results
 
+RESULTS = Path(__file__).resolve().parents[1] / "training" / "results" / "field_abstention_heldout.json"
 SCENES = (3, 4)
 REQUIRED = 8
 INPUT_SIZE = 256
@@ -54,17 +59,59 @@ def test_results_are_sorted_into_kinds():
 
 @pytest.mark.slow
 def test_cli_prints_a_summary_that_adds_up(capsys, tmp_path):
+    """Reduced size of the committed run (training/results/field_abstention_heldout.json): calibrate
+    on one scene into a copy of the checkpoint, evaluate another, and check that the counts add up,
+    the file beside the checkpoint names its weights and is used by the next run."""
+    checkpoint = tmp_path / "ckpt"
+    checkpoint.mkdir()
+    for name in ("model.safetensors", "config.yaml"):
+        shutil.copy(EMBEDDED_CHECKPOINT / name, checkpoint / name)
     out = tmp_path / "field.json"
-    assert evaluate_field.main(["--seeds", "4", "--frames", "8", "--input-size", "160", "--out", str(out)]) == 0
+    args = ["--checkpoint", str(checkpoint), "--seeds", "4", "--frames", "8", "--input-size", "160"]
+    assert evaluate_field.main([*args, "--calibrate", "--calibrate-seeds", "5", "--out", str(out)]) == 0
     printed = json.loads(capsys.readouterr().out)
     assert printed == json.loads(out.read_text())
-    assert printed["objects"] == len(printed["results"]) == 5 and printed["meta"]["input_size"] == 160
-    assert printed["frames_fused"] == 8
-    kinds = [r["kind"] for r in printed["results"]]
+    digest = weights_digest(checkpoint)
+    saved = json.loads((checkpoint / "field_abstention.json").read_text())
+    assert saved["weights_digest"] == digest == printed["meta"]["weights_digest"]
+    assert saved["threshold"] == printed["threshold"] == printed["abstention"]["threshold"]
+    assert saved["fitted"]["seeds"] == [5] and saved["fitted"]["present"] == saved["fitted"]["absent"] > 0
+    assert printed["meta"]["command"].startswith("python -m training.evaluate_field --checkpoint")
+    present = [r for r in printed["results"] if r["kind"] != "absent"]
+    absent = [r for r in printed["results"] if r["kind"] == "absent"]
+    assert printed["objects"] == len(present) == 5 == printed["absent_phrases"] == len(absent)
+    assert printed["meta"]["input_size"] == 160 and printed["frames_fused"] == 8
+    kinds = [r["kind"] for r in present]
     assert sum(printed[k] for k in ("within", "not_found", "wrong_object", "off_centre")) == 5
     assert printed["within"] == kinds.count("within") and np.isclose(printed["share_within"], printed["within"] / 5)
-    assert all((r["error"] is None) == (r["nearest"] is None) == (r["kind"] == "not_found") for r in printed["results"])
-    assert all((r["nearest"] == r["phrase"]) == (r["kind"] in ("within", "off_centre")) for r in printed["results"]
+    assert all((r["error"] is None) == (r["nearest"] is None) == (r["kind"] == "not_found") for r in present)
+    assert all((r["nearest"] == r["phrase"]) == (r["kind"] in ("within", "off_centre")) for r in present
                if r["kind"] != "not_found")
+    threshold = printed["threshold"]
+    assert all(r["found"] == (r["score"] is not None and r["score"] >= threshold) for r in printed["results"])
+    assert printed["found_within"] == sum(r["found"] and r["kind"] == "within" for r in present)
+    assert printed["absent_answered"] == sum(r["found"] for r in absent)
+    assert all(r["shares"] in ("none", "colour", "shape", "both") and r["phrase"] not in
+               {p["phrase"] for p in present} for r in absent)
+    # the next run uses the file beside the checkpoint; weights it was not fitted on make it unused
+    assert evaluate_field.main([*args, "--no-absent"]) == 0
+    again = json.loads(capsys.readouterr().out)
+    assert again["threshold"] == threshold and "field_abstention.json" in again["abstention"]["source"]
+    assert again["absent_phrases"] == 0
+    assert load_abstention(checkpoint, "0" * 64)[0] is None
     assert evaluate_field.main(["--checkpoint", str(tmp_path / "missing")]) == 2
     assert evaluate_field.main(["--seeds", "4", "--input-size", "100"]) == 2
+
+
+def test_the_committed_abstention_belongs_to_the_embedded_checkpoint():
+    """The README's 'not here' figures (training/results/field_abstention_heldout.json) and the
+    threshold find_field loads (field_abstention.json beside the checkpoint) come from one run on the
+    weights shipped now; a replaced checkpoint needs: python -m training.evaluate_field --calibrate
+    --calibrate-seeds 103-112 --seeds 3-22 --input-size 256 --out training/results/field_abstention_heldout.json"""
+    results = json.loads(RESULTS.read_text())
+    digest = weights_digest(EMBEDDED_CHECKPOINT)
+    assert results["meta"]["weights_digest"] == digest, "the embedded checkpoint changed: recalibrate (docstring)"
+    abstention, note = load_abstention(EMBEDDED_CHECKPOINT, digest)
+    assert abstention is not None, note
+    assert abstention.threshold == results["threshold"] == results["abstention"]["threshold"]
+    assert set(results["meta"]["seeds"]).isdisjoint(abstention.fitted["seeds"])

@@ -340,8 +340,10 @@ def test_cli_build_and_query_with_a_model(scene, tmp_path, capsys):
     result = json.loads(capsys.readouterr().out)
     assert result["query"] == "the red disc" and result["negatives"] == list(CANONICAL_NEGATIVES)
     assert isinstance(result["objects"], list) and 0 <= result["max_relevancy"] <= 1
+    assert result["found"] == (result["reason"] == "found") and isinstance(result["abstention"], str)
     for obj in result["objects"]:
-        assert set(obj) == {"centroid", "box_min", "box_max", "score", "peak", "voxels"}
+        assert set(obj) == {"centroid", "box_min", "box_max", "score", "peak", "voxels", "last_seen"}
+        assert obj["last_seen"] is not None
     assert len(o3d.io.read_point_cloud(str(heat)).points) == result["voxels"]
     instruction = tmp_path / "instruction.json"
     instruction.write_text(json.dumps({"schema_version": 1, "text": "water the plant"}))

@@ -32,7 +32,7 @@ from find_ros.answer_schema import ANSWER_ERROR_CODES, QueryError, answer_doc, p
 from find_ros.field_params import FieldParams, parse_offset
 from find_ros.frame_matching import FrameMatcher, GridMismatch, StampBuffer, depth_stride
 from find_ros.visuals import CLOUD_FIELDS, pca_colors, relevancy_cloud
-from find_ros.image_conversion import embeddings_to_image
+from find_ros.image_conversion import embeddings_to_image, rgb_to_image
 from find_ros.params import ParameterError, declare_params, parameter_names
 from find_ros.process_harness import START_TIMEOUT, NodeProcess, Probe, WaitTimeout, next_domain
 from test_ros_nodes import REPO, depth_image, header
@@ -83,16 +83,17 @@ def info_message(K: np.ndarray, width: int, height: int, stamp: float) -> Camera
 class Field:
     """A find_field process, its probe, and helpers speaking its topics."""
 
-    def __init__(self, folder: Path) -> None:
+    def __init__(self, folder: Path, **extra: Any) -> None:
         domain = next_domain()
         self.map_path = folder / "exit" / "map.npz"
-        params = {"model_preset": "tiny-test", "device": "cpu", "cpu_threads": 1, "max_rate_hz": 0.0,
+        params = {**extra, "model_preset": "tiny-test", "device": "cpu", "cpu_threads": 1, "max_rate_hz": 0.0,
                   "status_period": 0.25, "match_timeout": 0.5, "sync_tolerance": 0.0, "pose_tolerance": 0.01,
                   "map_path": str(self.map_path),
                   "embeddings": {"stride": float(STRIDE), "dims": DIM, "projection_seed": 0},
                   "query": {"top_k": 3}}
+        params.update(extra)
         remaps = ["embeddings:=/cam/embeddings", "depth:=/cam/depth", "camera_info:=/cam/camera_info",
-                  "pose:=/cam/pose"]
+                  "pose:=/cam/pose", "image:=/cam/image"]
         self.process = NodeProcess("find_ros.field_node", domain, params, remaps, folder / "node")
         self.probe = Probe(domain, self.process)
         for topic, kind in (("answer", String), ("status", String), ("relevancy", PointCloud2),
@@ -102,6 +103,7 @@ class Field:
         self.depth = self.probe.publisher("/cam/depth", Image)
         self.info = self.probe.publisher("/cam/camera_info", CameraInfo)
         self.pose = self.probe.publisher("/cam/pose", PoseStamped)
+        self.image = self.probe.publisher("/cam/image", Image)
         self.query_pub = self.probe.publisher(f"{NODE}/query", String)
         self.command_pub = self.probe.publisher(f"{NODE}/command", String)
 
@@ -113,10 +115,12 @@ class Field:
                             and self.pose.get_subscription_count() > 0, "find_field to start", START_TIMEOUT)
 
     def send(self, stamp: float, embeddings: np.ndarray | Image, depth: Image, info: CameraInfo,
-             pose: PoseStamped | None, pose_stamp: float | None = None) -> None:
+             pose: PoseStamped | None, pose_stamp: float | None = None, rgb: np.ndarray | None = None) -> None:
         """Partners first (as a camera arrives before the slower perception node), then embeddings."""
         info.header = header(stamp, "cam")
         depth.header = header(stamp, "cam")
+        if rgb is not None:
+            self.image.publish(rgb_to_image(rgb, header(stamp, "cam")))
         self.info.publish(info)
         self.depth.publish(depth)
         if pose is not None:
@@ -160,15 +164,19 @@ class Field:
 def check_answer(doc: dict) -> None:
     """Schema v1 of ~/answer: every key present, types as documented."""
     assert set(doc) == {"schema_version", "type", "node", "id", "query", "frame_id", "stamp", "map", "relevancy",
-                        "objects", "files", "timings_ms", "error"}, sorted(doc)
-    assert (doc["stamp"] is not None) == (doc["type"] == "answer")
+                        "objects", "files", "timings_ms", "error", "found", "decision"}, sorted(doc)
+    assert (doc["stamp"] is not None) == (doc["type"] == "answer") == (doc["found"] is not None)
+    if doc["found"] is not None:
+        assert doc["found"] == (doc["decision"]["reason"] == "found") == bool(doc["objects"])  # no threshold here
+        assert doc["decision"]["threshold"] is None
     assert doc["schema_version"] == 1 and doc["node"] == NODE
     assert doc["type"] in ("answer", "saved", "cleared", "error")
     assert (doc["type"] == "error") == (doc["error"] is not None)
     if doc["error"] is not None:
         assert doc["error"]["code"] in ANSWER_ERROR_CODES and doc["error"]["message"]
     for rank, obj in enumerate(doc["objects"], 1):
-        assert obj["rank"] == rank and set(obj) == {"rank", "centroid", "box_min", "box_max", "score", "peak", "voxels"}
+        assert obj["rank"] == rank and set(obj) == {"rank", "centroid", "box_min", "box_max", "score", "peak", "voxels",
+                                                    "last_seen"}
         assert all(lo <= c <= hi for lo, c, hi in zip(obj["box_min"], obj["centroid"], obj["box_max"]))
         assert 0.0 <= obj["score"] <= obj["peak"] <= 1.0 and obj["voxels"] >= 1
     if doc["type"] == "answer":
@@ -241,7 +249,8 @@ def fused(field, scene) -> tuple[dict, dict]:
         else:
             depth = depth_image(record.depth, "32FC1")
         field.send(stamp, synthetic_embeddings(record.masks), depth, info_message(camera.K, camera.width,
-                   camera.height, stamp), pose_message(record.pose, stamp), stamp + (0.005 if i % 2 else 0.0))
+                   camera.height, stamp), pose_message(record.pose, stamp), stamp + (0.005 if i % 2 else 0.0),
+                   rgb=None if i % 4 == 3 else record.rgb)      # colour (resized to half-size depth) on 3 of 4
         status = field.settled(received + i + 1, f"frame {i} to be handled")
     return base, status
 
@@ -260,6 +269,7 @@ def test_fused_map_answers_embedding_queries_within_10_cm(field, scene, fused):
                      "frames_rejected": 0}, status
     assert status["map"]["frames_fused"] == FRAMES + 1                  # and the handshake frame
     assert status["map_frame"] == "map" and status["map"]["dim"] == DIM and status["map"]["voxels"] > 1000
+    assert status["map"]["frames_coloured"] == 9                        # the frames sent with a colour image
     objects = reader.scene["objects"]
     assert len(objects) >= 3
     for obj in objects:
@@ -272,6 +282,7 @@ def test_fused_map_answers_embedding_queries_within_10_cm(field, scene, fused):
         best = doc["objects"][0]
         error = np.linalg.norm(np.array(best["centroid"]) - obj["center"])
         assert error < 0.10, f"{obj['phrase']}: {best['centroid']} is {error:.3f} m from {obj['center']}"
+        assert T0 <= best["last_seen"] <= T0 + 0.1 * FRAMES and doc["found"] is True
 
     # the last query's relevancy cloud and markers, in the map frame
     last = objects[-1]
@@ -418,9 +429,14 @@ def test_save_command_writes_a_map_load_map_reads(field, fused, tmp_path):
     assert fmap.metadata["map_frame"] == "map" and fmap.metadata["preset"] == "tiny-test"
     assert fmap.metadata["projection_dims"] == DIM and fmap.metadata["frames_fused"] >= FRAMES + 1
     assert fmap.geometry is not None and len(fmap.geometry.keys) > 0
+    assert fmap.metadata["embedding_dim"] == DIM and fmap.metadata["voxel_size"] == 0.02
+    assert fmap.last_seen is not None and np.nanmax(fmap.last_seen) >= T0
     cloud = o3d.io.read_point_cloud(doc["files"]["ply"])
     assert len(cloud.points) == len(fmap)
     np.testing.assert_allclose(np.asarray(cloud.points), fmap.positions, atol=1e-6)
+    # the preview is in the fused colours of the camera images
+    np.testing.assert_allclose(np.asarray(cloud.colors) * 255, fmap.colors, atol=0.6)
+    assert np.ptp(fmap.colors.astype(int), axis=0).max() > 100
     doc = field.ask("save relative/name.ply", topic="command")
     assert doc["error"]["code"] == "invalid_command"
 
@@ -455,6 +471,52 @@ def test_clear_then_fuse_again_and_save_on_shutdown(field, scene, fused):
     assert "map saved to" in field.process.output()
 
 
+@pytest.mark.ros
+@pytest.mark.slow
+def test_a_saved_map_continues_in_a_new_node_and_a_mismatched_one_is_refused(field, scene, tmp_path):
+    """After the previous test: the map saved on shutdown is loaded by a new node (``map``), answers
+    before any new frame, and fusion goes on into it; another voxel size or width is refused."""
+    from find_core.field import load_map
+
+    saved = load_map(field.map_path)
+    reader, frames = scene
+    camera = reader.camera
+    node = Field(tmp_path / "again", map=str(field.map_path))
+    try:
+        node.ready()
+        query = {"schema_version": 1, "embedding": PROTOS[1].tolist(), "negatives": NEGATIVES.tolist()}
+        doc = node.ask(json.dumps(query), what="an answer from the loaded map")
+        assert doc["type"] == "answer" and doc["map"]["voxels"] == len(saved), doc
+        assert doc["map"]["frames_fused"] == saved.metadata["frames_fused"]
+        received = 0
+        for k in range(30):                    # DDS may drop a first message: until one frame is fused
+            stamp = T0 + 60.0 + 0.1 * k
+            record = frames[k % len(frames)]
+            node.send(stamp, synthetic_embeddings(record.masks), depth_image(record.depth, "32FC1"),
+                      info_message(camera.K, camera.width, camera.height, stamp), pose_message(record.pose, stamp))
+            received += 1
+            try:
+                status = node.probe.wait_for(lambda: next((s for s in node.statuses() if s["stats"]["frames_fused"]),
+                                                          None), "a frame fused into the loaded map", 1.0)
+                break
+            except WaitTimeout:
+                pass
+        assert status["map"]["frames_fused"] > saved.metadata["frames_fused"]
+        assert status["map"]["voxels"] >= len(saved)
+        assert "continuing the map" in node.process.output()
+    finally:
+        node.close()
+    for extra, message in (({"fusion": {"voxel_size": 0.05}}, "0.02 m voxels but this fusion uses 0.05 m"),
+                           ({"embeddings": {"stride": float(STRIDE), "dims": 8, "projection_seed": 0}},
+                            f"its embeddings.dims was {DIM}, this node's is 8")):
+        refused = NodeProcess("find_ros.field_node", next_domain(),
+                              {"model_preset": "tiny-test", "device": "cpu", "map": str(field.map_path),
+                               "embeddings": {"stride": float(STRIDE), "dims": DIM, "projection_seed": 0}, **extra}, [],
+                              tmp_path / f"refused{len(message)}")
+        assert refused.wait(240) != 0
+        assert f"the map {field.map_path} cannot be continued" in refused.output() and message in refused.output()
+
+
 # --------------------------------------------------------------------------- in-process: params, helpers
 
 
@@ -465,7 +527,8 @@ def test_field_params_are_validated():
              ({"pose_offset": "0 0 0 0 0 0 0"}, "not a unit quaternion"),
              ({"device": "gpu"}, "'device' must be auto"),
              ({"max_rate_hz": -1.0}, "'max_rate_hz' must be >= 0.0"),
-             ({"map_path": "/tmp/map.ply"}, "'map_path' must end in .npz")]
+             ({"map_path": "/tmp/map.ply"}, "'map_path' must end in .npz"),
+             ({"map": "/tmp/map.ply"}, "'map' must be a .npz map file")]
     for overrides, message in cases:
         with pytest.raises(ParameterError, match=message.replace("(", r"\(")):
             FieldParams(**overrides).validate()

@@ -1,6 +1,8 @@
-"""How well a checkpoint finds named objects in 3D through the feature field; prints ONE JSON object.
+"""How well a checkpoint finds named objects in 3D through the feature field, and says "not here" for
+objects that are not; prints ONE JSON object.
 
     python -m training.evaluate_field [--checkpoint CKPT] [--input-size 256] [--seeds 3-22] [--out F.json]
+                                      [--calibrate [--calibrate-seeds 103-122]]
 
 For each seed it renders the synthetic posed RGB-D video of :mod:`find_core.data.scene_video` (known
 3D object positions), fuses the checkpoint's ``embed_pixels`` at ``--voxel-size``, queries every
@@ -8,13 +10,24 @@ object's phrase ("the small green triangle") and measures how far the top object
 from the true centre. The summary counts objects within ``--radius`` and sorts the misses into
 "not found" (no cluster), "wrong object" (the answer lies nearer another object of the scene) and
 "off centre" (nearest to the right object, but outside the radius): the first two are the model's
-recognition, the third the field's geometry. --checkpoint defaults to the embedded checkpoint,
---input-size to the model's training size (see FindPipeline: the scenes' camera sees objects at
-about half the pixel size of the training scenes, so 256 suits the embedded checkpoint here).
+recognition, the third the field's geometry.
+
+Absence: each scene is also asked as many phrases of objects it does not hold (a (shape, colour)
+look absent from the scene; ``shares`` says whether its colour or shape is in the scene). The
+calibrated threshold of :mod:`find_core.field.abstain` decides for every answer whether it names a
+place: the summary gives the share of present objects found within the radius and the share of
+absent phrases answered with a place. ``--calibrate`` first fits that threshold on the scenes of
+``--calibrate-seeds`` (disjoint from ``--seeds``) and writes it beside the checkpoint
+(``field_abstention.json`` with the weights' digest, what find_field loads); without it the file
+already there is used when its digest matches. The JSON's meta names the checkpoint's digest and
+the command. --checkpoint defaults to the embedded checkpoint, --input-size to the model's training
+size (see FindPipeline: the scenes' camera sees objects at about half the pixel size of the training
+scenes, so 256 suits the embedded checkpoint here).
 """
 from __future__ import annotations
 
 import argparse
+import shlex
 import sys
 import tempfile
 from dataclasses import dataclass
@@ -25,12 +38,16 @@ import numpy as np
 
 from find_core.data.frames import FramesReader
 from find_core.data.scene_video import render_scene_video
+from find_core.data.synthetic_shapes import COLOURS, SIZES, THINGS
 from find_core.embedded import EMBEDDED_CHECKPOINT
-from find_core.field import FeatureFusion, FusionConfig, FusionStats, locate, query_from_pipeline
+from find_core.field import (Abstention, FeatureFusion, FusionConfig, FusionStats, fit_threshold, load_abstention,
+                             locate, query_from_pipeline, save_abstention)
 from training.output import emit_json
 
 if TYPE_CHECKING:  # the pipeline pulls in torch; the CLI imports it when it runs
     from find_core.pipeline import FindPipeline
+
+CALIBRATION_SEEDS = "103-122"   # disjoint from the default evaluation seeds 3-22
 
 
 @dataclass
@@ -39,8 +56,13 @@ class ObjectResult:
     phrase: str
     error: float          # metres from the top object's centroid to the true centre; inf: nothing found
     nearest: str | None   # the object whose centre the answer lies nearest (None: nothing found)
+    score: float | None = None   # the top object's score (mean relevancy), None: no cluster
+    present: bool = True         # False: the phrase of an object the scene does not hold
+    shares: str | None = None    # absent phrases: "colour", "shape", "both" (separately) or "none"
 
     def kind(self, radius: float) -> str:
+        if not self.present:
+            return "absent"
         if self.error < radius:
             return "within"
         if self.nearest is None:
@@ -48,44 +70,112 @@ class ObjectResult:
         return "off_centre" if self.nearest == self.phrase else "wrong_object"
 
 
-def scene_results(pipeline: FindPipeline, folder: Path, seed: int, voxel_size: float = 0.02
+def absent_phrases(objects: list[dict], count: int, seed: int) -> list[tuple[str, str]]:
+    """``count`` (phrase, shares) of looks ((shape, colour) pairs) the scene does not hold, drawn
+    with ``seed``; ``shares`` says which of colour / shape some object of the scene has."""
+    looks = {(o["category"], o["colour"]) for o in objects}
+    colours, shapes = {c for _, c in looks}, {s for s, _ in looks}
+    candidates = [(s, c) for s in THINGS for c in COLOURS if (s, c) not in looks]
+    rng = np.random.default_rng([seed, 19])
+    chosen = [candidates[i] for i in rng.permutation(len(candidates))[:count]]
+    out = []
+    for shape, colour in chosen:
+        shares = {(True, True): "both", (True, False): "colour", (False, True): "shape", (False, False): "none"}[
+            (colour in colours, shape in shapes)]
+        out.append((f"the {SIZES[int(rng.integers(len(SIZES)))]} {colour} {shape}", shares))
+    return out
+
+
+def scene_results(pipeline: FindPipeline, folder: Path, seed: int, voxel_size: float = 0.02, absent: int = 0
                   ) -> tuple[list[ObjectResult], FusionStats]:
-    """Query every object of one rendered scene by its phrase and measure the answer; also how many
-    of its frames were fused."""
+    """Query every object of one rendered scene by its phrase and measure the answer, then ``absent``
+    phrases of objects it lacks; also how many of its frames were fused."""
     reader = FramesReader(folder)
     fusion = FeatureFusion(FusionConfig(voxel_size=voxel_size, device="cpu"))
     stats = fusion.integrate_frames(reader, pipeline, recompute=True)
     fmap = fusion.to_map({})
-    centres = {obj["phrase"]: np.array(obj["center"]) for obj in reader.scene["objects"]}
+    objects = reader.scene["objects"]
+    centres = {obj["phrase"]: np.array(obj["center"]) for obj in objects}
+    queries = [(phrase, True, None) for phrase in centres]
+    queries += [(phrase, False, shares) for phrase, shares in absent_phrases(objects, absent, seed)]
     results = []
-    for phrase, centre in centres.items():
+    for phrase, present, shares in queries:
         _, found = locate(fmap, query_from_pipeline(pipeline, text=phrase))
         if not found:
-            results.append(ObjectResult(seed, phrase, float("inf"), None))
+            results.append(ObjectResult(seed, phrase, float("inf"), None, None, present, shares))
             continue
         distances = {other: float(np.linalg.norm(found[0].centroid - c)) for other, c in centres.items()}
-        results.append(ObjectResult(seed, phrase, distances[phrase], min(distances, key=distances.get)))
+        error = distances[phrase] if present else float("inf")
+        results.append(ObjectResult(seed, phrase, error, min(distances, key=distances.get), found[0].score,
+                                    present, shares))
     return results, stats
 
 
-def evaluate_field(pipeline: FindPipeline, seeds: list[int], frames: int = 24, voxel_size: float = 0.02,
-                   radius: float = 0.10) -> dict:
-    """Results over the scenes of ``seeds`` (rendered into a temporary folder) and their summary."""
+def run_scenes(pipeline: FindPipeline, seeds: list[int], frames: int, voxel_size: float, absent: bool
+               ) -> tuple[list[ObjectResult], int]:
+    """Every scene of ``seeds`` (rendered into a temporary folder): results and frames fused."""
     results: list[ObjectResult] = []
     fused = 0
     with tempfile.TemporaryDirectory(prefix="find_field_eval_") as tmp:
         for seed in seeds:
             folder = render_scene_video(Path(tmp) / f"scene_{seed}", seed=seed, frames=frames)
-            scene, stats = scene_results(pipeline, folder, seed, voxel_size)
+            count = len(FramesReader(folder).scene["objects"]) if absent else 0
+            scene, stats = scene_results(pipeline, folder, seed, voxel_size, count)
             results += scene
             fused += stats.fused
-    kinds = [r.kind(radius) for r in results]
-    return {"objects": len(results), "radius": radius, "frames_fused": fused,
+    return results, fused
+
+
+def calibrate(pipeline: FindPipeline, seeds: list[int], frames: int = 24, voxel_size: float = 0.02,
+              radius: float = 0.10, digest: str | None = None) -> Abstention:
+    """Fit the "not here" threshold on the scenes of ``seeds`` (:func:`fit_threshold`)."""
+    results, _ = run_scenes(pipeline, seeds, frames, voxel_size, absent=True)
+    present = [(r.score, r.error < radius) for r in results if r.present]
+    absent = [r.score for r in results if not r.present]
+    threshold = fit_threshold(present, absent)
+    return Abstention(threshold, digest, {
+        "seeds": seeds, "frames": frames, "voxel_size": voxel_size, "radius": radius,
+        "input_size": getattr(pipeline, "input_size", None), "present": len(present), "absent": len(absent),
+        "share_found_within": round(sum(s is not None and hit and s >= threshold for s, hit in present)
+                                    / max(len(present), 1), 4),
+        "share_absent_answered": round(sum(s is not None and s >= threshold for s in absent) / max(len(absent), 1), 4)})
+
+
+def summary(results: list[ObjectResult], radius: float, threshold: float | None) -> dict:
+    """Counts of the kinds, and with the abstention threshold the two headline shares."""
+    present = [r for r in results if r.present]
+    absent = [r for r in results if not r.present]
+    kinds = [r.kind(radius) for r in present]
+    placed = [decide_score(r.score, threshold) for r in results]
+    found_within = sum(p and r.error < radius for p, r in zip(placed, results) if r.present)
+    answered = sum(p for p, r in zip(placed, results) if not r.present)
+    return {"objects": len(present), "radius": radius,
             **{k: kinds.count(k) for k in ("within", "not_found", "wrong_object", "off_centre")},
-            "share_within": round(kinds.count("within") / max(len(results), 1), 4),
-            "results": [{"seed": r.seed, "phrase": r.phrase, "kind": k, "nearest": r.nearest,
-                         "error": round(r.error, 4) if np.isfinite(r.error) else None}
-                        for r, k in zip(results, kinds)],
+            "share_within": round(kinds.count("within") / max(len(present), 1), 4),
+            "absent_phrases": len(absent), "threshold": threshold,
+            "found_within": found_within, "share_found_within": round(found_within / max(len(present), 1), 4),
+            "absent_answered": answered, "share_absent_answered": round(answered / max(len(absent), 1), 4)}
+
+
+def decide_score(score: float | None, threshold: float | None) -> bool:
+    """Whether an answer with this top score names a place (the rule of :func:`find_core.field.decide`)."""
+    return score is not None and (threshold is None or score >= threshold)
+
+
+def evaluate_field(pipeline: FindPipeline, seeds: list[int], frames: int = 24, voxel_size: float = 0.02,
+                   radius: float = 0.10, threshold: float | None = None, absent: bool = True) -> dict:
+    """Results over the scenes of ``seeds`` and their summary (``threshold``: the abstention's)."""
+    results, fused = run_scenes(pipeline, seeds, frames, voxel_size, absent)
+    rows = []
+    for r in results:
+        row = {"seed": r.seed, "phrase": r.phrase, "kind": r.kind(radius), "nearest": r.nearest,
+               "error": round(r.error, 4) if np.isfinite(r.error) else None,
+               "score": None if r.score is None else round(r.score, 4),
+               "found": decide_score(r.score, threshold)}
+        if not r.present:
+            row["shares"] = r.shares
+        rows.append(row)
+    return {**summary(results, radius, threshold), "frames_fused": fused, "results": rows,
             "meta": {"seeds": seeds, "frames": frames, "voxel_size": voxel_size}}
 
 
@@ -102,6 +192,7 @@ def parse_seeds(text: str) -> list[int]:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from find_core.checkpoint import weights_digest
     from find_core.loading import load_pipeline
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -112,19 +203,38 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--radius", type=float, default=0.10, help="an answer this close (metres) counts")
     parser.add_argument("--input-size", type=int, help="letterbox side for inference (default: the model's)")
     parser.add_argument("--device", default="cpu")
+    parser.add_argument("--calibrate", action="store_true",
+                        help="fit the 'not here' threshold on --calibrate-seeds and write it beside the checkpoint")
+    parser.add_argument("--calibrate-seeds", default=CALIBRATION_SEEDS, help="scenes the threshold is fitted on")
+    parser.add_argument("--no-absent", action="store_true", help="skip the absent phrases (present objects only)")
     parser.add_argument("--out", type=Path, help="also write the JSON here")
     args = parser.parse_args(argv)
     try:
         seeds = parse_seeds(args.seeds)
+        calibration_seeds = parse_seeds(args.calibrate_seeds) if args.calibrate else []
     except ValueError as error:
-        parser.error(f"--seeds: {error}")
+        parser.error(f"--seeds / --calibrate-seeds: {error}")
+    if set(seeds) & set(calibration_seeds):
+        parser.error(f"--seeds and --calibrate-seeds overlap: {sorted(set(seeds) & set(calibration_seeds))}")
     try:
         pipeline = load_pipeline(None, args.checkpoint, device=args.device, input_size=args.input_size)
+        digest = weights_digest(args.checkpoint)
     except (ValueError, FileNotFoundError) as error:  # ModelLoadError, CheckpointError, ConfigError, CUDA absent
         print(f"error: {error}", file=sys.stderr)
         return 2
-    metrics = evaluate_field(pipeline, seeds, args.frames, args.voxel_size, args.radius)
-    metrics["meta"].update(checkpoint=str(args.checkpoint), input_size=pipeline.input_size)
+    if args.calibrate:
+        abstention = calibrate(pipeline, calibration_seeds, args.frames, args.voxel_size, args.radius, digest)
+        note = f"fitted now, written to {save_abstention(abstention, args.checkpoint)}"
+    else:
+        abstention, note = load_abstention(args.checkpoint, digest)
+    threshold = None if abstention is None else abstention.threshold
+    metrics = evaluate_field(pipeline, seeds, args.frames, args.voxel_size, args.radius, threshold,
+                             absent=not args.no_absent)
+    metrics["abstention"] = None if abstention is None else {"threshold": abstention.threshold, "source": note,
+                                                             "fitted": abstention.fitted}
+    metrics["meta"].update(checkpoint=str(args.checkpoint), weights_digest=digest, input_size=pipeline.input_size,
+                           command="python -m training.evaluate_field " + shlex.join(
+                               sys.argv[1:] if argv is None else argv))
     emit_json(metrics, args.out)
     return 0
 

@@ -9,8 +9,10 @@
 embeddings get them from the FIND model (``--preset`` / ``--checkpoint``; the embedded model, the
 nodes' default, when neither is given: :mod:`.frames_model`), and ``--recompute`` ignores stored
 ones. The map remembers the preset and checkpoint, so ``query`` reloads the same model unless told
-otherwise. ``query`` prints JSON: the query, its negatives and the top objects
-(centroid, box, score); ``--out`` writes the voxels coloured by relevancy.
+otherwise. ``query`` prints JSON: the query, its negatives, the top objects (centroid, box, score,
+last seen) and whether the best one is a place (``found``; false with the best score and the reason
+below the model's calibrated threshold, :mod:`.abstain`); ``--out`` writes the voxels coloured by
+relevancy.
 ``from-nerf`` turns a trained nerfstudio ``find-field`` run into the same map format.
 """
 from __future__ import annotations
@@ -56,6 +58,7 @@ def build(args: argparse.Namespace) -> dict:
 
 
 def query(args: argparse.Namespace) -> dict:
+    from .abstain import decide, model_abstention
     from .io import load_map, write_relevancy_ply
     from .objects import ObjectConfig, locate
     from .query import CANONICAL_NEGATIVES, query_from_pipeline
@@ -82,8 +85,11 @@ def query(args: argparse.Namespace) -> dict:
                                                       min_voxels=args.min_voxels))
     if args.out:
         write_relevancy_ply(args.out, fmap.positions, relevancy)
+    abstention, note = model_abstention(preset, checkpoint)
+    decision = decide(objects, None if abstention is None else abstention.threshold)
     return {"query": q.label, "negatives": list(negatives), "voxels": len(fmap),
-            "max_relevancy": round(float(relevancy.max()), 4), "objects": [o.to_json() for o in objects]}
+            "max_relevancy": round(float(relevancy.max()), 4), **decision.to_json(), "abstention": note,
+            "objects": [o.to_json() for o in objects]}
 
 
 def from_nerf(args: argparse.Namespace) -> dict:

@@ -23,6 +23,12 @@ is normalised once, and one sparse (voxel × cell) product adds the frame's unit
 voxels; colours are summed exactly per run of pixels; a persistent Open3D hash map finds the voxels'
 table rows, so the table is never re-sorted. Figures: bench/RESULTS.md (fusion section).
 
+Maps that continue and forget: each voxel keeps the stamp of the last frame that saw it and its
+fused colour (:mod:`.table`); free space seen through a voxel decays it away (:mod:`.forget`), so a
+moved object answers at its new place; :meth:`FeatureFusion.continue_from` loads a saved map
+(:mod:`.io`) so fusion goes on where it stopped, refusing one of another voxel size, TSDF block size
+or embedding width (:class:`MapMismatch`).
+
 Bad frames are skipped and counted in :class:`FusionStats` (never fused): missing depth, a depth
 image with no valid pixel (NaN/inf/<=0/out of range pixels are invalid; a frame keeps its valid
 ones), missing pose, a non-finite or non-rigid pose, missing or non-finite embeddings, and frames
@@ -33,6 +39,8 @@ image, an embedding width that changes) raise ValueError instead: they are bugs,
 from __future__ import annotations
 
 import logging
+import math
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -42,10 +50,13 @@ import open3d as o3d
 import open3d.core as o3c
 import torch
 
+from .forget import free_rows
 from .io import TsdfBlocks, VoxelFeatureMap
-from .pairs import (FramePairs, cell_layout, edge_pixels, frame_pairs, packed_colours, unpack_keys,
-                    voxel_coordinates)
+from .pairs import FramePairs, cell_layout, edge_pixels, frame_pairs, packed_colours, voxel_coordinates
+from .table import FeatureTable, o3d_device
 from .pairs import pack_keys, voxel_keys  # noqa: F401  (re-exported: nerf.sample builds a FeatureTable too)
+
+__all__ = ["FeatureFusion", "FeatureTable", "FusionConfig", "FusionStats", "MapMismatch", "grid_from_geometry"]
 
 if TYPE_CHECKING:
     from ..data.frames import FramesReader
@@ -67,6 +78,10 @@ class FusionConfig:
     edge_threshold: float = 0.05        # relative depth jump to a neighbour that marks a pixel as a
                                         # silhouette edge (no embedding fused there); 0 disables
     device: str = "auto"                # "auto", "cpu", "cuda", "cuda:1"
+    free_space_decay: float = 0.5       # weight factor of a voxel each frame sees free space through it
+                                        # (:mod:`.forget`); 1 = never forget
+    forget_below: float = 1.0           # a voxel whose weight falls below this is erased
+    free_space_margin: float = 3.0      # voxels a voxel must lie in front of the measured depth to be free
 
     def __post_init__(self) -> None:
         if not self.voxel_size > 0:
@@ -77,6 +92,12 @@ class FusionConfig:
             raise ValueError(f"need 0 <= depth_min < depth_max, got {self.depth_min}, {self.depth_max}")
         if not self.trunc_voxels > 0 or self.edge_threshold < 0 or not self.integer_depth_scale > 0:
             raise ValueError("trunc_voxels and integer_depth_scale must be positive, edge_threshold >= 0")
+        if not 0 < self.free_space_decay <= 1 or self.forget_below < 0 or self.free_space_margin < 0:
+            raise ValueError("free_space_decay must lie in (0, 1], forget_below and free_space_margin >= 0")
+
+
+class MapMismatch(ValueError):
+    """A saved map that this fusion cannot continue (other voxel size, block size or embedding width)."""
 
 
 # Reasons a frame is skipped (keys of FusionStats.skipped).
@@ -95,6 +116,8 @@ class FusionStats:
 
     fused: int = 0
     skipped: dict[str, int] = field(default_factory=dict)
+    forgotten: int = 0          # voxels erased by free space (:mod:`.forget`)
+    coloured: int = 0           # fused frames that came with RGB
 
     @property
     def total_skipped(self) -> int:
@@ -111,13 +134,6 @@ def resolve_device(name: str) -> torch.device:
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ValueError(f"device '{name}' requested but CUDA is not available")
     return device
-
-
-def _o3d_device(device: torch.device) -> o3c.Device:
-    """The Open3D device matching torch's; Open3D builds without CUDA keep the TSDF on the CPU."""
-    if device.type == "cuda" and o3c.cuda.is_available():
-        return o3c.Device(f"CUDA:{device.index or 0}")
-    return o3c.Device("CPU:0")
 
 
 def pose_problem(pose: np.ndarray | None) -> str | None:
@@ -174,96 +190,6 @@ def embedding_cells(embeddings: Any, device: torch.device) -> tuple[torch.Tensor
     return cells, norms
 
 
-class FeatureTable:
-    """Sparse voxel table of weighted running-average embeddings, keyed like the TSDF lattice.
-
-    Rows are append-only (grown by doubling up to ``capacity``); a persistent Open3D hash map from
-    voxel key to row finds a frame's V voxels in O(V), so the table is never re-sorted and the N×D
-    features are never copied except when the buffer grows."""
-
-    def __init__(self, dim: int, capacity: int, device: torch.device):
-        self.dim, self.capacity, self.device = dim, capacity, device
-        self.size = 0
-        start = min(capacity, 4096)
-        self.keys = torch.zeros(start, 3, dtype=torch.int32, device=device)
-        self.features = torch.zeros(start, dim, dtype=torch.float32, device=device)
-        self.weights = torch.zeros(start, dtype=torch.float32, device=device)
-        self.colors = torch.zeros(start, 3, dtype=torch.float32, device=device)
-        self._index_device = _o3d_device(device)
-        self._index = o3c.HashMap(start, o3c.int32, (3,), o3c.int64, (1,), self._index_device)
-
-    def _o3c(self, values: torch.Tensor) -> o3c.Tensor:
-        """``values`` as an Open3D tensor on the index's device (shared memory where possible)."""
-        on_cpu = self._index_device.get_type() == o3c.Device.DeviceType.CPU
-        return o3c.Tensor.from_dlpack(torch.utils.dlpack.to_dlpack((values.cpu() if on_cpu else values).contiguous()))
-
-    def find(self, packed: torch.Tensor) -> torch.Tensor:
-        """The row of each packed key, -1 where the table does not hold it."""
-        if self.size == 0 or len(packed) == 0:
-            return torch.full_like(packed, -1)
-        buffer, found = (torch.utils.dlpack.from_dlpack(t.to_dlpack())
-                         for t in self._index.find(self._o3c(unpack_keys(packed).to(torch.int32))))
-        stored = torch.utils.dlpack.from_dlpack(self._index.value_tensor().to_dlpack()).reshape(-1)
-        buffer = buffer.long().clamp_(0, len(stored) - 1)      # a missing key's buffer index is undefined
-        return torch.where(found, stored.index_select(0, buffer), -1).to(self.device)
-
-    def count_new(self, packed_unique: torch.Tensor) -> int:
-        """How many of these (unique) packed keys the table lacks."""
-        return int((self.find(packed_unique) < 0).sum())
-
-    def _grow(self, needed: int) -> None:
-        if needed <= len(self.weights):
-            return
-        new = min(self.capacity, max(needed, 2 * len(self.weights)))
-        for name in ("keys", "features", "weights", "colors"):
-            old = getattr(self, name)
-            grown = torch.zeros((new, *old.shape[1:]), dtype=old.dtype, device=old.device)
-            grown[: self.size] = old[: self.size]
-            setattr(self, name, grown)
-
-    def append(self, packed: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
-        """``rows`` (from :meth:`find`) with a new, empty row for each key the table lacks (in the
-        order given)."""
-        fresh = rows < 0
-        m = int(fresh.sum())
-        if m == 0:
-            return rows
-        if self.size + m > self.capacity:
-            raise RuntimeError("feature table over capacity (callers check count_new first)")
-        self._grow(self.size + m)
-        new_rows = torch.arange(self.size, self.size + m, device=self.device)
-        self.keys[self.size:self.size + m] = unpack_keys(packed[fresh]).to(torch.int32)
-        self._index.insert(self._o3c(self.keys[self.size:self.size + m]), self._o3c(new_rows[:, None]))
-        self.size += m
-        rows = rows.clone()
-        rows[fresh] = new_rows
-        return rows
-
-    def blend(self, rows: torch.Tensor, counts: torch.Tensor, colour_sums: torch.Tensor,
-              add_feature_means: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]) -> None:
-        """Average a frame into ``rows`` (unique): ``counts`` observations per row with these colour
-        sums; ``add_feature_means(weights, out)`` adds Σ unit features / ``weights`` to ``out`` in place
-        and returns it."""
-        w_old = self.weights.index_select(0, rows)
-        w_new = w_old + counts
-        start = self.features.index_select(0, rows).mul_((w_old / w_new)[:, None])
-        self.features.index_copy_(0, rows, add_feature_means(w_new, start))
-        colors = (self.colors.index_select(0, rows) * w_old[:, None] + colour_sums) / w_new[:, None]
-        self.colors.index_copy_(0, rows, colors)
-        self.weights.index_copy_(0, rows, w_new)
-
-    def add(self, keys: torch.Tensor, packed: torch.Tensor, features: torch.Tensor, colors: torch.Tensor) -> None:
-        """Average P observations (keys P×3, packed P, features P×D unit rows, colors P×3) in; the
-        packed keys carry the voxels (``keys`` stays in the signature for callers)."""
-        unique, inverse = torch.unique(packed, return_inverse=True)
-        n = len(unique)
-        count = torch.zeros(n, device=self.device).index_add_(0, inverse, torch.ones_like(packed, dtype=torch.float32))
-        fsum = torch.zeros(n, self.dim, device=self.device).index_add_(0, inverse, features)
-        csum = torch.zeros(n, 3, device=self.device).index_add_(0, inverse, colors)
-        rows = self.append(unique, self.find(unique))
-        self.blend(rows, count, csum, lambda weights, out: out.add_(fsum / weights[:, None]))
-
-
 class FeatureFusion:
     """TSDF + embedding fusion of posed RGB-D frames (see the module docstring).
 
@@ -276,9 +202,10 @@ class FeatureFusion:
     def __init__(self, config: FusionConfig | None = None):
         self.config = config or FusionConfig()
         self.device = resolve_device(self.config.device)
-        self.o3d_device = _o3d_device(self.device)
+        self.o3d_device = o3d_device(self.device)
         self.stats = FusionStats()
         self.table: FeatureTable | None = None        # created by the first frame (fixes D)
+        self.metadata: dict[str, Any] = {}           # carried over from a continued map
         self.grid = o3d.t.geometry.VoxelBlockGrid(
             attr_names=("tsdf", "weight", "color"), attr_dtypes=(o3c.float32, o3c.float32, o3c.float32),
             attr_channels=((1,), (1,), (3,)), voxel_size=self.config.voxel_size,
@@ -291,13 +218,16 @@ class FeatureFusion:
 
     # ---- one frame -----------------------------------------------------------------------------
     def integrate(self, depth: np.ndarray | None, pose: np.ndarray | None, intrinsics: np.ndarray,
-                  embeddings: np.ndarray | None, stride: float | None, rgb: np.ndarray | None = None) -> bool:
+                  embeddings: np.ndarray | None, stride: float | None, rgb: np.ndarray | None = None,
+                  stamp: float | None = None) -> bool:
         """Fuse one frame; returns False (and counts the reason in ``stats``) for a bad frame.
 
         ``depth`` H×W float metres (NaN/inf/<=0 invalid) or integer units of ``integer_depth_scale``;
         ``pose`` 4×4 camera-to-world, OpenCV axes; ``intrinsics`` 3×3 pinhole (pixel centres at
         integer coordinates); ``embeddings`` h×w×D where pixel (u, v) reads cell
-        (int(v / stride), int(u / stride)); ``rgb`` H×W×3 uint8 (optional, grey if absent)."""
+        (int(v / stride), int(u / stride)); ``rgb`` H×W×3 uint8 (optional, grey if absent);
+        ``stamp`` seconds, the frame's time (the voxels' "last seen"; None: the wall clock now).
+        Voxels this frame sees free space through decay first (:mod:`.forget`)."""
         cfg = self.config
         k = check_intrinsics(intrinsics)
         reason = self._frame_problem(depth, pose, embeddings, stride)
@@ -340,14 +270,20 @@ class FeatureFusion:
         color_image = o3d.t.geometry.Image(o3c.Tensor(colour.astype(np.float32) / 255.0, device=self.o3d_device))
         self.grid.integrate(blocks, depth_image, color_image, k_tensor, k_tensor, extrinsic, 1.0,
                             cfg.depth_max, cfg.trunc_voxels)
+        if cfg.free_space_decay < 1.0 and self.table.size:
+            free = free_rows(self.table, torch.from_numpy(d).to(self.device), pose, k, cfg.voxel_size,
+                             cfg.depth_min, cfg.depth_max, cfg.free_space_margin)
+            self.stats.forgotten += self.table.decay(free, cfg.free_space_decay, cfg.forget_below)
+        seen = time.time() if stamp is None else float(stamp)
         if len(pairs.voxels):
             values, norms = cells
             inverse_norms = 1.0 / norms.reshape(-1)
             flat = values.reshape(-1, values.shape[-1])
             rows = self.table.append(pairs.voxels, rows)
             self.table.blend(rows, pairs.counts, pairs.colour_sums,
-                             lambda weights, out: pairs.add_feature_means(flat, inverse_norms, weights, out))
+                             lambda weights, out: pairs.add_feature_means(flat, inverse_norms, weights, out), seen)
         self.stats.fused += 1
+        self.stats.coloured += rgb is not None
         return True
 
     def integrate_frames(self, reader: FramesReader, pipeline: Any = None, recompute: bool = False) -> FusionStats:
@@ -359,7 +295,8 @@ class FeatureFusion:
             if pipeline is not None and (recompute or embeddings is None):
                 result = pipeline.embed_pixels(record.rgb)
                 embeddings, stride = result.embeddings, result.stride
-            self.integrate(record.depth, record.pose, reader.camera.K, embeddings, stride, rgb=record.rgb)
+            self.integrate(record.depth, record.pose, reader.camera.K, embeddings, stride, rgb=record.rgb,
+                           stamp=record.stamp)
         return self.stats
 
     def _frame_problem(self, depth, pose, embeddings, stride) -> str | None:
@@ -412,22 +349,62 @@ class FeatureFusion:
                           values[2].reshape(-1, r, r, r, 3), r)
 
     def to_map(self, metadata: dict | None = None) -> VoxelFeatureMap:
-        """The fused voxels (features are running averages; queries normalise them)."""
+        """The live voxels (features are running averages; queries normalise them), with when each
+        was last seen; the metadata records what a continuing fusion must match (voxel size, block
+        resolution, embedding width)."""
         cfg = self.config
-        meta = {"source": "fusion", "voxel_size": cfg.voxel_size, "frames_fused": self.stats.fused,
-                "frames_skipped": dict(self.stats.skipped), **(metadata or {})}
+        meta = {**self.metadata, "source": "fusion", "voxel_size": cfg.voxel_size,
+                "block_resolution": cfg.block_resolution, "frames_fused": self.stats.fused,
+                "frames_skipped": dict(self.stats.skipped), "frames_coloured": self.stats.coloured,
+                "voxels_forgotten": self.stats.forgotten, **(metadata or {})}
         if self.table is None or self.table.size == 0:
             raise ValueError(f"no frame was fused (skipped: {self.stats.skipped or 'none given'})")
-        n = self.table.size
         t = self.table
-        return VoxelFeatureMap(t.keys[:n].cpu().numpy(), t.features[:n].cpu().numpy(), t.weights[:n].cpu().numpy(),
-                               t.colors[:n].round().clamp(0, 255).to(torch.uint8).cpu().numpy(), cfg.voxel_size,
-                               meta, self.geometry())
+        rows = t.live()
+        meta["embedding_dim"] = t.dim
+        return VoxelFeatureMap(t.keys[rows].cpu().numpy(), t.features[rows].cpu().numpy(),
+                               t.weights[rows].cpu().numpy(),
+                               t.colors[rows].round().clamp(0, 255).to(torch.uint8).cpu().numpy(), cfg.voxel_size,
+                               meta, self.geometry(), t.last_seen[rows].cpu().numpy())
+
+    def continue_from(self, fmap: VoxelFeatureMap) -> None:
+        """Load a saved map (voxels, features, weights, colours, last-seen times, TSDF geometry and
+        counts) into this empty fusion so that later frames fuse into it; :class:`MapMismatch` when
+        its voxel size, TSDF block resolution or embedding width cannot continue here."""
+        cfg = self.config
+        if self.table is not None or self.stats.fused:
+            raise ValueError("continue_from() needs a fusion that has fused nothing yet")
+        if not math.isclose(fmap.voxel_size, cfg.voxel_size, rel_tol=1e-6):
+            raise MapMismatch(f"the map has {fmap.voxel_size} m voxels but this fusion uses {cfg.voxel_size} m: "
+                              "set the voxel size to the map's or start a new map")
+        expected = fmap.metadata.get("embedding_dim")
+        if expected is not None and int(expected) != fmap.dim:
+            raise MapMismatch(f"the map's metadata says {expected}-wide embeddings but it holds {fmap.dim}")
+        if fmap.geometry is not None and fmap.geometry.block_resolution != cfg.block_resolution:
+            raise MapMismatch(f"the map's TSDF blocks are {fmap.geometry.block_resolution}^3 voxels but this "
+                              f"fusion uses {cfg.block_resolution}^3")
+        if fmap.geometry is not None and len(fmap.geometry.keys) > cfg.max_blocks:
+            raise MapMismatch(f"the map holds {len(fmap.geometry.keys)} TSDF blocks, more than "
+                              f"max_blocks={cfg.max_blocks}")
+        table = FeatureTable(fmap.dim, cfg.max_feature_voxels, self.device)
+        try:
+            table.load(fmap.keys, fmap.features, fmap.weights, fmap.colors, fmap.last_seen)
+        except ValueError as err:
+            raise MapMismatch(str(err)) from None
+        self.table = table
+        if fmap.geometry is not None and len(fmap.geometry.keys):
+            self.grid = grid_from_geometry(fmap.geometry, cfg.voxel_size, str(self.device))
+        previous = fmap.metadata
+        self.stats.fused = int(previous.get("frames_fused") or 0)
+        self.stats.skipped = {str(k): int(v) for k, v in dict(previous.get("frames_skipped") or {}).items()}
+        self.stats.coloured = int(previous.get("frames_coloured") or 0)
+        self.stats.forgotten = int(previous.get("voxels_forgotten") or 0)
+        self.metadata = {"continued": int(previous.get("continued") or 0) + 1}
 
 
 def grid_from_geometry(geometry: TsdfBlocks, voxel_size: float, device: str = "cpu") -> o3d.t.geometry.VoxelBlockGrid:
     """Rebuild an Open3D VoxelBlockGrid from saved TSDF blocks (for meshes / surface point clouds)."""
-    dev = _o3d_device(resolve_device(device))
+    dev = o3d_device(resolve_device(device))
     r = geometry.block_resolution
     grid = o3d.t.geometry.VoxelBlockGrid(("tsdf", "weight", "color"), (o3c.float32,) * 3, ((1,), (1,), (3,)),
                                          voxel_size, r, max(len(geometry.keys), 1), dev)

@@ -11,7 +11,10 @@ Files:
   L2-normalised embeddings; its norm says how consistently the voxel was seen, so queries normalise),
   ``weights`` float32 N (observations), ``colors`` uint8 N×3, ``voxel_size``, ``metadata`` (a JSON
   string), and optionally the TSDF geometry (``tsdf_keys`` int32 M×3 block keys, ``tsdf_tsdf``,
-  ``tsdf_weight`` M×r×r×r float32, ``tsdf_color`` M×r×r×r×3 float32, ``tsdf_block_resolution``).
+  ``tsdf_weight`` M×r×r×r float32, ``tsdf_color`` M×r×r×r×3 float32, ``tsdf_block_resolution``), and
+  optionally ``last_seen`` float64 N (seconds: the stamp of the last frame that saw each voxel).
+  Fusion's metadata names what a map that continues must match: ``voxel_size``,
+  ``block_resolution``, ``embedding_dim``, and the model (``preset``, ``checkpoint``, ``weights_digest``).
 * ``.ply`` (:func:`write_relevancy_ply`, :func:`write_color_ply`): voxel centres as an Open3D point
   cloud, coloured by relevancy (blue → red) or by the fused colour.
 """
@@ -49,6 +52,7 @@ class VoxelFeatureMap:
     voxel_size: float
     metadata: dict[str, Any] = field(default_factory=dict)
     geometry: TsdfBlocks | None = None
+    last_seen: np.ndarray | None = None   # N float64 seconds (stamp of the last frame that saw it; NaN unknown)
 
     def __post_init__(self) -> None:
         n = len(self.keys)
@@ -60,6 +64,8 @@ class VoxelFeatureMap:
             raise ValueError(f"weights must be ({n},) and colors ({n}, 3), got {self.weights.shape}, {self.colors.shape}")
         if not self.voxel_size > 0:
             raise ValueError(f"voxel_size must be positive, got {self.voxel_size}")
+        if self.last_seen is not None and np.shape(self.last_seen) != (n,):
+            raise ValueError(f"last_seen must be ({n},), got {np.shape(self.last_seen)}")
 
     def __len__(self) -> int:
         return len(self.keys)
@@ -93,6 +99,8 @@ def save_map(fmap: VoxelFeatureMap, path: str | Path) -> Path:
         "voxel_size": np.array(fmap.voxel_size, np.float64),
         "metadata": np.array(json.dumps(fmap.metadata, sort_keys=True)),
     }
+    if fmap.last_seen is not None:
+        arrays["last_seen"] = np.ascontiguousarray(fmap.last_seen, np.float64)
     if fmap.geometry is not None:
         g = fmap.geometry
         arrays.update(tsdf_keys=g.keys.astype(np.int32), tsdf_tsdf=g.tsdf.astype(np.float32),
@@ -123,7 +131,8 @@ def load_map(path: str | Path) -> VoxelFeatureMap:
         geometry = TsdfBlocks(data["tsdf_keys"], data["tsdf_tsdf"], data["tsdf_weight"], data["tsdf_color"],
                               int(data["tsdf_block_resolution"]))
     return VoxelFeatureMap(data["keys"], data["features"], data["weights"], data["colors"],
-                           float(data["voxel_size"]), json.loads(str(data["metadata"])), geometry)
+                           float(data["voxel_size"]), json.loads(str(data["metadata"])), geometry,
+                           data.get("last_seen"))
 
 
 def relevancy_colors(values: np.ndarray) -> np.ndarray:

@@ -44,12 +44,15 @@ class FieldObject:
     score: float            # mean relevancy of its voxels
     peak: float             # best relevancy in it
     voxels: int
+    last_seen: float | None = None   # seconds: the newest "last seen" of its voxels (None: unknown)
 
     def to_json(self) -> dict:
+        seen = None if self.last_seen is None or not np.isfinite(self.last_seen) else round(float(self.last_seen), 3)
         return {"centroid": [round(float(v), 4) for v in self.centroid],
                 "box_min": [round(float(v), 4) for v in self.box_min],
                 "box_max": [round(float(v), 4) for v in self.box_max],
-                "score": round(self.score, 4), "peak": round(self.peak, 4), "voxels": self.voxels}
+                "score": round(self.score, 4), "peak": round(self.peak, 4), "voxels": self.voxels,
+                "last_seen": seen}
 
 
 def cut_off(relevancy: np.ndarray, config: ObjectConfig) -> float:
@@ -61,8 +64,9 @@ def cut_off(relevancy: np.ndarray, config: ObjectConfig) -> float:
 
 
 def find_objects(points: np.ndarray, relevancy: np.ndarray, voxel_size: float,
-                 config: ObjectConfig | None = None) -> list[FieldObject]:
-    """Top objects among N×3 ``points`` (voxel centres or sampled field points) with N ``relevancy``."""
+                 config: ObjectConfig | None = None, last_seen: np.ndarray | None = None) -> list[FieldObject]:
+    """Top objects among N×3 ``points`` (voxel centres or sampled field points) with N ``relevancy``
+    (and, when given, N ``last_seen`` times: each object carries its newest)."""
     import open3d as o3d
 
     config = config or ObjectConfig()
@@ -80,6 +84,7 @@ def find_objects(points: np.ndarray, relevancy: np.ndarray, voxel_size: float,
     if not keep.any():
         return []
     pts, rel = points[keep], relevancy[keep]
+    seen = None if last_seen is None else np.asarray(last_seen, np.float64)[keep]
     cloud = o3d.geometry.PointCloud(o3d.utility.Vector3dVector(pts))
     labels = np.asarray(cloud.cluster_dbscan(eps=config.eps_voxels * voxel_size, min_points=1))
     objects = []
@@ -88,8 +93,11 @@ def find_objects(points: np.ndarray, relevancy: np.ndarray, voxel_size: float,
         if members.sum() < config.min_voxels:
             continue
         p, r = pts[members], rel[members]
+        newest = None
+        if seen is not None and np.isfinite(seen[members]).any():
+            newest = float(np.nanmax(seen[members]))
         objects.append(FieldObject((p * r[:, None]).sum(0) / r.sum(), p.min(0), p.max(0), float(r.mean()),
-                                   float(r.max()), int(members.sum())))
+                                   float(r.max()), int(members.sum()), newest))
     objects.sort(key=lambda o: (-o.score, -o.voxels))
     return objects[: config.top_k]
 
@@ -99,4 +107,4 @@ def locate(fmap, query, config: ObjectConfig | None = None) -> tuple[np.ndarray,
     from .query import relevancy as score
 
     rel = score(fmap.features, query)
-    return rel, find_objects(fmap.positions, rel, fmap.voxel_size, config)
+    return rel, find_objects(fmap.positions, rel, fmap.voxel_size, config, getattr(fmap, "last_seen", None))

@@ -1,0 +1,132 @@
+"""Saying "not here": a calibrated threshold on the best object's score, fitted per model.
+
+:func:`~find_core.field.objects.locate` always returns the best cluster it can form, even for an
+object that was never in the scene (its adaptive cut is relative to the map's best voxel). Whether
+that best cluster *is* the thing asked for is a separate decision, made here on its score (mean
+relevancy of its voxels): at or above the model's threshold the answer is found, below it (or with
+no cluster at all) the answer is ``found: false`` with the best score and the reason.
+
+The threshold is a property of the model's embedding space, so it is fitted on rendered scenes by
+``python -m training.evaluate_field --calibrate`` (present objects' phrases vs phrases of objects absent
+from the scene, :func:`fit_threshold`) and stored beside the checkpoint as ``field_abstention.json``
+with the weights' digest (:func:`save_abstention`); :func:`load_abstention` refuses a file whose digest
+names other weights (a replaced checkpoint must be calibrated again).
+"""
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .objects import FieldObject
+
+ABSTENTION_FILE = "field_abstention.json"
+FOUND, NO_CLUSTER, BELOW_THRESHOLD = "found", "no_cluster", "below_threshold"
+
+
+@dataclass
+class Abstention:
+    """The threshold on the best object's score and where it came from."""
+
+    threshold: float
+    weights_digest: str | None = None
+    fitted: dict[str, Any] = field(default_factory=dict)    # seeds, counts, rates on the fitting scenes
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= float(self.threshold) <= 1.0:
+            raise ValueError(f"abstention threshold must lie in [0, 1], got {self.threshold}")
+
+
+@dataclass
+class Decision:
+    """Whether an answer names a place, with the best score and why."""
+
+    found: bool
+    best_score: float | None     # the top object's score (None: no cluster)
+    reason: str                  # FOUND, NO_CLUSTER or BELOW_THRESHOLD
+    threshold: float | None
+
+    def to_json(self) -> dict[str, Any]:
+        return {"found": self.found, "best_score": None if self.best_score is None else round(self.best_score, 4),
+                "reason": self.reason, "threshold": None if self.threshold is None else round(self.threshold, 4)}
+
+
+def decide(objects: Sequence[FieldObject], threshold: float | None) -> Decision:
+    """Found when there is a best object and (given a threshold) its score reaches it."""
+    if not objects:
+        return Decision(False, None, NO_CLUSTER, threshold)
+    best = float(objects[0].score)
+    if threshold is not None and best < threshold:
+        return Decision(False, best, BELOW_THRESHOLD, threshold)
+    return Decision(True, best, FOUND, threshold)
+
+
+def fit_threshold(present: Sequence[tuple[float | None, bool]], absent: Sequence[float | None]) -> float:
+    """The threshold that best separates good answers from answers to absent phrases.
+
+    ``present``: (best score, whether the answer lay within the radius) per present object's phrase;
+    ``absent``: best score per absent phrase (None: no cluster). Maximises Youden's J, the share of
+    present objects found right minus the share of absent phrases answered with a place; ties go to
+    the higher threshold (fewer false places). Candidates are midpoints between observed scores."""
+    good = np.array([s for s, hit in present if s is not None and hit], np.float64)
+    bad = np.array([s for s in absent if s is not None], np.float64)
+    n_present, n_absent = max(len(present), 1), max(len(absent), 1)
+    scores = np.unique(np.concatenate([good, bad, [0.5, 1.0]]))
+    candidates = np.concatenate([[0.5], (scores[:-1] + scores[1:]) / 2, [1.0]])
+    best_t, best_j = 0.5, -np.inf
+    for t in candidates:
+        j = (good >= t).sum() / n_present - (bad >= t).sum() / n_absent
+        if j > best_j + 1e-12 or (abs(j - best_j) <= 1e-12 and t > best_t):
+            best_t, best_j = float(t), j
+    return round(best_t, 6)
+
+
+def abstention_path(checkpoint: str | Path) -> Path:
+    """``field_abstention.json`` beside a checkpoint (a folder or its weights file)."""
+    path = Path(checkpoint)
+    return (path if path.is_dir() else path.parent) / ABSTENTION_FILE
+
+
+def save_abstention(abstention: Abstention, checkpoint: str | Path) -> Path:
+    path = abstention_path(checkpoint)
+    path.write_text(json.dumps(asdict(abstention), indent=2, sort_keys=True) + "\n")
+    return path
+
+
+def load_abstention(checkpoint: str | Path | None, digest: str | None) -> tuple[Abstention | None, str]:
+    """The checkpoint's calibrated abstention and a one-line note for logs; None (with the reason)
+    when there is no file, it is unreadable, or it was fitted on other weights than ``digest``."""
+    if checkpoint is None:
+        return None, "no checkpoint: no calibrated 'not here' threshold"
+    path = abstention_path(checkpoint)
+    if not path.is_file():
+        return None, f"no {path.name} beside {checkpoint}: no calibrated 'not here' threshold " \
+                     "(python -m training.evaluate_field --calibrate writes it)"
+    try:
+        doc = json.loads(path.read_text())
+        abstention = Abstention(float(doc["threshold"]), doc.get("weights_digest"), dict(doc.get("fitted") or {}))
+    except (ValueError, KeyError, TypeError) as err:
+        return None, f"{path} is not a valid abstention file ({err}): not used"
+    if digest is not None and abstention.weights_digest not in (None, digest):
+        return None, f"{path} was fitted on other weights ({abstention.weights_digest[:12]}, these are " \
+                     f"{digest[:12]}): not used; run python -m training.evaluate_field --calibrate"
+    return abstention, f"'not here' threshold {abstention.threshold:.4f} from {path}"
+
+
+def model_abstention(preset: str | None, checkpoint: str | Path | None) -> tuple[Abstention | None, str]:
+    """:func:`load_abstention` for the model a preset / checkpoint pair names (the loading rule of
+    :func:`find_core.loading.resolve_model`, "embedded" included); never raises."""
+    from ..checkpoint import weights_digest
+    from ..loading import resolve_model
+
+    try:
+        source = resolve_model(preset, checkpoint)
+        if source.checkpoint is None:
+            return None, f"{source.description}: no checkpoint, no calibrated 'not here' threshold"
+        return load_abstention(source.checkpoint, weights_digest(source.checkpoint))
+    except Exception as err:  # noqa: BLE001 -- a missing calibration must never stop a query
+        return None, f"no calibrated 'not here' threshold ({type(err).__name__}: {err})"

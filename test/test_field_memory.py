@@ -1,0 +1,166 @@
+"""Maps that continue and forget (issue 19, items 2 and 3), on rendered scenes with model-free
+embeddings (one orthogonal direction per object, from the ground-truth masks, as in
+test_field_fusion): where an answer lies depends on the fusion alone.
+
+* A map saved halfway and continued in a new FeatureFusion ends equal to the map fused in one go
+  (voxels, features, weights, colours, last-seen times); mismatched voxel size, block size or
+  embedding width is refused with MapMismatch / ValueError naming the cause.
+* Colour: the fused colours of each tile's voxels are the tile's rendered colour.
+* Forgetting: one named tile moves between two passes over the same scene. After the second pass
+  the answer for its direction lies within 10 cm of the new place and no object answers at the old
+  place; with forgetting off (free_space_decay 1) the old place still answers, so the free-space
+  decay is what makes the difference. A static scene fused twice keeps every object.
+"""
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import pytest
+
+from find_core.data.scene_video import (GAP, SCENE_HALF, _CANVAS_R, VideoScene, camera_path, make_camera,
+                                        render_frame, sample_video_scene)
+from find_core.field import (FeatureFusion, FieldQuery, FusionConfig, MapMismatch, load_map, locate, save_map)
+from test_field_fusion import NEGATIVES, PROTOS, STRIDE, synthetic_embeddings
+
+SEED, FRAMES = 3, 16
+MOVED_HEIGHT = 0.12          # metres: free space over the floor's old place is several voxels deep
+
+
+def moved_scene(scene: VideoScene) -> tuple[VideoScene, VideoScene, int, np.ndarray, np.ndarray]:
+    """(before, after, id, old centre, new centre): the largest tile lifted to MOVED_HEIGHT in both,
+    and moved in ``after`` to the free spot farthest from its old place."""
+    tile = max(scene.tiles, key=lambda t: t.radius)
+    lifted = dataclasses.replace(tile, center=(tile.center[0], tile.center[1], MOVED_HEIGHT))
+    others = [t for t in scene.tiles if t is not tile]
+    reach = _CANVAS_R * tile.radius
+    grid = np.linspace(-SCENE_HALF + reach, SCENE_HALF - reach, 25)
+    free = [np.array([x, y]) for x in grid for y in grid
+            if all(np.hypot(x - o.center[0], y - o.center[1]) >= reach + _CANVAS_R * o.radius + GAP for o in others)]
+    old = np.array(tile.center[:2])
+    new = max(free, key=lambda c: np.linalg.norm(c - old))
+    moved = dataclasses.replace(tile, center=(float(new[0]), float(new[1]), MOVED_HEIGHT))
+    before = VideoScene(scene.seed, [lifted if t is tile else t for t in scene.tiles], scene.ground)
+    after = VideoScene(scene.seed, [moved if t is tile else t for t in scene.tiles], scene.ground)
+    return before, after, tile.id, np.array([*old, MOVED_HEIGHT]), np.array([*new, MOVED_HEIGHT])
+
+
+def render_pass(scene: VideoScene, poses: np.ndarray, camera, t0: float) -> list[tuple]:
+    """(depth, pose, rgb, masks, stamp) per frame."""
+    out = []
+    for i, pose in enumerate(poses):
+        rgb, depth, ids = render_frame(scene, camera, pose, 1)
+        out.append((depth, pose, rgb, ids, t0 + 0.1 * i))
+    return out
+
+
+def fuse(fusion: FeatureFusion, frames: list[tuple], K: np.ndarray) -> None:
+    for depth, pose, rgb, ids, stamp in frames:
+        assert fusion.integrate(depth, pose, K, synthetic_embeddings(ids), STRIDE, rgb=rgb, stamp=stamp)
+
+
+def answer(fmap, tile_id: int):
+    return locate(fmap, FieldQuery(PROTOS[tile_id], NEGATIVES))[1]
+
+
+@pytest.fixture(scope="module")
+def world():
+    rng = np.random.default_rng(SEED)
+    scene = sample_video_scene(rng, SEED)
+    poses = camera_path(FRAMES, rng)
+    camera = make_camera(160, 120)
+    before, after, tile_id, old, new = moved_scene(scene)
+    return {"camera": camera, "poses": poses, "before": render_pass(before, poses, camera, 0.0),
+            "after": render_pass(after, poses, camera, 100.0), "tile": tile_id, "old": old, "new": new,
+            "scene": before}
+
+
+def test_the_moved_tile_is_answered_at_its_new_place_only(world):
+    fusion = FeatureFusion(FusionConfig(voxel_size=0.02, device="cpu"))
+    fuse(fusion, world["before"], world["camera"].K)
+    first = answer(fusion.to_map(), world["tile"])
+    assert np.linalg.norm(first[0].centroid - world["old"]) < 0.10
+    fuse(fusion, world["after"], world["camera"].K)
+    fmap = fusion.to_map()
+    objects = answer(fmap, world["tile"])
+    assert objects and np.linalg.norm(objects[0].centroid - world["new"]) < 0.10, [o.to_json() for o in objects]
+    assert all(np.linalg.norm(o.centroid - world["old"]) >= 0.10 for o in objects), [o.to_json() for o in objects]
+    assert fusion.stats.forgotten > 0 and fmap.metadata["voxels_forgotten"] == fusion.stats.forgotten
+    # answers carry when their voxels were last seen: the second pass's stamps
+    assert 100.0 <= objects[0].last_seen <= 100.0 + 0.1 * FRAMES
+    assert objects[0].to_json()["last_seen"] == round(objects[0].last_seen, 3)
+
+
+def test_without_forgetting_the_old_place_still_answers(world):
+    fusion = FeatureFusion(FusionConfig(voxel_size=0.02, device="cpu", free_space_decay=1.0))
+    fuse(fusion, world["before"] + world["after"], world["camera"].K)
+    objects = answer(fusion.to_map(), world["tile"])
+    assert fusion.stats.forgotten == 0
+    assert any(np.linalg.norm(o.centroid - world["old"]) < 0.10 for o in objects), [o.to_json() for o in objects]
+
+
+def test_a_static_scene_fused_twice_forgets_almost_nothing(world):
+    fusion = FeatureFusion(FusionConfig(voxel_size=0.02, device="cpu"))
+    fuse(fusion, world["before"], world["camera"].K)
+    voxels = len(fusion.to_map())
+    again = [(d, p, rgb, ids, s + 100.0) for d, p, rgb, ids, s in world["before"]]
+    fuse(fusion, again, world["camera"].K)
+    fmap = fusion.to_map()
+    assert fusion.stats.forgotten <= 0.01 * voxels, (fusion.stats.forgotten, voxels)
+    for tile in world["scene"].tiles:
+        objects = answer(fmap, tile.id)
+        assert objects and np.linalg.norm(objects[0].centroid - np.array(tile.center)) < 0.10, tile.phrase
+
+
+def test_a_saved_map_continues_as_if_never_stopped(world, tmp_path):
+    K = world["camera"].K
+    frames = world["before"]
+    whole = FeatureFusion(FusionConfig(voxel_size=0.02, device="cpu"))
+    fuse(whole, frames, K)
+    first = FeatureFusion(FusionConfig(voxel_size=0.02, device="cpu"))
+    fuse(first, frames[:8], K)
+    path = save_map(first.to_map({"preset": "synthetic"}), tmp_path / "half.npz")
+    saved = load_map(path)
+    assert saved.metadata["embedding_dim"] == 16 and saved.metadata["voxel_size"] == 0.02
+    assert saved.last_seen is not None and np.nanmax(saved.last_seen) == pytest.approx(0.7)
+    second = FeatureFusion(FusionConfig(voxel_size=0.02, device="cpu"))
+    second.continue_from(saved)
+    fuse(second, frames[8:], K)
+    a, b = whole.to_map(), second.to_map()
+    order_a, order_b = np.lexsort(a.keys.T), np.lexsort(b.keys.T)
+    assert np.array_equal(a.keys[order_a], b.keys[order_b])
+    assert np.array_equal(a.weights[order_a], b.weights[order_b])
+    assert np.allclose(a.features[order_a], b.features[order_b], atol=1e-5)
+    assert np.abs(a.colors[order_a].astype(int) - b.colors[order_b]).max() <= 1
+    assert np.array_equal(a.last_seen[order_a], b.last_seen[order_b])
+    assert b.metadata["frames_fused"] == len(frames) and b.metadata["continued"] == 1
+    assert len(b.geometry.keys) == len(a.geometry.keys)
+
+
+def test_colour_is_fused(world):
+    fusion = FeatureFusion(FusionConfig(voxel_size=0.02, device="cpu"))
+    fuse(fusion, world["before"], world["camera"].K)
+    fmap = fusion.to_map()
+    assert fmap.metadata["frames_coloured"] == FRAMES
+    assert np.ptp(fmap.colors.astype(int), axis=0).max() > 100      # not the grey of colourless fusion
+    for tile in world["scene"].tiles:
+        near = fmap.unit_features() @ PROTOS[tile.id] > 0.8         # the tile's own voxels
+        expected = tile.rgb[tile.mask].mean(0)
+        assert near.sum() >= 2 and np.abs(fmap.colors[near].mean(0) - expected).max() < 40, tile.phrase
+
+
+def test_mismatched_maps_are_refused(world):
+    fusion = FeatureFusion(FusionConfig(voxel_size=0.02, device="cpu"))
+    fuse(fusion, world["before"][:2], world["camera"].K)
+    fmap = fusion.to_map()
+    with pytest.raises(MapMismatch, match="0.02 m voxels but this fusion uses 0.05 m"):
+        FeatureFusion(FusionConfig(voxel_size=0.05, device="cpu")).continue_from(fmap)
+    with pytest.raises(MapMismatch, match="blocks are 8\\^3 voxels but this fusion uses 16\\^3"):
+        FeatureFusion(FusionConfig(voxel_size=0.02, block_resolution=16, device="cpu")).continue_from(fmap)
+    with pytest.raises(MapMismatch, match="more than max_feature_voxels=10"):
+        FeatureFusion(FusionConfig(voxel_size=0.02, max_feature_voxels=10, device="cpu")).continue_from(fmap)
+    continued = FeatureFusion(FusionConfig(voxel_size=0.02, device="cpu"))
+    continued.continue_from(fmap)
+    depth, pose, rgb, ids, stamp = world["before"][2]
+    with pytest.raises(ValueError, match="embedding width changed from 16 to 8"):
+        continued.integrate(depth, pose, world["camera"].K, synthetic_embeddings(ids)[..., :8], STRIDE)
