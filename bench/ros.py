@@ -2,7 +2,7 @@
 find_replay, for each camera_reliability setting at 320x240 and 640x480 (docs/ros_interface.md,
 "Reliability"), with the node processes and probe of :mod:`find_ros.process_harness`.
 
-    python -m bench.ros [--frames 300]
+    python -m bench.ros [--frames 300] [--out bench/camera_qos.json]
 """
 from __future__ import annotations
 
@@ -62,14 +62,32 @@ def camera_qos_table(count: int = 300, folder: Path | None = None) -> list[dict[
             for size in ((240, 320), (480, 640)) for setting in ("best_effort", "reliable", "auto")]
 
 
-if __name__ == "__main__":
+def main(argv: list[str] | None = None) -> None:
+    """Print the table; with ``--out``, also write it as JSON (the README / docs figures' source)."""
     import argparse
+    import json
+    import os
+    import sys
+    import time
     parser = argparse.ArgumentParser(description="camera_reliability figures: frames received / processed by "
                                                  "find_perception from a 30 Hz find_replay")
     parser.add_argument("--frames", type=int, default=300)
-    rows = camera_qos_table(parser.parse_args().frames)
+    parser.add_argument("--out", type=Path, help="also write the rows, the machine's load and this command as JSON")
+    args = parser.parse_args(argv)
+    load_start = [round(v, 2) for v in os.getloadavg()]
+    rows = camera_qos_table(args.frames)
     print("| setting | size | published | received | processed | missed | subscribed |")
     print("| --- | --- | --- | --- | --- | --- | --- |")
     for row in rows:
         print("| " + " | ".join(str(row[k]) for k in ("setting", "size", "published", "received", "processed",
                                                        "missed", "subscribed")) + " |")
+    if args.out:
+        doc = {"rows": rows, "rate_hz": 30.0, "measured": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+               "cpu_cores": os.cpu_count(), "load_average_start": load_start,
+               "load_average_end": [round(v, 2) for v in os.getloadavg()],
+               "command": " ".join(["python -m bench.ros", *(argv if argv is not None else sys.argv[1:])])}
+        args.out.write_text(json.dumps(doc, indent=1) + "\n")
+
+
+if __name__ == "__main__":
+    main()

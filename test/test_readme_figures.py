@@ -1,0 +1,202 @@
+"""README.md's figures against the committed JSON files that code in the repo wrote.
+
+Each claim below is a phrase of the README rebuilt from its source file (rounded as the README rounds,
+half up), so the test fails when a figure is edited by hand, when its JSON is regenerated with other
+results (update the README), or when the README drops the phrase. Sources and their producers:
+
+* ``find_core/checkpoints/find-synthetic/heldout_metrics.json`` and
+  ``training/results/synthetic_official_heldout.json`` (+ its ``_train_log.csv``):
+  ``python -m training.evaluate`` / ``training.train`` — the checkpoint table;
+* ``training/results/localization_embedded.json``: ``python -m training.evaluate_localization``;
+* ``bench/results.json``: ``scripts/bench.sh`` — the speed figures;
+* ``bench/camera_qos.json``: ``python -m bench.ros --out bench/camera_qos.json`` — the camera QoS figures.
+
+Not covered here: the 3D-field table of the embedded checkpoint (its producer, ``training.evaluate_field``,
+belongs to the field work and writes no committed JSON yet).
+"""
+from __future__ import annotations
+
+import csv
+import json
+import re
+from decimal import ROUND_HALF_UP, Decimal
+from pathlib import Path
+from typing import Any
+
+
+REPO = Path(__file__).resolve().parents[1]
+README = REPO / "README.md"
+HELDOUT = REPO / "find_core" / "checkpoints" / "find-synthetic" / "heldout_metrics.json"
+OFFICIAL = REPO / "training" / "results" / "synthetic_official_heldout.json"
+OFFICIAL_LOG = REPO / "training" / "results" / "synthetic_official_train_log.csv"
+LOCALIZATION = REPO / "training" / "results" / "localization_embedded.json"
+BENCH = REPO / "bench" / "results.json"
+CAMERA_QOS = REPO / "bench" / "camera_qos.json"
+WEIGHTS = REPO / "find_core" / "checkpoints" / "find-synthetic" / "model.safetensors"
+
+
+def load(path: Path) -> Any:
+    return json.loads(path.read_text(encoding="utf-8"))
+
+
+def flat(text: str) -> str:
+    """Whitespace collapsed, so a figure may wrap across README lines."""
+    return re.sub(r"\s+", " ", text)
+
+
+def r(value: float | str, digits: int = 0) -> str:
+    """``value`` rounded half up to ``digits`` decimals (a bench cell such as '1,849' or '2.58×' too)."""
+    if isinstance(value, str):
+        value = re.match(r"[\d,.]+", value).group(0).replace(",", "")
+    quantum = Decimal(1).scaleb(-digits)
+    return str(Decimal(str(value)).quantize(quantum, rounding=ROUND_HALF_UP))
+
+
+class Bench:
+    """Cells of bench/results.json's tables by section key, table index, row prefix and column prefix."""
+
+    def __init__(self, doc: dict) -> None:
+        self.sections = {s["key"]: s for s in doc["sections"]}
+        self.doc = doc
+
+    def cell(self, key: str, table: int, row: str, column: str) -> str:
+        t = self.sections[key]["tables"][table]
+        col = next(i for i, c in enumerate(t["columns"]) if c.startswith(column))
+        return next(cells[col] for cells in t["rows"] if cells[0].startswith(row))
+
+
+def readme_table(text: str, header_start: str) -> dict[str, list[str]]:
+    """The markdown table whose header row starts with ``header_start``: first cell -> the other cells."""
+    lines = text.splitlines()
+    start = next(i for i, line in enumerate(lines) if line.startswith(header_start))
+    rows: dict[str, list[str]] = {}
+    for line in lines[start + 2:]:
+        if not line.startswith("|"):
+            break
+        cells = [c.strip() for c in line.strip().strip("|").split("|")]
+        rows[cells[0]] = cells[1:]
+    return rows
+
+
+def checkpoint_column(m: dict) -> dict[str, str]:
+    """The README's checkpoint-table cells of one training.evaluate metrics JSON."""
+    g, ret, ilr = m["generic"], m["retrieval"], m["interleave_retrieval"]
+    return {
+        "PQ (things / stuff)": f"{r(g['pq'], 1)} ({r(g['pq_things'], 1)} / {r(g['pq_stuff'], 1)})",
+        "mask AP": r(g["ap"], 1),
+        "mIoU": r(g["miou"], 1),
+        "grounding cIoU": r(m["grounding"]["ciou"], 1),
+        "interleave grounding cIoU": r(m["interleave_grounding"]["ciou"], 1),
+        "interactive IoU after 1 click": r(m["interactive"]["iou_at_1"], 1),
+        "interleave retrieval IR@5 / IR@10": f"{r(ilr['ir5'], 1)} / {r(ilr['ir10'], 1)}",
+        "image–text IR@5 / TR@5": f"{r(ret['ir5'], 1)} / {r(ret['tr5'], 1)}",
+    }
+
+
+def test_checkpoint_table_equals_the_metrics_files():
+    table = readme_table(README.read_text(encoding="utf-8"), "| metric | this checkpoint")
+    embedded, official = checkpoint_column(load(HELDOUT)), checkpoint_column(load(OFFICIAL))
+    assert set(table) == set(embedded), "README checkpoint table rows differ from the metrics the test knows"
+    for metric, cells in table.items():
+        assert cells[0] == embedded[metric], (metric, "heldout_metrics.json", cells[0], embedded[metric])
+        assert cells[1] == official[metric], (metric, OFFICIAL.name, cells[1], official[metric])
+
+
+def claims() -> list[tuple[str, str]]:
+    """(source, the README phrase it backs)."""
+    heldout, official, loc = load(HELDOUT), load(OFFICIAL), load(LOCALIZATION)
+    with OFFICIAL_LOG.open() as f:
+        log = list(csv.DictReader(f))
+    b = Bench(load(BENCH))
+    models = b.sections["models"]["data"]["runs"]
+    qos_doc = load(CAMERA_QOS)
+    qos = {(row["setting"], row["size"]): row for row in qos_doc["rows"]}
+    qos_load = f"{qos_doc['load_average_start'][0]}–{qos_doc['load_average_end'][0]}"
+    node, fusion = "node", "fusion"
+    return [
+        ("heldout_metrics.json", f"144 val images, gallery of {heldout['interleave_retrieval']['gallery']})"
+         if heldout["generic"]["images"] == 144 else "<image count changed>"),
+        ("heldout_metrics.json", f"grounding cIoU only just ({r(heldout['grounding']['ciou'], 1)})"),
+        ("heldout_metrics.json", f"held-out 2D PQ on things {r(heldout['generic']['pq_things'], 1)}"),
+        ("model.safetensors", f"(`find_core/checkpoints/find-synthetic`, {r(WEIGHTS.stat().st_size / 1e6)} MB)"),
+        (OFFICIAL_LOG.name, f"{log[-1]['step']} steps in {r(sum(float(x['seconds']) for x in log) / 60, 1)} min "
+                            "of step time"),
+        (OFFICIAL.name, f"thing accuracy {r(official['generic']['thing_accuracy'], 1)} %"),
+        (LOCALIZATION.name, f"picks the right frame {loc['right_frame']} times in {loc['sequences']} (chance: "
+                            f"{r(loc['chance_right'])}), and {loc['masks_iou_at_least_0.5']} of those masks have "
+                            f"IoU ≥ 0.5 with the object (mean IoU {r(loc['mean_iou_when_right'], 2)} over the "
+                            "right frames"),
+        (BENCH.name, f"(CPU: {b.doc['device']['cpu_cores']} Xeon cores, {b.doc['device']['torch_threads']} torch "
+                     "thread; no GPU was available)"),
+        (BENCH.name, "640×480 frames): " + ", ".join(
+            f"{name} {r(b.cell('models', 0, '640x480', column))} ms" for name, column in (
+                ("segment", "segment"), ("ground", "ground"), ("interactive", "interactive"),
+                ("interleave ground", "interleave_ground"), ("per-pixel embeddings", "embed_pixels")))
+         + f"; localize over a {models[0]['buffer_size']}-frame buffer {r(b.cell('models', 0, '640x480', 'localize'))}"
+           " ms"),
+        (BENCH.name, f"costs {r(b.cell('models', 3, '256²', '×'), 1)}× per embedding"),
+        (BENCH.name, f"The interface costs {b.cell('models', 2, 'synthetic', 'interface / encode_images')} the "
+                     f"vision encoder forward here and {b.cell('models', 2, 'paper', 'interface / encode_images')} "
+                     "for a paper-sized model"),
+        (BENCH.name, f"1024 px: {r(models[1]['components_s']['interface_generic'], 1)} s vs "
+                     f"{r(models[1]['components_s']['encode_images'], 1)} s on this CPU"),
+        (BENCH.name, f"p50 latency {r(b.cell(node, 0, 'find_perception', 'latency p50'))} ms vs "
+                     f"{r(b.cell(node, 0, 'FindPipeline', 'latency p50'))} ms for the same calls made directly "
+                     f"({b.cell(node, 0, 'find_perception', 'ratio p50')};"),
+        (BENCH.name, f"close to the direct call ({r(b.cell(node, 0, 'find_perception', 'processing p50'))} vs "
+                     f"{r(b.cell(node, 0, 'FindPipeline', 'processing p50'))} ms)"),
+        (BENCH.name, f"{b.cell(node, 0, 'find_perception', 'dropped')} of "
+                     f"{b.cell(node, 0, 'find_perception', 'frames replayed')} frames dropped"),
+        (BENCH.name, f"as `16FC64` costs {r(b.cell('transport', 0, '16FC64', 'total ms'))} ms end to end "
+                     f"({r(b.cell('transport', 0, '16FC64', 'total / rgb8'))}× an rgb8 image"),
+        (BENCH.name, f"D = 512 in fp32 costs {r(b.cell('transport', 0, '32FC512', 'total ms'))} ms"),
+        (BENCH.name, f"D = 64 features at {r(b.cell(fusion, 0, 'FeatureFusion, D=64', 'frames/s'), 1)} frames/s "
+                     f"({b.cell(fusion, 0, 'FeatureFusion, D=64', 'time ratio')} Open3D's colour-only TSDF, in the "
+                     f"same run; D = 512: {b.cell(fusion, 0, 'FeatureFusion, D=512', 'time ratio')})"),
+        (BENCH.name, f"relevancy {r(b.cell(fusion, 1, '100,000', 'relevancy ms'))} ms for 10⁵ voxels, "
+                     f"{r(float(r(b.cell(fusion, 1, '10,000,000', 'relevancy ms'))) / 1000, 1)} s for 10⁷ "
+                     f"({r(float(r(b.cell(fusion, 1, '10,000,000', 'map MB'))) / 1000, 2)} GB)"),
+        (BENCH.name, f"{r(b.cell('album', 0, '100,000', 'ms / query'))} ms per interleaved query over 10⁵ cached "
+                     f"embeddings, of which the gallery part is {r(b.cell('album', 0, '100,000', 'gallery part ms'), 1)}"
+                     " ms"),
+        (BENCH.name, f"give {b.cell('training', 0, '2', 'ratio')} the images/s of one"),
+        (BENCH.name, f"{r(b.cell('field_nerf', 0, 'CPU defaults', 's / iteration'), 2)} s per iteration on "
+                     f"{b.sections['field_nerf']['data']['cores']} cores (bench `field_nerf`, against "
+                     f"{b.cell('field_nerf', 0, 'GPU-sized', 's / iteration')} s with the GPU sizes)"),
+        (CAMERA_QOS.name, f"of {qos[('best_effort', '640x480')]['published']} frames of 640×480 at 30 Hz from "
+                          f"`find_replay`, {qos[('best_effort', '640x480')]['received']} arrived with `best_effort`, "
+                          f"{qos[('reliable', '640x480')]['received']} with `reliable` and "
+                          f"{qos[('auto', '640x480')]['received']} with `auto` (at 320×240: "
+                          + ", ".join(str(qos[(s, '320x240')]['received']) for s in ("best_effort", "reliable", "auto"))
+                          + f"), on the 2 shared cores here at a load average of {qos_load}"),
+    ]
+
+
+def test_readme_states_each_figure_as_its_source_has_it():
+    text = flat(README.read_text(encoding="utf-8"))
+    wrong = [f"{source}: {phrase!r}" for source, phrase in claims() if flat(phrase) not in text]
+    assert not wrong, "README differs from these sources (the phrase as the source has it):\n" + "\n".join(wrong)
+
+
+def test_camera_qos_table_of_the_ros_doc_equals_its_source():
+    """docs/ros_interface.md's reliability table (received / processed, missed) is bench/camera_qos.json's."""
+    doc = load(CAMERA_QOS)
+    qos = {(row["setting"], row["size"]): row for row in doc["rows"]}
+    text = (REPO / "docs" / "ros_interface.md").read_text(encoding="utf-8")
+    assert f"load average {doc['load_average_start'][0]}–{doc['load_average_end'][0]}" in flat(text)
+    table = readme_table(text, "| setting | 320×240")
+
+    def cell(row: dict) -> str:
+        missed = f" ({row['missed']} missed)" if row["missed"] else ""
+        return f"{row['received']} / {row['processed']}{missed}"
+    for setting, cells in table.items():
+        key = setting.strip("`").split("`")[0]
+        assert cells == [cell(qos[(key, "320x240")]), cell(qos[(key, "640x480")])], setting
+
+
+def test_each_source_names_how_it_was_made():
+    """The metrics a README figure rests on name their command (and the weights where a model was measured)."""
+    for path in (OFFICIAL, LOCALIZATION):
+        meta = load(path)["meta"]
+        assert meta["command"].startswith("python -m training.") and len(meta["checkpoint_sha256"]) == 64, path
+    assert load(CAMERA_QOS)["command"].startswith("python -m bench.ros")
