@@ -12,6 +12,7 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 import torch.nn.functional as F
 
+import find_core.tasks  # noqa: F401  (the task registry declares the per-task default loss weights)
 from find_core.losses import (
     HungarianMatcher,
     LossConfig,

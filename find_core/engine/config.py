@@ -30,8 +30,11 @@ from ..checkpoint import load_model_yaml
 from ..config import ConfigError, ModelConfig, build_dataclass, load_yaml_mapping
 from ..losses import LossConfig
 from ..presets import preset_path
+from ..tasks import registry
 
-TASKS = ("generic", "grounding", "interactive", "retrieval", "interleave_grounding", "interleave_retrieval")
+# The built-in tasks in task order (find_core.tasks.registry; a task registered at run time is in
+# registry.names(), which the config sections and the trainer read).
+TASKS = registry.names()
 PRECISIONS = ("fp32", "bf16", "fp16")
 
 
@@ -54,16 +57,42 @@ class TaskConfig:
 
 @dataclass
 class TasksConfig:
-    generic: TaskConfig = field(default_factory=TaskConfig)
-    grounding: TaskConfig = field(default_factory=TaskConfig)
-    interactive: TaskConfig = field(default_factory=TaskConfig)
-    retrieval: TaskConfig = field(default_factory=TaskConfig)
-    interleave_grounding: TaskConfig = field(default_factory=TaskConfig)
-    interleave_retrieval: TaskConfig = field(default_factory=TaskConfig)
+    """`tasks:` — one TaskConfig per registered task, read and written as `tasks.<name>`."""
+
+    entries: dict[str, TaskConfig] = field(default_factory=dict)   # missing tasks: TaskConfig() (off)
+
+    def __post_init__(self) -> None:
+        known = registry.names()
+        unknown = sorted(set(self.entries) - set(known))
+        if unknown:
+            raise ConfigError(f"unknown keys {unknown}; allowed: {sorted(known)}")
+        for name, entry in self.entries.items():
+            if not isinstance(entry, TaskConfig):
+                raise ConfigError(f"{name}: expected a TaskConfig, got {entry!r}")
+        self.entries = {name: self.entries.get(name) or TaskConfig() for name in known}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any], where: str = "config.tasks") -> "TasksConfig":
+        if not isinstance(data, dict):
+            raise ConfigError(f"{where}: expected a mapping, got {type(data).__name__}")
+        known = registry.names()
+        unknown = sorted(set(data) - set(known))
+        if unknown:
+            raise ConfigError(f"{where}: unknown keys {unknown}; allowed: {sorted(known)}")
+        return cls({name: build_dataclass(TaskConfig, value, f"{where}.{name}") for name, value in data.items()})
+
+    def to_dict(self) -> dict[str, Any]:
+        return {name: dataclasses.asdict(entry) for name, entry in self.entries.items()}
+
+    def __getattr__(self, name: str) -> TaskConfig:
+        entries = self.__dict__.get("entries")
+        if entries is not None and name in entries:
+            return entries[name]
+        raise AttributeError(f"no task '{name}' in tasks; registered: {list(registry.names())}")
 
     def enabled(self) -> dict[str, TaskConfig]:
-        """Tasks with a positive weight, in the fixed order of TASKS (the order draws index into)."""
-        return {name: getattr(self, name) for name in TASKS if getattr(self, name).weight > 0}
+        """Tasks with a positive weight, in task order (the order draws index into)."""
+        return {name: entry for name, entry in self.entries.items() if entry.weight > 0}
 
 
 @dataclass
@@ -255,7 +284,7 @@ class TrainConfig:
 
     def __post_init__(self) -> None:
         if self.train.mode == "per_task" and not self.tasks.enabled():
-            raise ConfigError(f"no task has a weight > 0; set tasks.<name>.weight for one of {TASKS}")
+            raise ConfigError(f"no task has a weight > 0; set tasks.<name>.weight for one of {registry.names()}")
 
     def model_config(self) -> ModelConfig:
         """The model: inline mapping, a YAML file, or a preset name (config/models/<name>.yaml)."""
@@ -285,7 +314,9 @@ class TrainConfig:
             raise ConfigError(f"{path}: {error}") from error
 
     def to_dict(self) -> dict[str, Any]:
-        return _plain(dataclasses.asdict(self))
+        data = dataclasses.asdict(self)
+        data["tasks"], data["loss"] = self.tasks.to_dict(), self.loss.to_dict()   # keyed by task name
+        return _plain(data)
 
     def to_yaml(self, path: str | Path) -> None:
         Path(path).write_text(yaml.safe_dump(self.to_dict(), sort_keys=False))

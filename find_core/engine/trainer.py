@@ -38,9 +38,10 @@ from torch.nn.parallel import DistributedDataParallel
 from ..checkpoint import WEIGHTS, load_weights, save_checkpoint
 from ..config import ConfigError
 from ..model import FindModel
+from ..tasks import registry
 from . import distributed
 from .batches import Batch, TaskData, derive_seed
-from .config import TASKS, OptimConfig, TrainConfig
+from .config import OptimConfig, TrainConfig
 from .criterion import TERMS, Criterion, LossOutput
 from .feature_cache import FeatureCache
 from .official_data import OfficialBatch, OfficialData
@@ -224,7 +225,7 @@ class Trainer:
                                             model.config.vision.input_size, config.interactive, config.data,
                                             run.seed)
             self.streams[name] = distributed.ShardedStream(len(self.data[name]), self.dist,
-                                                           derive_seed(run.seed, TASKS.index(name)) & 0x7FFFFFFF)
+                                                           derive_seed(run.seed, registry.index(name)) & 0x7FFFFFFF)
 
         checkpoint = latest_checkpoint(self.out_dir) if resume else None
         if checkpoint is None and config.vision_warmup.steps > 0:
@@ -299,7 +300,7 @@ class Trainer:
             batch = self.data[task].batch(indices, [derive_seed(seed, step, 0x0FF1, i) for i in indices])
             batch.step_seed = derive_seed(seed, step, 0x0FF2)
         else:
-            batch = self.data[task].batch(indices, [derive_seed(seed, step, TASKS.index(task), i) for i in indices])
+            batch = self.data[task].batch(indices, [derive_seed(seed, step, registry.index(task), i) for i in indices])
         batch.images = batch.images.to(self.device)
         return batch
 

@@ -1,15 +1,17 @@
 """Loss weights and sampling settings of FIND (Mask2Former / X-Decoder style).
 
-The defaults are the values of the FIND paper's public implementation: generic segmentation
-CE 2.0 (no-object 0.1) / BCE 5 / Dice 5; spatial, grounding and interleave grounding CE 0.4 /
-BCE 1 / Dice 1; retrieval and interleave retrieval contrastive 8.0; matcher costs 2 / 5 / 5 and
-12,544 loss points with Mask2Former importance sampling (oversample 3.0, importance 0.75).
+Each task declares its default weights in its spec (find_core/tasks/<name>.py), the values of the
+FIND paper's public implementation: generic segmentation CE 2.0 (no-object 0.1) / BCE 5 / Dice 5;
+spatial, grounding and interleave grounding CE 0.4 / BCE 1 / Dice 1; retrieval and interleave
+retrieval contrastive 8.0. Here: matcher costs 2 / 5 / 5 and 12,544 loss points with Mask2Former
+importance sampling (oversample 3.0, importance 0.75).
 """
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Mapping
+from typing import Any
 
 
 @dataclass
@@ -31,28 +33,22 @@ class TaskLossWeights:
             setattr(self, f.name, float(value))
 
 
-def _seg(ce: float, bce: float, dice: float) -> Any:
-    return field(default_factory=lambda: TaskLossWeights(ce=ce, bce=bce, dice=dice))
+# Task name → its default weights, as the task registry (find_core.tasks.registry, which sits above
+# the losses and binds this when it is imported) declares them; empty until then.
+_task_defaults: Callable[[], Mapping[str, TaskLossWeights]] = dict
 
 
-def _contrastive(weight: float) -> Any:
-    return field(default_factory=lambda: TaskLossWeights(ce=0.0, bce=0.0, dice=0.0, contrastive=weight))
-
-
-_TASK_FIELDS = ("generic", "grounding", "interactive", "interleave_grounding", "retrieval",
-                "interleave_retrieval")
+def bind_task_defaults(source: Callable[[], Mapping[str, TaskLossWeights]]) -> None:
+    """Called by the task registry: LossConfig's per-task entries are the registered tasks'."""
+    global _task_defaults
+    _task_defaults = source
 
 
 @dataclass
 class LossConfig:
-    """All loss settings of one training run (one field per task plus sampling/matching)."""
+    """All loss settings of one training run: one TaskLossWeights per registered task (read and written
+    as `config.<task>`, in YAML `loss: {<task>: {ce: ...}}`) plus sampling/matching settings."""
 
-    generic: TaskLossWeights = _seg(2.0, 5.0, 5.0)
-    grounding: TaskLossWeights = _seg(0.4, 1.0, 1.0)
-    interactive: TaskLossWeights = _seg(0.4, 1.0, 1.0)
-    interleave_grounding: TaskLossWeights = _seg(0.4, 1.0, 1.0)
-    retrieval: TaskLossWeights = _contrastive(8.0)
-    interleave_retrieval: TaskLossWeights = _contrastive(8.0)
     no_object_weight: float = 0.1
     num_points: int = 12544
     oversample_ratio: float = 3.0
@@ -63,11 +59,21 @@ class LossConfig:
     # False: generic segmentation's class embeddings are targets only (no gradient through the
     # class-name path). Helps when the vision side starts from scratch: see synthetic_tiny.yaml.
     class_embedding_grad: bool = True
+    # registered task → its weights; missing tasks get the task's defaults (each config its own copy)
+    task_weights: dict[str, TaskLossWeights] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        for name in _TASK_FIELDS:
-            if not isinstance(getattr(self, name), TaskLossWeights):
-                raise ValueError(f"LossConfig.{name} must be a TaskLossWeights, got {getattr(self, name)!r}")
+        defaults = _task_defaults()
+        unknown = sorted(set(self.task_weights) - set(defaults))
+        if unknown:
+            raise ValueError(f"unknown LossConfig tasks: {unknown} (registered: {sorted(defaults)})")
+        weights = {}
+        for name, default in defaults.items():
+            value = self.task_weights.get(name, default)
+            if not isinstance(value, TaskLossWeights):
+                raise ValueError(f"LossConfig.{name} must be a TaskLossWeights, got {value!r}")
+            weights[name] = dataclasses.replace(value)     # no shared mutable defaults
+        self.task_weights = weights
         if isinstance(self.num_points, float) and self.num_points.is_integer():
             self.num_points = int(self.num_points)
         if isinstance(self.num_points, bool) or not isinstance(self.num_points, int) or self.num_points <= 0:
@@ -96,18 +102,40 @@ class LossConfig:
         """
         if not isinstance(d, Mapping):
             raise ValueError(f"LossConfig.from_dict expects a mapping, got {type(d).__name__}")
-        known = {f.name for f in dataclasses.fields(cls)}
+        defaults = _task_defaults()
+        known = set(_settings()) | set(defaults)
         unknown = sorted(set(d) - known)
         if unknown:
             raise ValueError(f"unknown LossConfig keys: {unknown} (known: {sorted(known)})")
-        defaults = cls()
-        kwargs: dict[str, Any] = {}
-        for key, value in d.items():
-            if key in _TASK_FIELDS:
-                kwargs[key] = _task_from(value, getattr(defaults, key), key)
-            else:
-                kwargs[key] = value
-        return cls(**kwargs)
+        tasks = {key: _task_from(value, defaults[key], key) for key, value in d.items() if key in defaults}
+        return cls(**{key: value for key, value in d.items() if key not in defaults}, task_weights=tasks)
+
+    def to_dict(self) -> dict[str, Any]:
+        """The YAML form: one mapping per task, then the settings (what from_dict reads back)."""
+        tasks = {name: dataclasses.asdict(weights) for name, weights in self.task_weights.items()}
+        return {**tasks, **{name: getattr(self, name) for name in _settings()}}
+
+    def __getattr__(self, name: str) -> Any:
+        """`config.generic`: a registered task's weights."""
+        weights = self.__dict__.get("task_weights")
+        if weights is not None and name in weights:
+            return weights[name]
+        known = f"registered tasks: {sorted(weights)}" if weights else "no task is registered: import find_core.tasks"
+        raise AttributeError(f"LossConfig has no setting or task '{name}' ({known})")
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        weights = self.__dict__.get("task_weights")
+        if weights is not None and name in weights:
+            if not isinstance(value, TaskLossWeights):
+                raise ValueError(f"LossConfig.{name} must be a TaskLossWeights, got {value!r}")
+            weights[name] = value
+        else:
+            super().__setattr__(name, value)
+
+
+def _settings() -> list[str]:
+    """LossConfig's own keys (everything but the per-task entries)."""
+    return [f.name for f in dataclasses.fields(LossConfig) if f.name != "task_weights"]
 
 
 def _task_from(value: Any, default: TaskLossWeights, name: str) -> TaskLossWeights:

@@ -1,19 +1,30 @@
 """Generic segmentation (panoptic / instance / semantic) with classes given as names, descriptions
-or visual examples. Class queries never see the image (see the "generic" table), so class
-embeddings are computed once per class list and reused for every frame."""
+or visual examples. Class queries never see the image (see TABLE), so class embeddings are
+computed once per class list and reused for every frame. Training: `SPEC` at the end."""
 from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
 
 import torch
 
+from ..data import CocoPanoptic
+from ..data.samples import PanopticSample
+from ..interface.attention_table import VISION, source
 from ..interface.groups import Group
 from ..interface.inputs import PromptBlock, SampleInputs, SourceQuery
+from ..losses import TaskLossWeights, class_loss
 from ..model import FindModel
 from ..prompts import ClassPrompt
 from ..results import Segment, SegmentationResult
 from .common import class_text, encode_references, text_items
+from .spec import Batch, Drawn, LossContext, TaskSpec, Terms, derive_seed, stack_masks
 
 TASK = "generic"
 MODES = ("panoptic", "instance", "semantic")
+# classes stay independent of the image, so class embeddings can be computed once and cached
+TABLE = VISION + source(Group.CLASS, Group.CLASS_TOKENS)
 
 
 def class_samples(model: FindModel, classes: list[ClassPrompt]) -> list[SampleInputs]:
@@ -137,3 +148,69 @@ def _topk_instances(probs: torch.Tensor, mask_logits: torch.Tensor, classes: lis
         label_map[mask.cpu() & (label_map == 0)] = rank
         segments.append(Segment(classes[label].name, score, mask.cpu().numpy(), label, rank, classes[label].isthing))
     return SegmentationResult("instance", label_map.numpy(), segments)
+
+
+# ---- training ------------------------------------------------------------------------------------
+
+@dataclass
+class SegmentationBatch(Batch):
+    """generic: every non-crowd panoptic segment with its class index into `class_names`."""
+
+    masks: list[torch.Tensor]      # per image [N, S, S] bool
+    labels: list[torch.Tensor]     # per image [N] int64
+    class_names: list[str]
+
+
+def panoptic(sample: Any) -> PanopticSample:
+    if not isinstance(sample, PanopticSample):
+        raise TypeError(f"expected a PanopticSample, got {type(sample).__name__}")
+    return sample
+
+
+def open_panoptic(root: Path, split: str, data: Any, seed: int) -> CocoPanoptic:
+    """COCO panoptic layout (find_core.data.coco_panoptic); also what interactive trains on."""
+    return CocoPanoptic(root, split)
+
+
+def build_batch(drawn: Drawn) -> SegmentationBatch:
+    masks, labels = [], []
+    for sample, box in zip(drawn.samples, drawn.boxes):
+        kept = [seg for seg in panoptic(sample).segments if not seg.iscrowd]
+        masks.append(stack_masks([seg.mask for seg in kept], box))
+        labels.append(torch.tensor([drawn.class_index[seg.category_id] for seg in kept], dtype=torch.long))
+    return SegmentationBatch(*drawn.head, masks, labels, drawn.class_names)
+
+
+def loss(criterion: LossContext, model: FindModel, batch: SegmentationBatch) -> Terms:
+    """Object queries ↔ segments by Hungarian matching (class cost = -p(class)), class CE with a
+    down-weighted no-object column, BCE + Dice on the matched masks; class embeddings from a
+    text-only forward of the category names (with gradient unless class_embedding_grad is off)."""
+    config, device = criterion.config, model.device
+    classes = class_embeddings(model, [ClassPrompt(text=n) for n in batch.class_names]).float()
+    if not config.class_embedding_grad:
+        classes = classes.detach()
+    sets = criterion.image_only(model, batch)
+    num_classes, num_queries = classes.shape[0], sets[0].object_semantic.shape[1]
+    matched = sum(min(num_queries, len(m)) for m in batch.masks)
+    mask_norm, _ = criterion.normaliser(matched, device)
+    weight_sum = matched + config.no_object_weight * (len(batch) * num_queries - matched)
+    _, ce_scale = criterion.normaliser(weight_sum, device)
+    masks = [m.to(device) for m in batch.masks]
+    labels = [label.to(device) for label in batch.labels]
+    terms = {name: torch.zeros((), device=device) for name in ("ce", "bce", "dice")}
+    for index, output in enumerate(sets):
+        logits = class_logits(model, output.object_semantic.float(), classes)
+        target_classes = torch.full(logits.shape[:2], num_classes, dtype=torch.long, device=device)
+        for b in range(len(batch)):
+            pred = output.object_masks[b].float()
+            cost = -logits[b].softmax(dim=-1)[:, labels[b]]
+            queries, targets, bce, dice = criterion.mask_terms(pred, masks[b], mask_norm,
+                                                               derive_seed(batch.seeds[b], index), device, cost)
+            target_classes[b, queries] = labels[b][targets]
+            terms["bce"] = terms["bce"] + bce
+            terms["dice"] = terms["dice"] + dice
+        terms["ce"] = terms["ce"] + ce_scale * class_loss(logits, target_classes, config.no_object_weight)
+    return terms
+
+
+SPEC = TaskSpec(TASK, TABLE, TaskLossWeights(ce=2.0, bce=5.0, dice=5.0), open_panoptic, build_batch, loss)
