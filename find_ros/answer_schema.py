@@ -137,8 +137,10 @@ def answer_doc(type_: str, node: str, frame_id: str, *, spec: QuerySpec | None =
                relevancy: dict[str, float] | None = None, objects: Sequence[FieldObject] = (),
                files: dict[str, str] | None = None, timings: dict[str, float] | None = None,
                error: QueryError | None = None, stamp: float | None = None,
-               decision: Decision | None = None) -> dict[str, Any]:
-    """One ~/answer message (schema in the module docstring); every key is always present."""
+               decision: Decision | None = None, map_info: dict[str, Any] | None = None) -> dict[str, Any]:
+    """One ~/answer message (schema in the module docstring); every key is always present. The map
+    summary comes from ``fmap``, or as ``map_info`` (voxels, dim, voxel_size, frames_fused) when the
+    answer was scored on the live table."""
     if type_ not in ANSWER_TYPES:
         raise ValueError(f"unknown answer type {type_!r}")
     if (type_ == "error") != (error is not None):
@@ -152,8 +154,9 @@ def answer_doc(type_: str, node: str, frame_id: str, *, spec: QuerySpec | None =
         query = {"kind": kind, "text": text}
     doc = {"schema_version": ANSWER_SCHEMA_VERSION, "type": type_, "node": node,
            "id": spec.id if spec else None, "query": query, "frame_id": frame_id, "stamp": stamp,
-           "map": None if fmap is None else {"voxels": len(fmap), "dim": fmap.dim, "voxel_size": fmap.voxel_size,
-                                             "frames_fused": fmap.metadata.get("frames_fused")},
+           "map": dict(map_info) if map_info is not None else None if fmap is None else {
+               "voxels": len(fmap), "dim": fmap.dim, "voxel_size": fmap.voxel_size,
+               "frames_fused": fmap.metadata.get("frames_fused")},
            "relevancy": relevancy,
            "objects": [{"rank": rank, **obj.to_json()} for rank, obj in enumerate(objects, 1)],
            "found": None if decision is None else decision.found,

@@ -17,16 +17,13 @@ A thin adapter from topics to :mod:`find_core.field` (see docs/ros_interface.md,
   ``~/answer`` (JSON below), ``~/relevancy`` (PointCloud2 x, y, z, rgb, relevancy) and ``~/objects``
   (MarkerArray). Query embeddings come from a FindPipeline loaded once at start with the perception
   node's model parameters, projected like the perception node's embeddings when it reduced them.
+  A query scores the live table in place (:mod:`find_core.field.live`): the map is never copied.
 * ``~/command``: ``save``, ``save <path>``, ``clear``; the map is also saved on shutdown (``map_path``).
-* Maps continue across runs: ``map`` loads a saved map at start (voxels, features, weights, colours,
-  last-seen times, TSDF) and fusion goes on into it; a map of another voxel size, embedding width,
-  model or frame is refused (the node logs why and does not start; :mod:`find_ros.field_map`).
-* Colour: an optional ``image`` topic (the camera's colour image, same stamps) colours the map; the
-  saved ``.ply`` preview is then in the fused colours (otherwise in the embeddings' PCA colours).
-* Maps forget what moved: each voxel keeps when it was last seen (answers carry ``last_seen``), and
-  free space seen through a voxel decays it (``fusion.free_space_decay``, :mod:`find_core.field.forget`).
-* "Not here": an answer is ``found: false`` (with the best score and the reason) when no object
-  reaches the model's calibrated threshold (``query.not_here_threshold``, :mod:`find_core.field.abstain`).
+* Maps continue, forget and say "not here" (:mod:`find_ros.field_map`): ``map`` loads a saved map to
+  fuse on into (one of another voxel size, width, model or frame is refused at start); an optional
+  ``image`` topic colours it; voxels keep when they were last seen and free space seen through them
+  decays them (:mod:`find_core.field.forget`); answers are ``found: false`` below the model's
+  calibrated threshold (``query.not_here_threshold``, :mod:`find_core.field.abstain`).
 * Bad input never stops the node: it is counted in ``~/status`` and logged, bad queries get error
   answers.
 * Input reliability follows the publishers by default (``camera_reliability: auto``, see
@@ -58,7 +55,8 @@ from sensor_msgs.msg import CameraInfo, Image, PointCloud2
 from std_msgs.msg import Header, String
 from visualization_msgs.msg import MarkerArray
 
-from find_core.field import FeatureFusion, FusionConfig, ObjectConfig, VoxelFeatureMap, decide, locate
+from find_core.field import FeatureFusion, FusionConfig, ObjectConfig, decide
+from find_core.field.live import live_view, locate_live
 from find_core.field.objects import cut_off
 from find_core.messages import pose_matrix, stamp_ns, stamp_seconds
 
@@ -318,13 +316,6 @@ class FindFieldNode(Node):
     def _metadata(self) -> dict[str, Any]:
         return map_metadata(self.params, self._fqn, self._map_frame, self._digest)
 
-    def _map(self) -> VoxelFeatureMap:
-        with self._map_lock:
-            if self._fusion.table is None or self._fusion.table.size == 0:
-                raise QueryError("empty_map", "nothing has been fused yet: publish embeddings with matching depth, "
-                                              "camera_info and pose")
-            return self._fusion.to_map(self._metadata())
-
     def _query(self, raw: str) -> None:
         started = time.perf_counter()
         with self._cond:
@@ -332,26 +323,33 @@ class FindFieldNode(Node):
         spec = None
         try:
             spec = parse_query(raw)
-            fmap = self._map()
-            query = field_query(spec, fmap.dim, self._embedder, self._negatives, self.params.query.temperature,
+            with self._map_lock:          # only the row count and tensor references: no copy of the map
+                view = live_view(self._fusion)
+            if view is None or not (view.weights > 0).any():
+                raise QueryError("empty_map", "nothing has been fused yet: publish embeddings with matching depth, "
+                                              "camera_info and pose")
+            query = field_query(spec, view.dim, self._embedder, self._negatives, self.params.query.temperature,
                                 self.params.embeddings.dims,
                                 lambda message: self._log.error(message, throttle_duration_sec=1.0))
             embedded = time.perf_counter()
-            relevancy, objects = locate(fmap, query, self._objects)
+            live = locate_live(view, query, self._objects)
+            relevancy, objects = live.relevancy, live.objects
             scored = time.perf_counter()
         except QueryError as err:
             self._publish_error(err, spec)
             return
         header = Header(stamp=self.get_clock().now().to_msg(), frame_id=self._map_frame or "map")
-        self._pub_cloud.publish(relevancy_cloud(fmap.positions, relevancy, header))
-        self._pub_objects.publish(object_markers(objects, header, spec.text, fmap.voxel_size))
+        self._pub_cloud.publish(relevancy_cloud(live.positions, relevancy, header))
+        self._pub_objects.publish(object_markers(objects, header, spec.text, view.voxel_size))
         done = time.perf_counter()
         summary = {"max": round(float(relevancy.max()), 4), "mean": round(float(relevancy.mean()), 4),
                    "threshold": round(float(cut_off(relevancy, self._objects)), 4)}
         timings = {"embed": (embedded - started) * 1e3, "relevancy": (scored - embedded) * 1e3,
                    "publish": (done - scored) * 1e3, "total": (done - started) * 1e3}
         decision = decide(objects, self._threshold)
-        doc = answer_doc("answer", self._fqn, header.frame_id, spec=spec, fmap=fmap, relevancy=summary,
+        map_info = {"voxels": len(relevancy), "dim": view.dim, "voxel_size": view.voxel_size,
+                    "frames_fused": view.frames_fused}
+        doc = answer_doc("answer", self._fqn, header.frame_id, spec=spec, map_info=map_info, relevancy=summary,
                          objects=objects, timings={k: round(v, 3) for k, v in timings.items()},
                          stamp=stamp_seconds(header), decision=decision)
         self._pub_answer.publish(String(data=json.dumps(doc)))
@@ -360,7 +358,11 @@ class FindFieldNode(Node):
         self._log.info(f"query {spec.kind} {spec.text!r}: {len(objects)} object(s), {best}")
 
     def _save(self, target: str) -> tuple[Path, Path]:
-        return save_files(self._map(), target, self._fusion.stats.coloured > 0)
+        with self._map_lock:
+            if self._fusion.table is None or self._fusion.table.size == 0:
+                raise QueryError("empty_map", "nothing has been fused yet")
+            fmap = self._fusion.to_map(self._metadata())
+        return save_files(fmap, target, self._fusion.stats.coloured > 0)
 
     def _command(self, raw: str) -> None:
         words = raw.strip().split(maxsplit=1)

@@ -18,31 +18,12 @@ import dataclasses
 import numpy as np
 import pytest
 
-from find_core.data.scene_video import (GAP, SCENE_HALF, _CANVAS_R, VideoScene, camera_path, make_camera,
-                                        render_frame, sample_video_scene)
+from find_core.data.scene_video import VideoScene, camera_path, make_camera, render_frame, sample_video_scene
 from find_core.field import (FeatureFusion, FieldQuery, FusionConfig, MapMismatch, load_map, locate, save_map)
 from test_field_fusion import NEGATIVES, PROTOS, STRIDE, synthetic_embeddings
+from training.field_move import moved_scene, move_result, render_moved_scene
 
 SEED, FRAMES = 3, 16
-MOVED_HEIGHT = 0.12          # metres: free space over the floor's old place is several voxels deep
-
-
-def moved_scene(scene: VideoScene) -> tuple[VideoScene, VideoScene, int, np.ndarray, np.ndarray]:
-    """(before, after, id, old centre, new centre): the largest tile lifted to MOVED_HEIGHT in both,
-    and moved in ``after`` to the free spot farthest from its old place."""
-    tile = max(scene.tiles, key=lambda t: t.radius)
-    lifted = dataclasses.replace(tile, center=(tile.center[0], tile.center[1], MOVED_HEIGHT))
-    others = [t for t in scene.tiles if t is not tile]
-    reach = _CANVAS_R * tile.radius
-    grid = np.linspace(-SCENE_HALF + reach, SCENE_HALF - reach, 25)
-    free = [np.array([x, y]) for x in grid for y in grid
-            if all(np.hypot(x - o.center[0], y - o.center[1]) >= reach + _CANVAS_R * o.radius + GAP for o in others)]
-    old = np.array(tile.center[:2])
-    new = max(free, key=lambda c: np.linalg.norm(c - old))
-    moved = dataclasses.replace(tile, center=(float(new[0]), float(new[1]), MOVED_HEIGHT))
-    before = VideoScene(scene.seed, [lifted if t is tile else t for t in scene.tiles], scene.ground)
-    after = VideoScene(scene.seed, [moved if t is tile else t for t in scene.tiles], scene.ground)
-    return before, after, tile.id, np.array([*old, MOVED_HEIGHT]), np.array([*new, MOVED_HEIGHT])
 
 
 def render_pass(scene: VideoScene, poses: np.ndarray, camera, t0: float) -> list[tuple]:
@@ -69,9 +50,9 @@ def world():
     scene = sample_video_scene(rng, SEED)
     poses = camera_path(FRAMES, rng)
     camera = make_camera(160, 120)
-    before, after, tile_id, old, new = moved_scene(scene)
+    before, after, tile, old, new = moved_scene(scene)
     return {"camera": camera, "poses": poses, "before": render_pass(before, poses, camera, 0.0),
-            "after": render_pass(after, poses, camera, 100.0), "tile": tile_id, "old": old, "new": new,
+            "after": render_pass(after, poses, camera, 100.0), "tile": tile.id, "old": old, "new": new,
             "scene": before}
 
 
@@ -164,3 +145,39 @@ def test_mismatched_maps_are_refused(world):
     depth, pose, rgb, ids, stamp = world["before"][2]
     with pytest.raises(ValueError, match="embedding width changed from 16 to 8"):
         continued.integrate(depth, pose, world["camera"].K, synthetic_embeddings(ids)[..., :8], STRIDE)
+
+
+def test_move_result_reports_both_settings_from_the_same_embeddings():
+    """training.field_move (the --move evaluation) at reduced size, with model-free embeddings."""
+    scene = render_moved_scene(SEED, frames=10)
+    calls = []
+
+    def embed(rgb, ids):
+        calls.append(1)
+        return synthetic_embeddings(ids), STRIDE
+
+    result = move_result(scene, embed, FieldQuery(PROTOS[scene.tile.id], NEGATIVES))
+    assert len(calls) == 20 and result["phrase"] == scene.tile.phrase and result["moved_m"] > 0.5
+    assert result["forgetting"]["new_within"] and not result["forgetting"]["old_answers"], result
+    assert result["no_forgetting"]["old_answers"] and result["no_forgetting"]["forgotten"] == 0, result
+    assert result["forgetting"]["best_last_seen"] >= 100.0
+
+
+def test_live_queries_equal_queries_of_a_copied_map(world):
+    """find_core.field.live scores the table in place (what find_field does): same relevancy, same
+    objects as locate on to_map's copy, erased voxels left out of both."""
+    from find_core.field.live import live_view, locate_live
+
+    fusion = FeatureFusion(FusionConfig(voxel_size=0.02, device="cpu"))
+    fuse(fusion, world["before"] + world["after"], world["camera"].K)
+    assert fusion.stats.forgotten > 0
+    view = live_view(fusion)
+    assert np.shares_memory(view.features, fusion.table.features.numpy())          # no copy
+    fmap = fusion.to_map()
+    for tile in world["scene"].tiles:
+        query = FieldQuery(PROTOS[tile.id], NEGATIVES)
+        relevancy, objects = locate(fmap, query)
+        live = locate_live(view, query)
+        assert np.array_equal(live.positions, fmap.positions)
+        np.testing.assert_allclose(live.relevancy, relevancy, atol=1e-6)
+        assert [o.to_json() for o in live.objects] == [o.to_json() for o in objects]

@@ -2,7 +2,8 @@
 objects that are not; prints ONE JSON object.
 
     python -m training.evaluate_field [--checkpoint CKPT] [--input-size 256] [--seeds 3-22] [--out F.json]
-                                      [--calibrate [--calibrate-seeds 103-122]]
+                                      [--calibrate [--calibrate-seeds 103-112]]
+    python -m training.evaluate_field --move [--seeds 3-12] [--frames 16] ...
 
 For each seed it renders the synthetic posed RGB-D video of :mod:`find_core.data.scene_video` (known
 3D object positions), fuses the checkpoint's ``embed_pixels`` at ``--voxel-size``, queries every
@@ -23,6 +24,10 @@ already there is used when its digest matches. The JSON's meta names the checkpo
 the command. --checkpoint defaults to the embedded checkpoint, --input-size to the model's training
 size (see FindPipeline: the scenes' camera sees objects at about half the pixel size of the training
 scenes, so 256 suits the embedded checkpoint here).
+
+``--move``: instead, per seed one named tile moves between two camera passes
+(:mod:`training.field_move`); the JSON says, with forgetting and without, how often the answer lies
+within the radius of the new place and how often an object still answers at the old one.
 """
 from __future__ import annotations
 
@@ -47,7 +52,7 @@ from training.output import emit_json
 if TYPE_CHECKING:  # the pipeline pulls in torch; the CLI imports it when it runs
     from find_core.pipeline import FindPipeline
 
-CALIBRATION_SEEDS = "103-122"   # disjoint from the default evaluation seeds 3-22
+CALIBRATION_SEEDS = "103-112"   # disjoint from the default evaluation seeds 3-22
 
 
 @dataclass
@@ -179,6 +184,24 @@ def evaluate_field(pipeline: FindPipeline, seeds: list[int], frames: int = 24, v
             "meta": {"seeds": seeds, "frames": frames, "voxel_size": voxel_size}}
 
 
+def evaluate_move(pipeline: FindPipeline, seeds: list[int], frames: int, voxel_size: float, radius: float,
+                  meta: dict) -> dict:
+    """The moved-object evaluation over ``seeds`` (:mod:`training.field_move`)."""
+    from training.field_move import move_result, render_moved_scene, summarise
+
+    def embed(rgb: np.ndarray, _ids: np.ndarray) -> tuple[np.ndarray, float]:
+        result = pipeline.embed_pixels(rgb)
+        return result.embeddings, result.stride
+
+    results = []
+    for seed in seeds:
+        scene = render_moved_scene(seed, frames)
+        results.append(move_result(scene, embed, query_from_pipeline(pipeline, text=scene.tile.phrase), radius,
+                                   voxel_size))
+    return {"scenes": len(results), "radius": radius, **summarise(results), "results": results,
+            "meta": {"seeds": seeds, "frames_per_pass": frames, "voxel_size": voxel_size, **meta}}
+
+
 def parse_seeds(text: str) -> list[int]:
     """"3-22" or "3,4,9" (or a mix) → a list of seeds."""
     seeds: list[int] = []
@@ -207,6 +230,7 @@ def main(argv: list[str] | None = None) -> int:
                         help="fit the 'not here' threshold on --calibrate-seeds and write it beside the checkpoint")
     parser.add_argument("--calibrate-seeds", default=CALIBRATION_SEEDS, help="scenes the threshold is fitted on")
     parser.add_argument("--no-absent", action="store_true", help="skip the absent phrases (present objects only)")
+    parser.add_argument("--move", action="store_true", help="the moved-object evaluation (training.field_move)")
     parser.add_argument("--out", type=Path, help="also write the JSON here")
     args = parser.parse_args(argv)
     try:
@@ -222,6 +246,12 @@ def main(argv: list[str] | None = None) -> int:
     except (ValueError, FileNotFoundError) as error:  # ModelLoadError, CheckpointError, ConfigError, CUDA absent
         print(f"error: {error}", file=sys.stderr)
         return 2
+    command = "python -m training.evaluate_field " + shlex.join(sys.argv[1:] if argv is None else argv)
+    meta = {"checkpoint": str(args.checkpoint), "weights_digest": digest, "input_size": pipeline.input_size,
+            "command": command}
+    if args.move:
+        emit_json(evaluate_move(pipeline, seeds, args.frames, args.voxel_size, args.radius, meta), args.out)
+        return 0
     if args.calibrate:
         abstention = calibrate(pipeline, calibration_seeds, args.frames, args.voxel_size, args.radius, digest)
         note = f"fitted now, written to {save_abstention(abstention, args.checkpoint)}"
@@ -232,9 +262,7 @@ def main(argv: list[str] | None = None) -> int:
                              absent=not args.no_absent)
     metrics["abstention"] = None if abstention is None else {"threshold": abstention.threshold, "source": note,
                                                              "fitted": abstention.fitted}
-    metrics["meta"].update(checkpoint=str(args.checkpoint), weights_digest=digest, input_size=pipeline.input_size,
-                           command="python -m training.evaluate_field " + shlex.join(
-                               sys.argv[1:] if argv is None else argv))
+    metrics["meta"].update(meta)
     emit_json(metrics, args.out)
     return 0
 
