@@ -23,7 +23,7 @@ from pathlib import Path
 from .common import REPO, BenchConfig, Section, device_info
 from .report import merge, table_markdown, write
 
-BENCHMARKS = ("models", "node", "transport", "fusion", "album", "training", "field_nerf")
+BENCHMARKS = ("models", "node", "transport", "fusion", "field_query", "album", "training", "field_nerf")
 
 
 def run_one(name: str, config: BenchConfig) -> Section:

@@ -18,8 +18,8 @@ Why a voxel is only "free" with margin to spare (so a static scene never erodes 
 * the voxel must lie in front of that depth by ``free_space_margin`` voxels (and 3 % of the depth,
   sensor noise grows with range).
 
-Cost: one projection of the live voxels within ``depth_max`` of the camera per frame (float64, the
-keys are world coordinates), on the fusion device.
+Cost per frame: an integer box test of every voxel's key against the camera's, then a float32
+projection of the live voxels within ``depth_max`` of the camera, on the fusion device.
 """
 from __future__ import annotations
 
@@ -41,27 +41,30 @@ def free_rows(table: FeatureTable, depth: torch.Tensor, pose: np.ndarray, k: np.
               depth_min: float, depth_max: float, margin_voxels: float) -> torch.Tensor:
     """Rows of live voxels that this frame sees as free space (see the module docstring).
 
-    ``depth`` H×W metres (0 invalid) on the table's device, ``pose`` camera-to-world, ``k`` 3×3."""
-    live = table.live()
-    if len(live) == 0:
-        return live
+    ``depth`` H×W metres (0 invalid) on the table's device, ``pose`` camera-to-world, ``k`` 3×3.
+    Keys are compared as integers relative to the camera's voxel first (a box of ``depth_max``), so
+    only nearby voxels are projected, in float32 relative coordinates (exact to well below a voxel)."""
+    n = table.size
+    if n == 0:
+        return torch.zeros(0, dtype=torch.long, device=table.device)
     device = table.device
-    rotation = torch.as_tensor(pose[:3, :3], dtype=torch.float64, device=device)
-    origin = torch.as_tensor(pose[:3, 3], dtype=torch.float64, device=device)
-    world = table.keys.index_select(0, live).to(torch.float64) * voxel_size
-    near = (world - origin).abs().max(dim=1).values <= depth_max
-    live, world = live[near], world[near]
-    cam = (world - origin) @ rotation            # row-vector form of R^T (p - t)
+    origin_key = np.round(pose[:3, 3] / voxel_size)
+    residual = torch.as_tensor(pose[:3, 3] - origin_key * voxel_size, dtype=torch.float32, device=device)
+    relative = table.keys[:n] - torch.as_tensor(origin_key, dtype=torch.int32, device=device)
+    reach = int(depth_max / voxel_size) + 1
+    rows = torch.nonzero((relative.abs() <= reach).all(dim=1) & (table.weights[:n] > 0)).reshape(-1)
+    rotation = torch.as_tensor(pose[:3, :3], dtype=torch.float32, device=device)
+    cam = (relative.index_select(0, rows).to(torch.float32) * voxel_size - residual) @ rotation   # R^T (p - t)
     z = cam[:, 2]
     ahead = z > max(depth_min, 1e-6)
-    live, cam, z = live[ahead], cam[ahead], z[ahead]
+    rows, cam, z = rows[ahead], cam[ahead], z[ahead]
     height, width = depth.shape
-    u = torch.round(k[0, 0] * cam[:, 0] / z + k[0, 2]).long()
-    v = torch.round(k[1, 1] * cam[:, 1] / z + k[1, 2]).long()
+    u = torch.round(float(k[0, 0]) * cam[:, 0] / z + float(k[0, 2])).long()
+    v = torch.round(float(k[1, 1]) * cam[:, 1] / z + float(k[1, 2])).long()
     inside = (u >= 0) & (u < width) & (v >= 0) & (v < height)
-    live, z, u, v = live[inside], z[inside], u[inside], v[inside]
-    if len(live) == 0:
-        return live
-    measured = nearest_depth(depth).reshape(-1).index_select(0, v * width + u).to(torch.float64)
+    rows, z, u, v = rows[inside], z[inside], u[inside], v[inside]
+    if len(rows) == 0:
+        return rows
+    measured = nearest_depth(depth).reshape(-1).index_select(0, v * width + u)
     margin = margin_voxels * voxel_size + RELATIVE_MARGIN * measured
-    return live[z < measured - margin]
+    return rows[z < measured - margin]
