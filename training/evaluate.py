@@ -31,6 +31,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--out", type=Path, help="also write the JSON here")
     parser.add_argument("--split", help="override eval.split")
     parser.add_argument("--max-images", type=int, help="override eval.max_images")
+    parser.add_argument("--entity-json", help="override eval.entity_json (FIND-Bench entries, relative to --data), "
+                        "e.g. the engine's find_bench/entity_val.json")
+    parser.add_argument("--retrieval-json", help="override eval.retrieval_json (its gallery, relative to --data)")
     return parser.parse_args(argv)
 
 
@@ -51,6 +54,10 @@ def main(argv: list[str] | None = None) -> int:
             config.split = args.split
         if args.max_images is not None:
             config.max_images = args.max_images
+        if args.entity_json:
+            config.entity_json = args.entity_json
+        if args.retrieval_json:
+            config.retrieval_json = args.retrieval_json
         checkpoint = resolve_checkpoint(args.checkpoint)
         pipeline = FindPipeline.from_checkpoint(checkpoint, device=config.device, precision=config.precision)
         metrics = evaluate(pipeline, args.data, config)
