@@ -5,14 +5,14 @@ half up), so the test fails when a figure is edited by hand, when its JSON is re
 results (update the README), or when the README drops the phrase. Sources and their producers:
 
 * ``find_core/checkpoints/find-synthetic/heldout_metrics.json`` and
-  ``training/results/synthetic_official_heldout.json`` (+ its ``_train_log.csv``):
+  ``training/results/synthetic_official_heldout.json`` (+ its ``_train_log.csv`` and ``_engine.json``):
   ``python -m training.evaluate`` / ``training.train`` — the checkpoint table;
 * ``training/results/localization_embedded.json``: ``python -m training.evaluate_localization``;
 * ``bench/results.json``: ``scripts/bench.sh`` — the speed figures;
 * ``bench/camera_qos.json``: ``python -m bench.ros --out bench/camera_qos.json`` — the camera QoS figures.
 
-Not covered here: the 3D-field table of the embedded checkpoint (its producer, ``training.evaluate_field``,
-belongs to the field work and writes no committed JSON yet).
+* ``training/results/field_embedded_128.json``, ``field_abstention_heldout.json``, ``field_move_heldout.json``:
+  ``python -m training.evaluate_field`` (``--input-size 128 --no-absent``, ``--calibrate``, ``--move``) — the 3D field.
 """
 from __future__ import annotations
 
@@ -28,10 +28,14 @@ REPO = Path(__file__).resolve().parents[1]
 README = REPO / "README.md"
 HELDOUT = REPO / "find_core" / "checkpoints" / "find-synthetic" / "heldout_metrics.json"
 OFFICIAL = REPO / "training" / "results" / "synthetic_official_heldout.json"
+OFFICIAL_ENGINE = REPO / "training" / "results" / "synthetic_official_heldout_engine.json"
 OFFICIAL_LOG = REPO / "training" / "results" / "synthetic_official_train_log.csv"
 LOCALIZATION = REPO / "training" / "results" / "localization_embedded.json"
 BENCH = REPO / "bench" / "results.json"
 CAMERA_QOS = REPO / "bench" / "camera_qos.json"
+RESULTS = REPO / "training" / "results"
+FIELD_128, FIELD_256 = RESULTS / "field_embedded_128.json", RESULTS / "field_abstention_heldout.json"
+FIELD_MOVE = RESULTS / "field_move_heldout.json"
 WEIGHTS = REPO / "find_core" / "checkpoints" / "find-synthetic" / "model.safetensors"
 
 
@@ -102,9 +106,21 @@ def test_checkpoint_table_equals_the_metrics_files():
         assert cells[1] == official[metric], (metric, OFFICIAL.name, cells[1], official[metric])
 
 
+def test_field_table_equals_its_evaluations():
+    """The 3D-field table: one row per input size, from training.evaluate_field's summaries."""
+    table = readme_table(README.read_text(encoding="utf-8"), "| embedded checkpoint, scenes 3-22")
+    rows = dict(zip(("128", "256"), table.values()))
+    for size, path in (("128", FIELD_128), ("256", FIELD_256)):
+        m = load(path)
+        within = str(m["within"]) if size == "128" else f"**{m['within']}**"
+        assert rows[size] == [within, str(m["wrong_object"]), str(m["not_found"]), str(m["off_centre"])], path.name
+        assert m["objects"] == 101, path.name
+
+
 def claims() -> list[tuple[str, str]]:
     """(source, the README phrase it backs)."""
     heldout, official, loc = load(HELDOUT), load(OFFICIAL), load(LOCALIZATION)
+    engine = load(OFFICIAL_ENGINE)
     with OFFICIAL_LOG.open() as f:
         log = list(csv.DictReader(f))
     b = Bench(load(BENCH))
@@ -116,7 +132,17 @@ def claims() -> list[tuple[str, str]]:
     off, paced = "find_perception, ~/embeddings off", "find_perception, ~/embeddings off, replay"
     default = "16FC128 (default)"
     node_run = next(u for u in reversed(b.doc.get("updates", [])) if "node" in u["benchmarks"])
+    move, absent = load(FIELD_MOVE), load(FIELD_256)
+    pct = lambda share: r(100 * share)   # noqa: E731 - a share as the README's whole percent
     return [
+        (FIELD_MOVE.name, f"on {move['scenes']} rendered scenes with the embedded model, "
+                          f"{pct(move['forgetting']['new_within'])} % answer within 10 cm of the new place and "
+                          f"{pct(move['forgetting']['old_answers'])} % still answer at the old one, against "
+                          f"{pct(move['no_forgetting']['new_within'])} % / {pct(move['no_forgetting']['old_answers'])} % "
+                          "without forgetting"),
+        (FIELD_256.name, f"finds {r(100 * absent['share_found_within'], 1)} % of present objects within 10 cm "
+                         f"({r(100 * absent['share_within'], 1)} % without the threshold) and answers "
+                         f"{r(100 * absent['share_absent_answered'], 1)} % of phrases for absent objects with a place"),
         ("heldout_metrics.json", f"144 val images, gallery of {heldout['interleave_retrieval']['gallery']})"
          if heldout["generic"]["images"] == 144 else "<image count changed>"),
         ("heldout_metrics.json", f"grounding cIoU only just ({r(heldout['grounding']['ciou'], 1)})"),
@@ -125,6 +151,8 @@ def claims() -> list[tuple[str, str]]:
         (OFFICIAL_LOG.name, f"{log[-1]['step']} steps in {r(sum(float(x['seconds']) for x in log) / 60, 1)} min "
                             "of step time"),
         (OFFICIAL.name, f"thing accuracy {r(official['generic']['thing_accuracy'], 1)} %"),
+        (OFFICIAL_ENGINE.name, f"interleave grounding cIoU {r(engine['interleave_grounding']['ciou'], 1)} and IR@5 "
+                               f"{r(engine['interleave_retrieval']['ir5'], 1)}, `{OFFICIAL_ENGINE.name}`"),
         (LOCALIZATION.name, f"picks the right frame {loc['right_frame']} times in {loc['sequences']} (chance: "
                             f"{r(loc['chance_right'])}), and {loc['masks_iou_at_least_0.5']} of those masks have "
                             f"IoU ≥ 0.5 with the object (mean IoU {r(loc['mean_iou_when_right'], 2)} over the "
