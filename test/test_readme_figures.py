@@ -147,6 +147,8 @@ def claims() -> list[tuple[str, str]]:
          if heldout["generic"]["images"] == 144 else "<image count changed>"),
         ("heldout_metrics.json", f"grounding cIoU only just ({r(heldout['grounding']['ciou'], 1)})"),
         ("heldout_metrics.json", f"held-out 2D PQ on things {r(heldout['generic']['pq_things'], 1)}"),
+        ("heldout_metrics.json", f"Held-out thing accuracy (the best-matching query names the thing's class): "
+                                 f"{r(heldout['generic']['thing_accuracy'], 1)} %"),
         ("model.safetensors", f"(`find_core/checkpoints/find-synthetic`, {r(WEIGHTS.stat().st_size / 1e6)} MB)"),
         (OFFICIAL_LOG.name, f"{log[-1]['step']} steps in {r(sum(float(x['seconds']) for x in log) / 60, 1)} min "
                             "of step time"),
