@@ -95,6 +95,7 @@ FIELD = NodeSpec("find_field", "find_field.yaml", _common("find_field", "find_fi
     Argument("pose", "pose", "Camera pose topic (PoseStamped, or Odometry with pose_type:=odometry).", remap="pose"),
     Argument("pose_type", "", "pose_stamped or odometry; empty keeps the params file's.", "pose_type"),
     Argument("map_path", "", "Where the map is saved (.npz); empty keeps the params file's.", "map_path"),
+    Argument("map", "", "A saved map (.npz) that fusion continues into; empty keeps the params file's.", "map"),
 ) + _model("find_field"))
 
 REPLAY = NodeSpec("find_replay", "find_replay.yaml", _common("find_replay", "find_replay.yaml"))
@@ -117,11 +118,13 @@ DEMO = (
     Argument("field_params_file", "", "find_field parameters; empty = the installed config."),
     Argument("map_path", os.path.join(tempfile.gettempdir(), "find_ros_demo_map.npz"),
              "Where find_field saves the map on exit (and on 'save').", "map_path"),
+    Argument("map", "", "A saved map (.npz) find_field continues (e.g. the last run's map_path); empty = a new map.",
+             "map"),
 )
 DEMO_PARAMETERS = {   # which demo arguments set which node's parameters
     "find_replay": ("source", "rate", "loop"),
     "find_perception": ("device", "input_size"),
-    "find_field": ("device", "map_path"),
+    "find_field": ("device", "map_path", "map"),
 }
 
 

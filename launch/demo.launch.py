@@ -16,7 +16,7 @@ remapped onto it, letterboxing frames to ``input_size`` (default
 ``find_core.embedded.EMBEDDED_SCENE_INPUT_SIZE``, 256: the embedded checkpoint on the synthetic scene). With ``field:=true`` (the default) find_field fuses /find_perception/embeddings
 with the replay's depth, camera_info and pose, and find_perception gets ``embeddings.every_frame:
 true`` so every processed frame reaches the map; the map is saved to ``map_path`` when the launch
-stops. These values are the nodes' own parameters, after their params files, so they win over
+stops; ``map:=`` that file on the next launch continues it. These values are the nodes' own parameters, after their params files, so they win over
 them. Every argument, its parameter and type: ``find_ros.launch_support.DEMO``.
 """
 from find_ros.launch_support import demo_launch_description

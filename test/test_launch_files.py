@@ -146,7 +146,9 @@ def test_demo_overrides_reach_the_nodes_and_win_over_the_params_files(tmp_path: 
         "input_size"] == 0                                             # the file says 0; the demo wins
     assert got.input_size == 256 and got.embeddings.every_frame is True and got.device == "cpu"
     got = effective_parameters(field, tmp_path)
-    assert got.map_path == values["map_path"] and got.device == "cpu"
+    assert got.map_path == values["map_path"] and got.device == "cpu" and got.map == ""
+    field = ls.demo_nodes({**values, "map": "/tmp/last.npz"}, str(REPO))[2]
+    assert effective_parameters(field, tmp_path).map == "/tmp/last.npz"      # continue the last run's map
     assert [n["executable"] for n in ls.demo_nodes({**values, "field": "false"}, str(REPO))] == [
         "find_replay", "find_perception"]
     perception = ls.demo_nodes({**values, "field": "false"}, str(REPO))[1]
@@ -158,9 +160,10 @@ def test_single_node_overrides_win_over_the_params_file(tmp_path: Path):
               "camera_reliability": "reliable"}
     got = effective_parameters(ls.node_kwargs(ls.PERCEPTION, values, str(REPO)), tmp_path)
     assert (got.model_preset, got.input_size, got.camera_reliability) == ("tiny-test", 192, "reliable")
-    values = {**ls.defaults(ls.FIELD.arguments), "pose_type": "odometry", "map_path": "/tmp/m.npz"}
+    values = {**ls.defaults(ls.FIELD.arguments), "pose_type": "odometry", "map_path": "/tmp/m.npz",
+              "map": "/tmp/old.npz"}
     got = effective_parameters(ls.node_kwargs(ls.FIELD, values, str(REPO)), tmp_path)
-    assert (got.pose_type, got.map_path) == ("odometry", "/tmp/m.npz")
+    assert (got.pose_type, got.map_path, got.map) == ("odometry", "/tmp/m.npz", "/tmp/old.npz")
 
 
 def test_demo_scene_is_rendered_by_its_own_process_before_the_nodes(tmp_path: Path):
