@@ -30,6 +30,7 @@ its own ``image_id``.
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -37,9 +38,40 @@ import numpy as np
 from .coco_panoptic import CocoPanoptic
 from .samples import EntityPhrase, EntitySample, load_json, require_keys
 
-__all__ = ["FindBenchEntities", "load_retrieval_gallery", "segment_crop", "REFERENCE_KEYS"]
+__all__ = ["FindBenchEntities", "Phrase", "EntitySentence", "load_retrieval_gallery", "segment_crop",
+           "REFERENCE_KEYS"]
 
 REFERENCE_KEYS = ("visual", "reference")  # a phrase's visual-reference keys, the always-visual one first
+
+
+@dataclass(frozen=True)
+class Phrase:
+    """One annotation phrase as written: ``sentence[start:end] == text``; ``segment_id`` is the
+    panoptic segment it names."""
+
+    text: str
+    start: int
+    end: int
+    segment_id: int
+
+    def to_json(self) -> dict:
+        return {"phrase": self.text, "start_idx": self.start, "end_idx": self.end, "annotation_id": self.segment_id}
+
+
+class EntitySentence:
+    """A sentence written piece by piece that records the span of each entity phrase, so a writer
+    never counts characters (the synthetic generator and every FIND-Bench engine writer use it)."""
+
+    def __init__(self) -> None:
+        self.text = ""
+        self.phrases: list[Phrase] = []
+
+    def add(self, text: str) -> None:
+        self.text += text
+
+    def entity(self, words: str, segment_id: int) -> None:
+        self.phrases.append(Phrase(words, len(self.text), len(self.text) + len(words), segment_id))
+        self.text += words
 
 
 def segment_crop(image: np.ndarray, mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

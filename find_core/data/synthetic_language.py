@@ -9,6 +9,7 @@ from itertools import combinations
 
 import numpy as np
 
+from .find_bench import EntitySentence
 from .synthetic_shapes import Scene, SceneObject
 
 __all__ = ["referring_expressions", "captions", "entity_entry", "add_visual_references"]
@@ -118,22 +119,6 @@ def captions(scene: Scene, rng: np.random.Generator) -> list[str]:
     return [c[0].upper() + c[1:] for c in caps]
 
 
-class _SentenceBuilder:
-    """Concatenates text while recording the character span of each entity phrase."""
-
-    def __init__(self) -> None:
-        self.text = ""
-        self.phrases: list[dict] = []
-
-    def add(self, text: str) -> None:
-        self.text += text
-
-    def entity(self, phrase: str, segment_id: int) -> None:
-        self.phrases.append({"phrase": phrase, "start_idx": len(self.text),
-                             "end_idx": len(self.text) + len(phrase), "annotation_id": segment_id})
-        self.text += phrase
-
-
 def entity_entry(scene: Scene, rng: np.random.Generator) -> dict:
     """One FIND-Bench annotation: a sentence whose entity phrases each name one segment uniquely."""
     things, margin = scene.things, 0.08 * scene.image.shape[1]
@@ -143,7 +128,7 @@ def entity_entry(scene: Scene, rng: np.random.Generator) -> dict:
         attrs = set(_unique_description(things, t, rng)) | {a for a in _ATTRS if rng.random() < 0.3}
         return _noun_phrase(t, tuple(a for a in _ATTRS if a in attrs))
 
-    b = _SentenceBuilder()
+    b = EntitySentence()
     b.add("The ")
     b.entity(phrase(order[0]), order[0].segment_id)
     rels = _relations(order[0], order[1], margin)
@@ -160,7 +145,7 @@ def entity_entry(scene: Scene, rng: np.random.Generator) -> dict:
         b.add(f", {words[0]} the ")
         b.entity(ground.category, ground.segment_id)
     b.add(".")
-    return {"image_id": scene.image_id, "sentence": b.text, "phrase": b.phrases}
+    return {"image_id": scene.image_id, "sentence": b.text, "phrase": [p.to_json() for p in b.phrases]}
 
 
 def add_visual_references(entries: list[dict], scenes: dict[int, Scene], fraction: float,

@@ -10,6 +10,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+from find_core.data.find_bench import Phrase
+
 __all__ = ["EntityRules", "SegmentFacts", "ImageFacts", "Phrase", "Entry", "EntryRejected", "Attempt", "Described", "Writer",
            "check_entry", "display_name"]
 
@@ -74,19 +76,6 @@ class ImageFacts:
         """Segments a description may name: one object or region each (no crowds), not specks."""
         least = min_area_fraction * self.width * self.height
         return [s for s in self.segments if not s.iscrowd and s.area > 0 and s.area >= least]
-
-
-@dataclass(frozen=True)
-class Phrase:
-    """``sentence[start:end] == text``; ``segment_id`` is the panoptic segment it names."""
-
-    text: str
-    start: int
-    end: int
-    segment_id: int
-
-    def to_json(self) -> dict:
-        return {"phrase": self.text, "start_idx": self.start, "end_idx": self.end, "annotation_id": self.segment_id}
 
 
 @dataclass(frozen=True)

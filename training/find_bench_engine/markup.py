@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import re
 
-from .facts import Entry, EntryRejected, Phrase
+from find_core.data.find_bench import EntitySentence
+
+from .facts import Entry, EntryRejected
 
 __all__ = ["parse_marked"]
 
@@ -25,7 +27,7 @@ def parse_marked(answer: str, image_id: int, object_ids: list[int]) -> Entry:
     text = " ".join(answer.split())
     if not text:
         raise EntryRejected("empty_answer", "the model answered nothing")
-    sentence, phrases, position = "", [], 0
+    b, position = EntitySentence(), 0
     for match in _MENTION.finditer(text):
         words, number = match.group(1).strip(), int(match.group(2))
         if not words:
@@ -33,15 +35,14 @@ def parse_marked(answer: str, image_id: int, object_ids: list[int]) -> Entry:
         if not 1 <= number <= len(object_ids):
             raise EntryRejected("unknown_object", f"{match.group(0)!r}: the image's objects are numbered "
                                                   f"1 to {len(object_ids)}")
-        sentence += text[position:match.start()]
-        phrases.append(Phrase(words, len(sentence), len(sentence) + len(words), object_ids[number - 1]))
-        sentence += words
+        b.add(text[position:match.start()])
+        b.entity(words, object_ids[number - 1])
         position = match.end()
-    sentence += text[position:]
-    stray = re.search(r"[\[\]]", sentence) or _STRAY_NUMBER.search(sentence)
+    b.add(text[position:])
+    stray = re.search(r"[\[\]]", b.text) or _STRAY_NUMBER.search(b.text)
     if stray:
         raise EntryRejected("malformed_markup", f"stray {stray.group(0)!r} at character {stray.start()} of "
-                                                f"{sentence[:120]!r}")
-    if not phrases:
+                                                f"{b.text[:120]!r}")
+    if not b.phrases:
         raise EntryRejected("no_entities", "no [words](n) mention in the answer")
-    return Entry(image_id, sentence, tuple(phrases))
+    return Entry(image_id, b.text, tuple(b.phrases))

@@ -15,8 +15,9 @@ from typing import Any
 
 import numpy as np
 
-from .facts import (Attempt, Described, EntityRules, Entry, EntryRejected, ImageFacts, Phrase, SegmentFacts,
-                    check_entry)
+from find_core.data.find_bench import EntitySentence
+
+from .facts import Attempt, Described, EntityRules, Entry, EntryRejected, ImageFacts, SegmentFacts, check_entry
 
 __all__ = ["RuleWriter", "entity_names", "relation", "region"]
 
@@ -84,21 +85,6 @@ def region(s: SegmentFacts, width: int, height: int) -> str:
     return " ".join(w for w in (vertical, horizontal) if w) or "centre"
 
 
-class _Sentence:
-    """Concatenates text while recording each entity's span."""
-
-    def __init__(self) -> None:
-        self.text = ""
-        self.phrases: list[Phrase] = []
-
-    def add(self, text: str) -> None:
-        self.text += text
-
-    def entity(self, words: str, segment_id: int) -> None:
-        self.phrases.append(Phrase(words, len(self.text), len(self.text) + len(words), segment_id))
-        self.text += words
-
-
 class RuleWriter:
     """Template descriptions: up to ``max_entities`` things (in a seeded order) and, when there is
     room, the largest stuff region."""
@@ -125,7 +111,7 @@ class RuleWriter:
             with_stuff, count = False, 1
         things = things[:count]
 
-        b = _Sentence()
+        b = EntitySentence()
         w, h = facts.width, facts.height
         if len(things) >= 2:
             b.add(("The ", "In this picture, the ", "We see that the ")[int(rng.integers(3))])
