@@ -9,7 +9,8 @@ A thin adapter from topics to :mod:`find_core.field` (see docs/ros_interface.md,
   partners never come within ``match_timeout`` are counted ``unmatched`` and never fused.
 * Integration into :class:`~find_core.field.FeatureFusion` runs on a worker thread at most
   ``max_rate_hz`` times a second and always takes the **newest** matched frame: older waiting frames
-  are dropped and counted ``skipped``, so a slow map never builds a backlog.
+  are dropped and counted ``skipped``, so a slow map never builds a backlog. Queries and commands run
+  on a second worker, so fusion goes on while a query is answered.
 * Depth and camera_info may have another resolution than the image the embeddings were computed on:
   K is rescaled to the depth image, and the embedding cell size is converted to depth pixels
   (:func:`depth_stride`).
@@ -55,7 +56,7 @@ from sensor_msgs.msg import CameraInfo, Image, PointCloud2
 from std_msgs.msg import Header, String
 from visualization_msgs.msg import MarkerArray
 
-from find_core.field import FeatureFusion, FusionConfig, ObjectConfig, decide
+from find_core.field import FeatureFusion, ObjectConfig, decide
 from find_core.field.live import live_view, locate_live
 from find_core.field.objects import cut_off
 from find_core.messages import pose_matrix, stamp_ns, stamp_seconds
@@ -66,12 +67,12 @@ from .field_map import check_width, continue_map, frame_colour, map_metadata, mo
 from .field_params import FieldParams, parse_offset
 from .frame_matching import Bundle, FrameMatcher, GridMismatch, StampBuffer, depth_stride
 from .image_conversion import ImageConversionError, depth_to_meters, image_to_embeddings
-from .node_runner import NodeWorker, PublishGate, run_node
+from .node_runner import NodeWorker, PublishGate, run_node, stop_workers
 from .params import ParameterError, declare_params
 from .qos import REFRESH_PERIOD, CameraSubscription, image_output_qos, instruction_qos, results_qos
 from .node_stats import recent_rate
-from .query_embedder import ProjectedEmbedder, field_query
-from .startup import StartupError, embedding_projection, load_model
+from .query_embedder import field_query, load_query_embedder
+from .startup import StartupError
 from .visuals import object_markers, relevancy_cloud
 
 MAX_REQUESTS = 32          # queries/commands waiting for the worker
@@ -96,13 +97,8 @@ class FindFieldNode(Node):
             import torch
             torch.set_num_threads(p.cpu_threads)
         self._offset = parse_offset(p.pose_offset)
-        self._fusion_config = FusionConfig(voxel_size=p.fusion.voxel_size, depth_min=p.fusion.depth_min,
-                                           depth_max=p.fusion.depth_max, edge_threshold=p.fusion.edge_threshold,
-                                           max_feature_voxels=p.fusion.max_feature_voxels,
-                                           max_blocks=p.fusion.max_blocks, device=p.device,
-                                           free_space_decay=p.fusion.free_space_decay,
-                                           forget_below=p.fusion.forget_below)
         try:
+            self._fusion_config = p.fusion.config(p.device)
             self._fusion = FeatureFusion(self._fusion_config)
         except ValueError as err:
             raise StartupError(f"cannot build the map: {err}") from None
@@ -111,7 +107,8 @@ class FindFieldNode(Node):
         if p.map:       # before the model loads: a map that cannot continue is refused at once
             loaded = continue_map(self._fusion, p, self._digest)
             self._map_frame = self._map_frame or loaded.metadata.get("map_frame") or ""
-        self._embedder = self._load_model()
+        self._embedder = load_query_embedder(p, self._log)
+        self._query_width = self._embedder.width if self._embedder is not None else None
         if p.map:
             check_width(p.map, loaded.dim, self._query_width)
             self._log.info(f"continuing the map {p.map}: {len(loaded)} voxels, {loaded.dim}-d, "
@@ -123,7 +120,7 @@ class FindFieldNode(Node):
         self._negatives = [n for n in p.query.negatives if n.strip()]
 
         self._cond = threading.Condition()        # guards everything the callbacks touch
-        self._map_lock = threading.Lock()         # the worker's fusion vs. the shutdown save
+        self._map_lock = threading.Lock()         # fusion vs. queries' views, save, clear and the shutdown save
         self._matcher = FrameMatcher(p.sync_tolerance, p.pose_tolerance, p.match_timeout, p.buffer_seconds)
         self._requests: deque[tuple[str, str]] = deque()
         self._next_due = 0.0
@@ -134,6 +131,7 @@ class FindFieldNode(Node):
         self._last_fused_stamp: float | None = None
         self._reported_unmatched = 0
         self._worker = NodeWorker("find_field_worker", self._work, self._cond, self._log)
+        self._answerer = NodeWorker("find_field_queries", self._answer, self._cond, self._log)
 
         self._gate = PublishGate()               # closed by shutdown(): nothing is published after that
         out = image_output_qos()
@@ -159,42 +157,18 @@ class FindFieldNode(Node):
         if p.status_period > 0:
             self.create_timer(p.status_period, self._report)
         self._worker.start()
+        self._answerer.start()
         names = ", ".join(s.topic_name for s in self._inputs.values())
         self._log.info(f"fusing {names} ({pose_type.__name__}, {p.camera_reliability}) into "
                        f"{p.fusion.voxel_size} m voxels at <= {p.max_rate_hz or 'unlimited'} Hz")
 
-    # ---- start-up ------------------------------------------------------------------------------
-    def _load_model(self) -> ProjectedEmbedder | None:
-        """The query model, loaded once; its (projected) embeddings of the negatives warm it up."""
-        p = self.params
-        self._query_width: int | None = None
-        if not p.model_preset and not p.checkpoint:
-            self._log.info("no model (model_preset and checkpoint empty): embedding queries only")
-            return None
-        started = time.perf_counter()
-        self._log.info(f"loading the query model {p.model_preset!r} checkpoint={p.checkpoint or '-'} on {p.device}")
-        pipeline = load_model(p, self._log.warning)  # the perception node's parameters: the same model
-        try:
-            width = int(pipeline.embed_text(["object"]).shape[1])
-        except Exception as err:  # noqa: BLE001 -- one clear line, whatever the model raised
-            raise StartupError(f"the model fails to embed a query: {type(err).__name__}: {err}") from None
-        dims = p.embeddings.dims
-        projection = embedding_projection(width, dims, p.embeddings.projection_seed)
-        self._query_width = dims if projection is not None else width
-        embedder = ProjectedEmbedder(pipeline, projection)
-        embedder.embed_text([n for n in p.query.negatives if n.strip()])
-        self._log.info(f"query model {p.model_preset!r} checkpoint={p.checkpoint or '-'} ready in "
-                       f"{time.perf_counter() - started:.1f} s; query width {dims if projection is not None else width}"
-                       + (f" (projected from {width}, seed {p.embeddings.projection_seed})" if projection is not None
-                          else ""))
-        return embedder
-
     def shutdown(self) -> None:
-        """The worker finishes the frame or query in hand, then the publishers close."""
-        self._worker.shutdown(self._gate)
+        """The workers finish the frame and the query in hand, then the publishers close."""
+        stop_workers((self._worker, self._answerer), self._gate)
 
     def activity(self) -> str:
-        return self._worker.activity()
+        busy = [w.job for w in (self._worker, self._answerer) if w.job]
+        return f"busy ({'; '.join(busy)})" if busy else "idle"
 
     def save_on_exit(self) -> None:
         """Write the map to map_path (the worker must have stopped: see shutdown)."""
@@ -213,12 +187,12 @@ class FindFieldNode(Node):
     def _on_embeddings(self, msg: Image, _info: Any = None) -> None:
         with self._cond:
             self._matcher.add_embeddings(stamp_ns(msg.header.stamp), msg, time.monotonic())
-            self._cond.notify()
+            self._cond.notify_all()
 
     def _on_partner(self, buffer: StampBuffer, msg: Any) -> None:
         with self._cond:
             buffer.add(stamp_ns(msg.header.stamp), msg)
-            self._cond.notify()
+            self._cond.notify_all()
 
     def _on_request(self, kind: str, msg: String) -> None:
         with self._cond:
@@ -226,27 +200,36 @@ class FindFieldNode(Node):
                 self._requests.popleft()
                 self._log.warning(f"more than {MAX_REQUESTS} queries/commands waiting; the oldest was dropped")
             self._requests.append((kind, msg.data))
-            self._cond.notify()
+            self._cond.notify_all()
 
-    # ---- worker thread -----------------------------------------------------------------------------
+    # ---- worker threads: fusion in one, queries and commands in the other -------------------------
+    # A query scores the live table while frames go on being fused (the map lock is held only for
+    # the view, a save's copy or a clear), so a slow query drops no frames.
     def _work(self) -> None:
         stop = self._worker.stop
         while not stop.is_set():
             with self._cond:
                 def ready() -> bool:
-                    return stop.is_set() or bool(self._requests) or (
-                        time.monotonic() >= self._next_due and self._matcher.newest() is not None)
+                    return stop.is_set() or (time.monotonic() >= self._next_due and self._matcher.newest() is not None)
                 wait = min(0.1, max(self._next_due - time.monotonic(), 0.0)) or 0.1
                 self._cond.wait_for(ready, timeout=wait)
                 self._matcher.expire(time.monotonic())
-                requests = list(self._requests)
-                self._requests.clear()
                 due = not stop.is_set() and time.monotonic() >= self._next_due
                 bundle = self._matcher.take() if due else None
-            jobs = [(self._request, (r,), f"a {r[0]}") for r in requests]
-            jobs += [(self._fuse, (bundle,), "fusing a frame")] if bundle else []
-            self._worker.run_jobs(jobs, lambda err: self._publish_error(
-                QueryError("internal_error", f"{type(err).__name__}: {err}")))
+            if bundle:
+                self._worker.run_jobs([(self._fuse, (bundle,), "fusing a frame")], self._internal_error)
+
+    def _answer(self) -> None:
+        stop = self._answerer.stop
+        while not stop.is_set():
+            with self._cond:
+                self._cond.wait_for(lambda: stop.is_set() or bool(self._requests), timeout=0.1)
+                requests = list(self._requests)
+                self._requests.clear()
+            self._answerer.run_jobs([(self._request, (r,), f"a {r[0]}") for r in requests], self._internal_error)
+
+    def _internal_error(self, err: Exception) -> None:
+        self._publish_error(QueryError("internal_error", f"{type(err).__name__}: {err}"))
 
     def _reject(self, reason: str, message: str) -> None:
         with self._cond:
@@ -278,10 +261,6 @@ class FindFieldNode(Node):
         except GridMismatch as err:
             return self._reject("grid_mismatch", str(err))
         frame = bundle.pose.header.frame_id
-        if not self._map_frame:
-            self._map_frame = frame
-        elif frame and frame != self._map_frame:
-            return self._reject("pose_frame_mismatch", f"pose in frame {frame!r}, the map is in {self._map_frame!r}")
         pose = pose_matrix(bundle.pose) @ self._offset
         rgb = None
         if bundle.image is not None:
@@ -290,6 +269,10 @@ class FindFieldNode(Node):
             except ImageConversionError as err:       # fuse the frame anyway, without colour
                 self._log.warning(f"colour image not used: {err}", throttle_duration_sec=2.0)
         with self._map_lock:
+            if not self._map_frame:
+                self._map_frame = frame
+            elif frame and frame != self._map_frame:
+                return self._reject("pose_frame_mismatch", f"pose in frame {frame!r}, the map is in {self._map_frame!r}")
             before = dict(self._fusion.stats.skipped)
             try:
                 fused = self._fusion.integrate(depth, pose, K, embeddings, stride, rgb=rgb, stamp=bundle.stamp * 1e-9)
@@ -387,7 +370,7 @@ class FindFieldNode(Node):
             elif name == "clear" and len(words) == 1:
                 with self._map_lock:
                     self._fusion = FeatureFusion(self._fusion_config)
-                self._map_frame = self.params.map_frame
+                    self._map_frame = self.params.map_frame
                 doc = answer_doc("cleared", node, frame, kind="command", text="clear")
                 self._log.info("map cleared")
             else:

@@ -152,18 +152,28 @@ class NodeWorker:
     def shutdown(self, gate: PublishGate) -> None:
         """Stop the worker (it finishes the job in hand), then close the node's publishers: called
         before the node is destroyed, while the context is still valid."""
-        job, started = self.job, time.perf_counter()
-        self.stop.set()
-        with self._cond:
-            self._cond.notify_all()
-        self._thread.join(timeout=WORKER_JOIN_TIMEOUT)
-        gate.close()
-        if self._thread.is_alive():
-            self._log.warning(f"worker still busy with {self.job} after {WORKER_JOIN_TIMEOUT:.0f} s; its outputs "
-                              "are dropped")
+        stop_workers((self,), gate)
+
+
+def stop_workers(workers: tuple[NodeWorker, ...], gate: PublishGate) -> None:
+    """Stop a node's worker threads together (each finishes its job in hand), then close its
+    publishers; a worker still busy after WORKER_JOIN_TIMEOUT has its outputs dropped."""
+    jobs, started = [w.job for w in workers], time.perf_counter()
+    for w in workers:
+        w.stop.set()
+    for w in workers:
+        with w._cond:
+            w._cond.notify_all()
+    for w in workers:
+        w._thread.join(timeout=max(0.0, WORKER_JOIN_TIMEOUT - (time.perf_counter() - started)))
+    gate.close()
+    for w, job in zip(workers, jobs):
+        if w._thread.is_alive():
+            w._log.warning(f"worker still busy with {w.job} after {WORKER_JOIN_TIMEOUT:.0f} s; its outputs "
+                           "are dropped")
         else:
-            self._log.info(f"worker stopped{f' after finishing {job}' if job else ''} in "
-                           f"{(time.perf_counter() - started) * 1000:.0f} ms; publishers closed")
+            w._log.info(f"worker stopped{f' after finishing {job}' if job else ''} in "
+                        f"{(time.perf_counter() - started) * 1000:.0f} ms; publishers closed")
 
 
 def wants_help(argv: list[str]) -> bool:

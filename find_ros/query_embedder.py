@@ -4,6 +4,7 @@ of the map, that is projected as find_perception projects its ``~/embeddings``
 width (:func:`field_query`)."""
 from __future__ import annotations
 
+import time
 import traceback
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -14,14 +15,16 @@ from find_core.field import FieldQuery, query_from_pipeline
 from find_core.instructions import InstructionError
 
 from .answer_schema import QueryError, QuerySpec
+from .startup import StartupError, embedding_projection, load_model
 
 
 class ProjectedEmbedder:
     """FindPipeline's query embeddings, projected like find_perception's ~/embeddings (``e @ P``),
     with a small cache for repeated texts (the negatives are embedded with every query)."""
 
-    def __init__(self, pipeline: Any, projection: np.ndarray | None) -> None:
+    def __init__(self, pipeline: Any, projection: np.ndarray | None, width: int) -> None:
         self.pipeline, self.projection = pipeline, projection
+        self.width = int(projection.shape[1]) if projection is not None else width   # of the query vectors
         self._texts: dict[str, np.ndarray] = {}
 
     def _project(self, x: np.ndarray) -> np.ndarray:
@@ -41,6 +44,29 @@ class ProjectedEmbedder:
 
     def embed_images(self, images: Sequence[np.ndarray]) -> np.ndarray:
         return self._project(self.pipeline.embed_images(images))
+
+
+def load_query_embedder(p: Any, log: Any) -> ProjectedEmbedder | None:
+    """find_field's query model (FieldParams ``p``: the perception node's model parameters, so the
+    same model), loaded once; its (projected) embeddings of the negatives warm it up. None without a
+    model (embedding queries only)."""
+    if not p.model_preset and not p.checkpoint:
+        log.info("no model (model_preset and checkpoint empty): embedding queries only")
+        return None
+    started = time.perf_counter()
+    log.info(f"loading the query model {p.model_preset!r} checkpoint={p.checkpoint or '-'} on {p.device}")
+    pipeline = load_model(p, log.warning)
+    try:
+        width = int(pipeline.embed_text(["object"]).shape[1])
+    except Exception as err:  # noqa: BLE001 -- one clear line, whatever the model raised
+        raise StartupError(f"the model fails to embed a query: {type(err).__name__}: {err}") from None
+    projection = embedding_projection(width, p.embeddings.dims, p.embeddings.projection_seed)
+    embedder = ProjectedEmbedder(pipeline, projection, width)
+    embedder.embed_text([n for n in p.query.negatives if n.strip()])
+    log.info(f"query model {p.model_preset!r} checkpoint={p.checkpoint or '-'} ready in "
+             f"{time.perf_counter() - started:.1f} s; query width {embedder.width}"
+             + (f" (projected from {width}, seed {p.embeddings.projection_seed})" if projection is not None else ""))
+    return embedder
 
 
 def field_query(spec: QuerySpec, dim: int, embedder: ProjectedEmbedder | None, negatives: list[str],

@@ -25,14 +25,15 @@ NEGATIVES = PROTOS[12:16]          # directions no object (ids 1-6) or the floor
 
 
 
-def synthetic_embeddings(masks: np.ndarray, stride: int = STRIDE) -> np.ndarray:
-    """Each cell averages the one-hot-ish directions of the instance ids under it (like a real
-    model's blurry cell), then is normalised."""
+def synthetic_embeddings(masks: np.ndarray, stride: int = STRIDE, protos: np.ndarray = PROTOS) -> np.ndarray:
+    """Each cell averages the one-hot-ish directions (``protos``, one per instance id; ids past the
+    last share it) of the instance ids under it (like a real model's blurry cell), then is normalised."""
     height, width = masks.shape
+    dim = protos.shape[1]
     h, w = -(-height // stride), -(-width // stride)
-    padded = np.zeros((h * stride, w * stride, DIM), np.float32)
-    padded[:height, :width] = PROTOS[masks.astype(int)]
-    cells = padded.reshape(h, stride, w, stride, DIM).mean((1, 3))
+    padded = np.zeros((h * stride, w * stride, dim), np.float32)
+    padded[:height, :width] = protos[np.minimum(masks.astype(int), len(protos) - 1)]
+    cells = padded.reshape(h, stride, w, stride, dim).mean((1, 3))
     return cells / np.linalg.norm(cells, axis=-1, keepdims=True)
 
 

@@ -35,24 +35,12 @@ from find_ros.visuals import CLOUD_FIELDS, pca_colors, relevancy_cloud
 from find_ros.image_conversion import embeddings_to_image, rgb_to_image
 from find_ros.params import ParameterError, declare_params, parameter_names
 from find_ros.process_harness import START_TIMEOUT, NodeProcess, Probe, WaitTimeout, next_domain
+from test_field_fusion import DIM, NEGATIVES, PROTOS, STRIDE, synthetic_embeddings
 from test_ros_nodes import REPO, depth_image, header
 
-DIM, STRIDE = 16, 4
-PROTOS = np.linalg.qr(np.random.default_rng(0).normal(size=(DIM, DIM)))[0].astype(np.float32)
-NEGATIVES = PROTOS[12:16]          # directions no object (ids 1-6) or the floor (0) uses
 FRAMES = 12
 T0 = 100.0                         # stamp of the first frame
 NODE = "/find_field"
-
-
-def synthetic_embeddings(masks: np.ndarray) -> np.ndarray:
-    """Each STRIDE×STRIDE cell averages the directions of the instance ids under it, normalised."""
-    height, width = masks.shape
-    h, w = -(-height // STRIDE), -(-width // STRIDE)
-    padded = np.zeros((h * STRIDE, w * STRIDE, DIM), np.float32)
-    padded[:height, :width] = PROTOS[masks.astype(int)]
-    cells = padded.reshape(h, STRIDE, w, STRIDE, DIM).mean((1, 3))
-    return cells / np.linalg.norm(cells, axis=-1, keepdims=True)
 
 
 def half_resolution(depth: np.ndarray) -> np.ndarray:
@@ -549,6 +537,52 @@ def _flatten(tree: dict, prefix: str = "") -> dict[str, Any]:
     return out
 
 
+@pytest.mark.ros
+def test_fusion_goes_on_while_a_query_is_answered():
+    """Queries run on their own worker: a query in hand must not hold up fusion (the node in this
+    process, its callbacks called directly; the query is held until frames have been fused)."""
+    import threading
+    from find_ros.field_node import FindFieldNode
+    context = rclpy.Context()
+    rclpy.init(context=context, domain_id=next_domain(), signal_handler_options=SignalHandlerOptions.NO)
+    overrides = {"model_preset": "", "device": "cpu", "cpu_threads": 1, "max_rate_hz": 0.0, "status_period": 0.0,
+                 "sync_tolerance": 0.0, "pose_tolerance": 0.01, "embeddings.stride": float(STRIDE)}
+    node = FindFieldNode(context=context, parameter_overrides=[Parameter(k, value=v) for k, v in overrides.items()])
+    asked, release = threading.Event(), threading.Event()
+
+    def held_query(raw: str) -> None:
+        asked.set()
+        release.wait(60.0)
+    node._query = held_query
+    try:
+        node._on_request("query", String(data="the red disc"))
+        assert asked.wait(10.0), "the query never started"
+        K = np.array([[40.0, 0, 16], [0, 40.0, 12], [0, 0, 1]])
+        rng = np.random.default_rng(0)
+        for i in range(3):
+            stamp = T0 + 0.1 * i
+            depth = depth_image(np.full((24, 32), 1.0 + 0.1 * i, np.float32), "32FC1")
+            depth.header = header(stamp, "cam")
+            node._on_partner(node._matcher.depths, depth)
+            node._on_partner(node._matcher.infos, info_message(K, 32, 24, stamp))
+            node._on_partner(node._matcher.poses, pose_message(np.eye(4), stamp))
+            emb = embeddings_to_image(rng.standard_normal((6, 8, DIM)).astype(np.float32))
+            emb.header = header(stamp, "cam")
+            node._on_embeddings(emb)
+            deadline = time.monotonic() + 30.0
+            while node.status()["stats"]["frames_fused"] <= i and time.monotonic() < deadline:
+                time.sleep(0.02)
+            assert node.status()["stats"]["frames_fused"] == i + 1, node.status()
+        assert not release.is_set() and node.activity() == "busy (a query)"
+    finally:
+        release.set()
+        node.shutdown()
+        node.destroy_node()
+        rclpy.shutdown(context=context)
+
+
+@pytest.mark.ros
+@pytest.mark.slow
 def test_shipped_config_declares_cleanly_states_the_defaults_and_is_documented():
     values = _flatten(yaml.safe_load((REPO / "config" / "find_field.yaml").read_text())["/**"]["ros__parameters"])
     assert sorted(values) == sorted(parameter_names(FieldParams))
