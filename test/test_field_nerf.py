@@ -22,6 +22,7 @@ from find_core.data.scene_video import render_scene_video  # noqa: E402
 from find_core.field import FieldQuery, load_map, locate  # noqa: E402
 from find_core.field.__main__ import main as field_cli  # noqa: E402
 from find_core.field.export import main as export_cli  # noqa: E402
+from test_field_fusion import synthetic_embeddings  # noqa: E402
 
 pytestmark = pytest.mark.slow
 
@@ -31,23 +32,13 @@ ENTRY_POINT = "find-field=find_core.field.nerf.config:find_field_method"
 REPO = Path(__file__).resolve().parents[1]
 
 
-def synthetic_embeddings(masks: np.ndarray, stride: int = 4) -> np.ndarray:
-    height, width = masks.shape
-    h, w = -(-height // stride), -(-width // stride)
-    padded = np.zeros((h * stride, w * stride, DIM), np.float32)
-    padded[:height, :width] = PROTOS[np.minimum(masks.astype(int), DIM - 1)]
-    cells = padded.reshape(h, stride, w, stride, DIM).mean((1, 3))
-    return cells / np.linalg.norm(cells, axis=-1, keepdims=True)
-
-
-
 @pytest.fixture(scope="module")
 def dataset(tmp_path_factory):
     root = tmp_path_factory.mktemp("nerf")
     reader = FramesReader(render_scene_video(root / "video", seed=3, frames=16, width=80, height=60))
     with FramesWriter(root / "frames", reader.camera) as w:
         for f in reader:
-            w.write(FrameRecord(f.index, f.stamp, f.rgb, f.depth, f.pose, f.masks, synthetic_embeddings(f.masks), 4.0))
+            w.write(FrameRecord(f.index, f.stamp, f.rgb, f.depth, f.pose, f.masks, synthetic_embeddings(f.masks, 4, PROTOS), 4.0))
         w.write_scene(reader.scene)
     assert export_cli(["--frames", str(root / "frames"), "--out", str(root / "ns")]) == 0
     return root, FramesReader(root / "frames")
