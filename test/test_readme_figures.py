@@ -29,6 +29,8 @@ README = REPO / "README.md"
 HELDOUT = REPO / "find_core" / "checkpoints" / "find-synthetic" / "heldout_metrics.json"
 OFFICIAL = REPO / "training" / "results" / "synthetic_official_heldout.json"
 OFFICIAL_ENGINE = REPO / "training" / "results" / "synthetic_official_heldout_engine.json"
+TINY_ENGINE = REPO / "training" / "results" / "synthetic_tiny_engine_heldout_engine.json"
+EMBEDDED_ENGINE = REPO / "training" / "results" / "embedded_heldout_engine.json"
 OFFICIAL_LOG = REPO / "training" / "results" / "synthetic_official_train_log.csv"
 LOCALIZATION = REPO / "training" / "results" / "localization_embedded.json"
 BENCH = REPO / "bench" / "results.json"
@@ -120,7 +122,7 @@ def test_field_table_equals_its_evaluations():
 def claims() -> list[tuple[str, str]]:
     """(source, the README phrase it backs)."""
     heldout, official, loc = load(HELDOUT), load(OFFICIAL), load(LOCALIZATION)
-    engine = load(OFFICIAL_ENGINE)
+    engine, tiny_engine, embedded_engine = load(OFFICIAL_ENGINE), load(TINY_ENGINE), load(EMBEDDED_ENGINE)
     with OFFICIAL_LOG.open() as f:
         log = list(csv.DictReader(f))
     b = Bench(load(BENCH))
@@ -155,6 +157,12 @@ def claims() -> list[tuple[str, str]]:
         (OFFICIAL.name, f"thing accuracy {r(official['generic']['thing_accuracy'], 1)} %"),
         (OFFICIAL_ENGINE.name, f"interleave grounding cIoU {r(engine['interleave_grounding']['ciou'], 1)} and IR@5 "
                                f"{r(engine['interleave_retrieval']['ir5'], 1)}, `{OFFICIAL_ENGINE.name}`"),
+        (TINY_ENGINE.name, f"interleave cIoU {r(tiny_engine['interleave_grounding']['ciou'], 1)} with IR@5 "
+                           f"{r(tiny_engine['interleave_retrieval']['ir5'], 1)} (`{TINY_ENGINE.name}`)"),
+        (EMBEDDED_ENGINE.name, f"gets {r(embedded_engine['interleave_grounding']['ciou'], 1)} and "
+                               f"{r(embedded_engine['interleave_retrieval']['ir5'], 1)} (`{EMBEDDED_ENGINE.name}`)"),
+        (TINY_ENGINE.name, f"(PQ {r(tiny_engine['generic']['pq'], 1)}, thing accuracy "
+                           f"{r(tiny_engine['generic']['thing_accuracy'], 1)} %)"),
         (LOCALIZATION.name, f"picks the right frame {loc['right_frame']} times in {loc['sequences']} (chance: "
                             f"{r(loc['chance_right'])}), and {loc['masks_iou_at_least_0.5']} of those masks have "
                             f"IoU ≥ 0.5 with the object (mean IoU {r(loc['mean_iou_when_right'], 2)} over the "
