@@ -278,9 +278,9 @@ class FindFieldNode(Node):
                 fused = self._fusion.integrate(depth, pose, K, embeddings, stride, rgb=rgb, stamp=bundle.stamp * 1e-9)
             except ValueError as err:       # e.g. the embedding width changed: a configuration problem
                 return self._reject("bad_frame", str(err))
-        if not fused:
-            reason = next((k for k, v in self._fusion.stats.skipped.items() if v > before.get(k, 0)), "skipped")
-            return self._reject(reason, f"frame at {bundle.stamp * 1e-9:.3f} was not fused")
+            if not fused:
+                reason = next((k for k, v in self._fusion.stats.skipped.items() if v > before.get(k, 0)), "skipped")
+                return self._reject(reason, f"frame at {bundle.stamp * 1e-9:.3f} was not fused")
         elapsed = time.monotonic() - started
         with self._cond:
             self._counts["frames_fused"] += 1
@@ -344,8 +344,8 @@ class FindFieldNode(Node):
         with self._map_lock:
             if self._fusion.table is None or self._fusion.table.size == 0:
                 raise QueryError("empty_map", "nothing has been fused yet")
-            fmap = self._fusion.to_map(self._metadata())
-        return save_files(fmap, target, self._fusion.stats.coloured > 0)
+            fmap, coloured = self._fusion.to_map(self._metadata()), self._fusion.stats.coloured > 0
+        return save_files(fmap, target, coloured)
 
     def _command(self, raw: str) -> None:
         words = raw.strip().split(maxsplit=1)

@@ -118,8 +118,8 @@ DEMO = (
     Argument("field_params_file", "", "find_field parameters; empty = the installed config."),
     Argument("map_path", os.path.join(tempfile.gettempdir(), "find_ros_demo_map.npz"),
              "Where find_field saves the map on exit (and on 'save').", "map_path"),
-    Argument("map", "", "A saved map (.npz) find_field continues (e.g. the last run's map_path); empty = a new map.",
-             "map"),
+    Argument("map", "", "A saved map (.npz) find_field continues (e.g. the last run's map_path); empty keeps the "
+                        "params file's (a new map by default).", "map"),
 )
 DEMO_PARAMETERS = {   # which demo arguments set which node's parameters
     "find_replay": ("source", "rate", "loop"),

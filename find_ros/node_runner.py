@@ -167,13 +167,15 @@ def stop_workers(workers: tuple[NodeWorker, ...], gate: PublishGate) -> None:
     for w in workers:
         w._thread.join(timeout=max(0.0, WORKER_JOIN_TIMEOUT - (time.perf_counter() - started)))
     gate.close()
+    named = len(workers) > 1          # a node with several workers says which one
     for w, job in zip(workers, jobs):
+        which = f" ({w._thread.name})" if named else ""
         if w._thread.is_alive():
-            w._log.warning(f"worker still busy with {w.job} after {WORKER_JOIN_TIMEOUT:.0f} s; its outputs "
+            w._log.warning(f"worker still busy with {w.job} after {WORKER_JOIN_TIMEOUT:.0f} s{which}; its outputs "
                            "are dropped")
         else:
             w._log.info(f"worker stopped{f' after finishing {job}' if job else ''} in "
-                        f"{(time.perf_counter() - started) * 1000:.0f} ms; publishers closed")
+                        f"{(time.perf_counter() - started) * 1000:.0f} ms{which}; publishers closed")
 
 
 def wants_help(argv: list[str]) -> bool:

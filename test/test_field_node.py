@@ -581,8 +581,6 @@ def test_fusion_goes_on_while_a_query_is_answered():
         rclpy.shutdown(context=context)
 
 
-@pytest.mark.ros
-@pytest.mark.slow
 def test_shipped_config_declares_cleanly_states_the_defaults_and_is_documented():
     values = _flatten(yaml.safe_load((REPO / "config" / "find_field.yaml").read_text())["/**"]["ros__parameters"])
     assert sorted(values) == sorted(parameter_names(FieldParams))

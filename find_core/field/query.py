@@ -81,9 +81,11 @@ def relevancy(features: np.ndarray, query: FieldQuery, chunk: int = 16384) -> np
     features = np.asarray(features, np.float32)
     if features.ndim != 2 or features.shape[1] != query.dim:
         raise ValueError(f"features must be N×{query.dim} to match the query, got shape {features.shape}")
+    if not features.flags.writeable or min(features.strides, default=0) < 0:
+        features = np.array(features)                 # torch shares only writable, forward-strided memory
     rows = torch.from_numpy(features)                  # shares memory (a live table is never copied)
     directions = torch.from_numpy(np.concatenate([query.positive[None], query.negatives]).T.copy())  # D×(K+1)
-    out = torch.empty(len(rows))
+    out = torch.empty(len(rows), dtype=torch.float32)
     for start in range(0, len(rows), chunk):
         f = rows[start:start + chunk]
         dots = f @ directions                                                    # n×(K+1)
