@@ -46,6 +46,7 @@ from .criterion import TERMS, Criterion, LossOutput
 from .feature_cache import FeatureCache
 from .official_data import OfficialBatch, OfficialData
 from .official_step import OfficialStep
+from .train_state import load_optimizer, load_rng, optimizer_state, rng_state
 from .vision_warmup import warm_up_vision
 
 CHECKPOINTS = "checkpoints"
@@ -126,58 +127,6 @@ class TrainStep(nn.Module):
     def forward(self, batch: Batch) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         output: LossOutput = self.criterion(self.model, batch)
         return output.total, output.terms
-
-
-# ---- state (de)serialisation --------------------------------------------------------------------
-
-def _optimizer_state(optimizer: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
-    state = optimizer.state_dict()
-    tensors, scalars = {}, {}
-    for pid, values in state["state"].items():
-        for name, value in values.items():
-            if isinstance(value, torch.Tensor):
-                tensors[f"optimizer.{pid}.{name}"] = value.detach().cpu().contiguous()
-            else:
-                scalars[f"{pid}.{name}"] = value
-    groups = [{k: list(v) if isinstance(v, tuple) else v for k, v in group.items()} for group in state["param_groups"]]
-    return tensors, {"param_groups": groups, "scalars": scalars}
-
-
-def _load_optimizer(optimizer: torch.optim.Optimizer, tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> None:
-    state: dict[int, dict[str, Any]] = {}
-    for key, value in tensors.items():
-        if key.startswith("optimizer."):
-            _, pid, name = key.split(".", 2)
-            state.setdefault(int(pid), {})[name] = value
-    for key, value in meta["scalars"].items():
-        pid, name = key.split(".", 1)
-        state.setdefault(int(pid), {})[name] = value
-    groups = [{k: tuple(v) if k == "betas" else v for k, v in group.items()} for group in meta["param_groups"]]
-    optimizer.load_state_dict({"state": state, "param_groups": groups})
-
-
-def _rng_state() -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
-    tensors = {"rng.torch": torch.get_rng_state()}
-    if torch.cuda.is_available():
-        for index, state in enumerate(torch.cuda.get_rng_state_all()):
-            tensors[f"rng.cuda.{index}"] = state
-    kind, keys, position, has_gauss, gauss = np.random.get_state()
-    tensors["rng.numpy"] = torch.from_numpy(keys.astype(np.int64))
-    python_version, python_state, python_gauss = random.getstate()
-    meta = {"numpy": [kind, int(position), int(has_gauss), float(gauss)],
-            "python": [python_version, list(python_state), python_gauss]}
-    return tensors, meta
-
-
-def _load_rng(tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> None:
-    torch.set_rng_state(tensors["rng.torch"])
-    cuda = sorted((k for k in tensors if k.startswith("rng.cuda.")), key=lambda k: int(k.rsplit(".", 1)[1]))
-    if cuda and torch.cuda.is_available() and len(cuda) == torch.cuda.device_count():
-        torch.cuda.set_rng_state_all([tensors[k] for k in cuda])
-    kind, position, has_gauss, gauss = meta["numpy"]
-    np.random.set_state((kind, tensors["rng.numpy"].numpy().astype(np.uint32), position, has_gauss, gauss))
-    version, state, python_gauss = meta["python"]
-    random.setstate((version, tuple(state), python_gauss))
 
 
 # ---- the trainer --------------------------------------------------------------------------------
@@ -389,8 +338,8 @@ class Trainer:
         return folder
 
     def state(self) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
-        optimizer_tensors, optimizer_meta = _optimizer_state(self.optimizer)
-        rng_tensors, rng_meta = _rng_state()
+        optimizer_tensors, optimizer_meta = optimizer_state(self.optimizer)
+        rng_tensors, rng_meta = rng_state()
         meta = {
             "step": self.step,
             "world_size": self.dist.world_size,
@@ -416,13 +365,13 @@ class Trainer:
             raise ConfigError(f"checkpoint {folder} has no data position for tasks {missing}: the task mix changed")
         load_weights(self.model, folder)
         tensors = load_file(str(folder / STATE_TENSORS))
-        _load_optimizer(self.optimizer, tensors, meta["optimizer"])   # load_state_dict casts to each parameter's device
+        load_optimizer(self.optimizer, tensors, meta["optimizer"])   # load_state_dict casts to each parameter's device
         self.scheduler.load_state_dict(meta["scheduler"])
         if meta["scaler"]:
             self.scaler.load_state_dict(meta["scaler"])
         for name, stream in self.streams.items():
             stream.load_state_dict(meta["streams"][name])
-        _load_rng(tensors, meta["rng"])
+        load_rng(tensors, meta["rng"])
         if CLASS_TABLE in tensors and isinstance(self.train_module, OfficialStep):
             self.train_module.class_table = tensors[CLASS_TABLE].to(self.device)
         self.step = int(meta["step"])
