@@ -72,6 +72,7 @@ def open3d_colour_only(frames: list, K: np.ndarray) -> list[float]:
 def feature_fusion(frames: list, K: np.ndarray, dims: int, device: str) -> dict[str, Any]:
     """Seconds per frame of FeatureFusion with random D-dim embeddings, and the map it made."""
     from find_core.field import FeatureFusion, FusionConfig
+    from find_core.field.fusion import STAGES
     fusion = FeatureFusion(FusionConfig(voxel_size=VOXEL, trunc_voxels=TRUNC_VOXELS, depth_max=DEPTH_MAX,
                                         max_blocks=200_000, max_feature_voxels=4_000_000, device=device))
     rng = np.random.default_rng(dims)
@@ -87,6 +88,7 @@ def feature_fusion(frames: list, K: np.ndarray, dims: int, device: str) -> dict[
         del emb
     table = fusion.table
     out = {"seconds": seconds, "voxels": table.size, "blocks": int(fusion.grid.hashmap().size()),
+           "stages": {name: fusion.stats.stage_seconds.get(name, 0.0) / len(frames) for name in STAGES},
            "table_mb": table.size * (dims + 3 + 1 + 3) * 4 / 1e6, "rss_growth_mb": (rss_mb() or 0) - (rss_before or 0)}
     del fusion
     gc.collect()
@@ -152,6 +154,12 @@ def run(config: BenchConfig) -> Section:
         per = sum(r["seconds"]) / len(r["seconds"])
         table.rows.append([f"FeatureFusion, D={d}", sig(1.0 / per), ms(per), ratio(per, sum(baseline) / len(baseline)),
                            f"{r['voxels']:,}", f"{r['blocks']:,}", sig(r["table_mb"])])
+    if 64 in fused:
+        stages, per = fused[64]["stages"], sum(fused[64]["seconds"]) / len(fused[64]["seconds"])
+        table.notes.append(f"where a D=64 frame's {ms(per)} ms go (FusionStats.stage_seconds, this run): "
+                           + ", ".join(f"{name} {ms(value)} ms" for name, value in stages.items())
+                           + f", input checks and conversions {ms(per - sum(stages.values()))} ms; Open3D's "
+                           "own work is the tsdf step plus part of lookup (its block coordinates)")
     table.notes.append("FeatureFusion does the same TSDF integration plus the edge test, back-projection, the "
                        "reduction of pixels to (voxel, cell) pairs and the running average of its voxel table "
                        "(Open3D's TSDF stays on the CPU in CPU builds).")

@@ -69,6 +69,14 @@ def test_each_object_is_found_within_10_cm(scene, fused):
         assert np.all(across > 0.5 * np.array(obj["extent"][:2])), (obj["phrase"], across, obj["extent"])
 
 
+def test_every_step_of_a_fused_frame_is_timed(scene, fused):
+    """FusionStats.stage_seconds names every step (bench/fusion.py splits a frame's time with it)."""
+    from find_core.field.fusion import STAGES
+    fusion, _ = fused
+    seconds = fusion.stats.stage_seconds
+    assert list(seconds) == list(STAGES) and all(v > 0 for v in seconds.values()), seconds
+
+
 def test_a_query_for_nothing_in_the_scene_finds_nothing(fused):
     _, fmap = fused
     rel, found = locate(fmap, FieldQuery(PROTOS[11], NEGATIVES), ObjectConfig(threshold=0.6))

@@ -55,7 +55,7 @@ from .pairs import FramePairs, cell_layout, edge_pixels, frame_pairs, packed_col
 from .table import FeatureTable, o3d_device
 from .pairs import pack_keys, voxel_keys  # noqa: F401  (re-exported: nerf.sample builds a FeatureTable too)
 
-__all__ = ["FeatureFusion", "FeatureTable", "FusionConfig", "FusionStats", "MapMismatch", "grid_from_geometry"]
+__all__ = ["FeatureFusion", "FeatureTable", "FusionConfig", "FusionStats", "MapMismatch", "STAGES", "grid_from_geometry"]
 
 if TYPE_CHECKING:
     from ..data.frames import FramesReader
@@ -117,6 +117,7 @@ class FusionStats:
     skipped: dict[str, int] = field(default_factory=dict)
     forgotten: int = 0          # voxels erased by free space (:mod:`.forget`)
     coloured: int = 0           # fused frames that came with RGB
+    stage_seconds: dict[str, float] = field(default_factory=dict)   # time per step (STAGES), summed over frames
 
     @property
     def total_skipped(self) -> int:
@@ -124,6 +125,16 @@ class FusionStats:
 
     def skip(self, reason: str) -> None:
         self.skipped[reason] = self.skipped.get(reason, 0) + 1
+
+    def lap(self, stage: str, start: float) -> float:
+        """Add the time since ``start`` to ``stage``; returns now (the next stage's start)."""
+        now = time.perf_counter()
+        self.stage_seconds[stage] = self.stage_seconds.get(stage, 0.0) + now - start
+        return now
+
+
+# The steps of one fused frame, in order (FusionStats.stage_seconds; bench/fusion.py reports them).
+STAGES = ("edge test", "back-projection", "pairs", "lookup", "tsdf", "forgetting", "table average")
 
 
 def resolve_device(name: str) -> torch.device:
@@ -250,6 +261,7 @@ class FeatureFusion:
 
         pose = np.asarray(pose, np.float64)
         pairs = self._pairs(d, pose, k, cells, float(stride), None if rgb is None else colour)
+        lap = time.perf_counter()
         if self.table is None:
             self.table = FeatureTable(emb.shape[2], cfg.max_feature_voxels, self.device)
         rows = self.table.find(pairs.voxels)
@@ -266,13 +278,16 @@ class FeatureFusion:
                         cfg.max_blocks, cfg.max_feature_voxels)
             self.stats.skip(OVER_CAPACITY)
             return False
+        lap = self.stats.lap("lookup", lap)
         color_image = o3d.t.geometry.Image(o3c.Tensor(colour.astype(np.float32) / 255.0, device=self.o3d_device))
         self.grid.integrate(blocks, depth_image, color_image, k_tensor, k_tensor, extrinsic, 1.0,
                             cfg.depth_max, cfg.trunc_voxels)
+        lap = self.stats.lap("tsdf", lap)
         if cfg.free_space_decay < 1.0 and self.table.size:
             free = free_rows(self.table, torch.from_numpy(d).to(self.device), pose, k, cfg.voxel_size,
                              cfg.depth_min, cfg.depth_max, cfg.free_space_margin)
             self.stats.forgotten += self.table.decay(free, cfg.free_space_decay, cfg.forget_below)
+        lap = self.stats.lap("forgetting", lap)
         seen = time.time() if stamp is None else float(stamp)
         if len(pairs.voxels):
             values, norms = cells
@@ -281,6 +296,7 @@ class FeatureFusion:
             rows = self.table.append(pairs.voxels, rows)
             self.table.blend(rows, pairs.counts, pairs.colour_sums,
                              lambda weights, out: pairs.add_feature_means(flat, inverse_norms, weights, out), seen)
+        self.stats.lap("table average", lap)
         self.stats.fused += 1
         self.stats.coloured += rgb is not None
         return True
@@ -326,13 +342,18 @@ class FeatureFusion:
         """The frame's usable pixels (valid depth, not on an edge, non-zero cell) as voxels and
         (voxel, cell) pairs; see :mod:`.pairs`."""
         values, norms = cells
+        lap = time.perf_counter()
         depth = torch.from_numpy(d).to(self.device)
         if self.config.edge_threshold > 0:
             depth = depth.masked_fill(edge_pixels(depth, self.config.edge_threshold), 0.0)
+        lap = self.stats.lap("edge test", lap)
         coords = voxel_coordinates(depth, pose, k, self.config.voxel_size)
+        lap = self.stats.lap("back-projection", lap)
         layout = cell_layout(*d.shape, stride, values.shape[:2], self.device)
         rgb = None if colour is None else packed_colours(colour, self.device)
-        return frame_pairs(depth.reshape(-1), coords, layout, norms.reshape(-1) > 1e-6, rgb, self.config.voxel_size)
+        pairs = frame_pairs(depth.reshape(-1), coords, layout, norms.reshape(-1) > 1e-6, rgb, self.config.voxel_size)
+        self.stats.lap("pairs", lap)
+        return pairs
 
     # ---- results -------------------------------------------------------------------------------
     def geometry(self) -> TsdfBlocks | None:
