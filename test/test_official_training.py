@@ -14,6 +14,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from safetensors.torch import load_file
@@ -24,7 +25,7 @@ from find_core.engine.config import DataConfig, InteractiveConfig, OfficialRecip
 from find_core.engine.official_data import OfficialData
 from find_core.engine.official_step import corrective_clicks, term_kind
 from find_core.engine.trainer import CHECKPOINTS, CLASS_TABLE, LOG_CSV, STATE_TENSORS
-from find_core.interface.find_decoder import StrokePrompt
+from find_core.interface.find_decoder import InterleavePrompt, StrokePrompt
 from find_core.interface.official_table import (CONDITIONAL_ATTENTION, SEG, SPQ, SPT, Segment, draw_conditional,
                                                 self_attention_allowed)
 from find_core.model import FindModel
@@ -152,6 +153,81 @@ def test_each_training_image_carries_every_task(data_root):
     assert all(torch.equal(a.strokes, b.strokes) for a, b in zip(again.samples, batch.samples))
 
 
+@pytest.mark.parametrize("source", ["batch", "batch_nearest"])
+def test_visual_entities_from_the_batch_lie_on_a_same_category_instance_of_another_image(data_root, source):
+    """official.visual_source batch / batch_nearest: each moved stroke lies on a same-category instance of
+    the image it names (batch_nearest: the one whose mean colour is nearest the entity's own); nothing
+    else of a sample changes, and "own" (upstream) keeps every stroke on its instance."""
+    def draw(source: str):
+        recipe = OfficialRecipeConfig(visual_prob=1.0, visual_source=source)
+        clicks = InteractiveConfig(max_objects=3, point_prob=1.0, box_prob=0.0, scribble_prob=0.0, radius=1)
+        data = OfficialData(data_root, "train", 64, DataConfig(), clicks, recipe)
+        return data, data.batch(list(range(6)), list(range(20, 26)))
+    data, own = draw("own")
+    _, moved = draw(source)
+    panoptic = [data.panoptic.sample(data._ids[i]) for i in range(6)]
+    segment = {(b, seg.id): seg for b, sample in enumerate(panoptic) for seg in sample.segments}
+    colour = lambda b, seg: panoptic[b].image[seg.mask].mean(0)  # noqa: E731
+    count = 0
+    for b, (a, m) in enumerate(zip(own.samples, moved.samples)):
+        assert a.grounding.texts == m.grounding.texts and torch.equal(a.strokes, m.strokes) and a.caption == m.caption
+        assert all(k == -1 for k in a.entry.sources) and torch.equal(a.entry.masks, m.entry.masks)
+        for e, (k, segment_id) in enumerate(zip(m.entry.sources, m.entry.segment_ids)):
+            if k < 0:
+                assert torch.equal(m.entry.strokes[e], a.entry.strokes[e])
+                continue
+            count += 1
+            assert k != b
+            entity = segment[(b, segment_id)]
+            candidates = [(j, seg) for (j, _), seg in segment.items() if j != b and seg.category_id == entity.category_id]
+            there = moved.samples[k]
+            same = there.masks[there.labels == data._class_index[entity.category_id]].any(0).float()
+            near = torch.nn.functional.max_pool2d(same[None, None], 3, 1, 1)[0, 0] > 0  # thin clicks spill <= 1 px
+            stroke = m.entry.strokes[e]
+            assert (stroke & same.bool()).any() and not (stroke & ~near).any(), (b, e)
+            if source == "batch_nearest":
+                distance = {j: min(np.linalg.norm(colour(j, seg) - colour(b, entity)) for jj, seg in candidates if jj == j)
+                            for j, _ in candidates}
+                assert distance[k] == min(distance.values()), (b, e, k, distance)
+    assert count >= 3, count
+
+
+def test_a_point_sampled_on_another_batch_element_reads_that_elements_features():
+    from find_core.interface.official_prompts import point_sources, sample_on_sources
+    projected = torch.stack([torch.full((4, 5, 5), float(b)) for b in range(3)])   # element b's features = b
+    grid = torch.rand(3, 7, 1, 2) * 2 - 1
+    own = torch.arange(3)[:, None].expand(3, 7)
+    plain = torch.nn.functional.grid_sample(projected, grid, align_corners=True).squeeze(3).permute(2, 0, 1)
+    assert torch.equal(sample_on_sources(projected, grid, own), plain)
+    ids = torch.tensor([[0, 1, 1, 0, -7, -7, -7]] * 3, dtype=torch.float)
+    padding = ids < 0
+    owner = point_sources([torch.tensor([2, 0]), torch.tensor([1, 1]), torch.tensor([], dtype=torch.long)], ids, padding)
+    assert owner.tolist()[0] == [2, 0, 0, 2, 0, 0, 0] and owner.tolist()[1] == [1] * 7 and owner.tolist()[2] == [2] * 7
+    tokens = sample_on_sources(projected, grid, owner)                 # [P, B, C]
+    assert torch.allclose(tokens[:, :, 0], owner.t().float())
+
+
+def test_an_entity_region_on_another_batch_image_gives_that_images_point_tokens(model):
+    """The decoder samples a visual entity's region on the batch element `region_sources` names: the same
+    tokens as the region on that element itself (a region of at most max_spatial_len pixels is taken
+    whole, so no random draw differs)."""
+    features = model.encode_images(torch.rand(2, 3, 64, 64) * 255)
+    region = torch.zeros(1, 64, 64, dtype=torch.bool)
+    region[0, 20:22, 30:32] = True
+    nothing = torch.zeros_like(region)
+    tokens = torch.randn(3, model.width)
+    entry = (tokens, torch.tensor([[False, True, False]]), torch.tensor([True]))
+
+    def entity_tokens(regions, sources=None):
+        prompt = InterleavePrompt.batch([entry, entry], regions=regions, region_sources=sources)
+        return model.interface(features.levels, features.mask_features, "interleave", interleave=prompt).entity_tokens
+    on_other = entity_tokens([region, nothing], [torch.tensor([1]), torch.tensor([1])])
+    on_itself = entity_tokens([nothing, region])
+    for moved, direct in zip(on_other, on_itself):
+        keep = ~moved.padding[0]
+        assert keep.sum() == 4 and torch.allclose(moved.tokens[:4, 0], direct.tokens[:4, 1], atol=1e-6)
+
+
 def test_without_referring_phrases_grounding_uses_the_image_class_names(data_root, tmp_path):
     root = tmp_path / "no_refs"
     shutil.copytree(data_root, root, ignore=shutil.ignore_patterns("refcocog"))
@@ -268,9 +344,12 @@ def test_evaluation_runs_every_task_on_the_official_decoder(data_root, tmp_path,
     config.to_yaml(path)
     monkeypatch.chdir(data_root.parent)
     assert evaluate.main(["--config", str(path), "--checkpoint", str(tmp_path / "run"), "--data", data_root.name,
-                          "--out", str(tmp_path / "metrics.json")]) == 0
+                          "--out", str(tmp_path / "metrics.json"), "--visual-own-instance"]) == 0
     metrics = json.loads((tmp_path / "metrics.json").read_text())
     assert metrics["skipped"] == {}
+    grounded = metrics["interleave_grounding"]          # every entity, and apart by kind
+    assert grounded["text"]["entities"] + grounded["visual"]["entities"] == grounded["entities"]
+    assert grounded["visual_own_instance"]["entities"] == grounded["visual"]["entities"] > 0
     for task, key in (("generic", "pq"), ("interactive", "iou_at_1"), ("grounding", "ciou"), ("retrieval", "ir5"),
                       ("interleave_grounding", "ciou"), ("interleave_retrieval", "ir5")):
         assert metrics[task][key] is None or 0.0 <= metrics[task][key] <= 100.0, (task, metrics[task])

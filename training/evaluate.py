@@ -34,6 +34,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--entity-json", help="override eval.entity_json (FIND-Bench entries, relative to --data), "
                         "e.g. the engine's find_bench/entity_val.json")
     parser.add_argument("--retrieval-json", help="override eval.retrieval_json (its gallery, relative to --data)")
+    parser.add_argument("--visual-own-instance", action="store_true",
+                        help="also ground each visual entity given as its own instance (eval.visual_own_instance)")
     return parser.parse_args(argv)
 
 
@@ -58,6 +60,7 @@ def main(argv: list[str] | None = None) -> int:
             config.entity_json = args.entity_json
         if args.retrieval_json:
             config.retrieval_json = args.retrieval_json
+        config.visual_own_instance = config.visual_own_instance or args.visual_own_instance
         checkpoint = resolve_checkpoint(args.checkpoint)
         pipeline = FindPipeline.from_checkpoint(checkpoint, device=config.device, precision=config.precision)
         metrics = evaluate(pipeline, args.data, config)

@@ -165,6 +165,9 @@ class OptimConfig:
             raise ConfigError(f"optim.clip_grad_norm must be > 0 or null, got {self.clip_grad_norm}")
 
 
+VISUAL_SOURCES = ("own", "batch", "batch_nearest")
+
+
 @dataclass
 class OfficialRecipeConfig:
     """`train.mode: official` — the per-image draws of the official mapper and training forward
@@ -173,6 +176,11 @@ class OfficialRecipeConfig:
     batch_size: int = 8                 # GLOBAL images per step, split over the processes
     max_grounding: int = 5              # GROUNDING.MAX_LEN: each image gets 1 .. max_grounding-1 phrases
     visual_prob: float = 0.5            # INTERLEAVE.VISUAL_PROB: an entity is given as a stroke this often
+    # where a visual entity's stroke lies: "own" (upstream) on the entity's own instance; "batch" on a
+    # random same-category instance in another image of the process's batch, "batch_nearest" on the one
+    # nearest in mean colour (its own when no other image has one), as FIND-Bench's references and the
+    # evaluation give visual entities: from another image (training/configs/visual_source/ measures them)
+    visual_source: str = "own"
     max_entities: int = 6               # the mapper keeps an entry's first 6 entities
     spatial_max_iter: int = 1           # SPATIAL.MAX_ITER: 0..n gradient-free rounds add a corrective click
     conditional_attention: bool = True  # DYNAMICS.CONDITIONAL_ATTENTION in training forwards
@@ -189,6 +197,8 @@ class OfficialRecipeConfig:
                               "spatial_max_iter >= 0")
         if not 0.0 <= self.visual_prob <= 1.0:
             raise ConfigError(f"official.visual_prob must lie in [0, 1], got {self.visual_prob}")
+        if self.visual_source not in VISUAL_SOURCES:
+            raise ConfigError(f"official.visual_source must be one of {VISUAL_SOURCES}, got {self.visual_source!r}")
         if self.num_points < 1:
             raise ConfigError(f"official.num_points must be >= 1, got {self.num_points}")
 
@@ -256,6 +266,7 @@ class EvalConfig:
     max_images: int | None = None           # evaluate at most this many samples per dataset
     max_clicks: int = 10                    # interactive click simulation (NoC counts up to this)
     max_interactive_objects: int = 4        # objects per image in the click simulation
+    visual_own_instance: bool = False       # diagnostic: also ground visual entities given as their own instance
     device: str = "auto"
     precision: str = "fp32"
 

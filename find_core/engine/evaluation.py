@@ -19,6 +19,8 @@ import numpy as np
 import torch
 
 from ..data import CocoCaptions, CocoPanoptic, FindBenchEntities, RefCocoG, load_retrieval_gallery
+from ..data.samples import EntitySample
+from ..instructions import Entity, Instruction, VisualReference
 from ..interface.inputs import ImageFeatures
 from ..metrics import (GroundingEvaluator, InteractiveEvaluator, MaskAPEvaluator, PanopticEvaluator, PanopticSegment,
                        SemanticEvaluator, image_text_retrieval, interleave_retrieval, mask_iou, next_click)
@@ -69,6 +71,13 @@ def _json_ready(value: Any) -> Any:
     if isinstance(value, np.integer):
         return int(value)
     return value
+
+
+def on_own_instances(instruction: Instruction, sample: EntitySample) -> Instruction:
+    """The instruction with each visual entity's reference replaced by its own instance in the image."""
+    entities = tuple(Entity(e.start, e.end, "visual", VisualReference(image=sample.image, mask=p.mask))
+                     if p.is_visual else e for e, p in zip(instruction.entities, sample.phrases, strict=True))
+    return Instruction(text=instruction.text, entities=entities, id=instruction.id)
 
 
 def _limit(count: int, config: EvalConfig) -> range:
@@ -254,14 +263,26 @@ class _Runner:
         return FindBenchEntities(self.root, self._split(self.config.entity_split), entity_json=entity)
 
     def interleave_grounding(self) -> dict[str, Any]:
+        """cIoU over every entity, and apart for text and visual entities; with
+        `eval.visual_own_instance` also each visual entity given as its own instance in the image
+        instead of its reference in another image (the diagnostic that separates the two)."""
         data = self._entities()
-        evaluator = GroundingEvaluator()
+        evaluators = {kind: GroundingEvaluator() for kind in ("all", "text", "visual", "visual_own_instance")}
         for i in _limit(len(data), self.config):
             sample = data[i]
-            result = self.pipe.interleave_ground(sample.image, entity_instruction(sample, f"entry-{i}"))
+            instruction = entity_instruction(sample, f"entry-{i}")
+            result = self.pipe.interleave_ground(sample.image, instruction)
             for segment, phrase in zip(result.segments, sample.phrases, strict=True):
-                evaluator.add(segment.mask.astype(bool), phrase.mask)
-        return {**evaluator.result().as_dict(), "entities": len(evaluator)}
+                for kind in ("all", "visual" if phrase.is_visual else "text"):
+                    evaluators[kind].add(segment.mask.astype(bool), phrase.mask)
+            if self.config.visual_own_instance and any(p.is_visual for p in sample.phrases):
+                own = self.pipe.interleave_ground(sample.image, on_own_instances(instruction, sample))
+                for segment, phrase in zip(own.segments, sample.phrases, strict=True):
+                    if phrase.is_visual:
+                        evaluators["visual_own_instance"].add(segment.mask.astype(bool), phrase.mask)
+        total = evaluators.pop("all")
+        return {**total.result().as_dict(), "entities": len(total),
+                **{kind: {**e.result().as_dict(), "entities": len(e)} for kind, e in evaluators.items() if len(e)}}
 
     def interleave_retrieval(self) -> dict[str, Any]:
         data = self._entities()

@@ -4,7 +4,9 @@ Upstream trains all tasks in one forward over COCO images that carry everything 
 (`coco_panoptic_interleave_dataset_mapper.py`): panoptic instances, one class drawn from the whole
 vocabulary, a few referring phrases (or, without any, class names of the image), interactive strokes
 on the instances, one caption and one FIND-Bench entry whose entities are, with probability
-VISUAL_PROB each, given as a stroke on their own instance instead of their words. `OfficialData`
+VISUAL_PROB each, given as a stroke on their own instance instead of their words (or, with
+`official.visual_source: batch`, on a same-category instance in another image of the batch).
+`OfficialData`
 joins our readers (COCO panoptic, RefCOCOG, Karpathy captions, FIND-Bench entities) by image id and
 draws the same things. All randomness of a sample comes from its seed (see `batches.derive_seed`).
 """
@@ -39,6 +41,8 @@ class Entry:
     visual: list[bool]
     masks: torch.Tensor                 # [E, S, S] bool: each entity's instance
     strokes: torch.Tensor               # [E, S, S] bool: a visual entity's stroke (empty for text)
+    segment_ids: list[int]              # each entity's panoptic segment (-1: missing from the image)
+    sources: list[int]                  # batch element whose image a stroke lies on (-1: the entry's own)
 
 
 @dataclass
@@ -112,10 +116,36 @@ class OfficialData:
         ids = [self._ids[i] for i in indices]
         samples = [self.panoptic.sample(image_id) for image_id in ids]
         images, boxes = letterbox([s.image for s in samples], self.input_size)
-        drawn = [self._sample(s.image_id, [seg for seg in s.segments if not seg.iscrowd], box,
-                              np.random.default_rng(seed))
-                 for s, box, seed in zip(samples, boxes, seeds)]
+        segments = [[seg for seg in s.segments if not seg.iscrowd] for s in samples]
+        drawn = [self._sample(s.image_id, segs, box, np.random.default_rng(seed))
+                 for s, segs, box, seed in zip(samples, segments, boxes, seeds)]
+        if self.recipe.visual_source != "own":   # its own draws, so "own" runs draw what they always drew
+            for b, (sample, seed) in enumerate(zip(drawn, seeds)):
+                self._visual_elsewhere(b, sample.entry, [s.image for s in samples], segments, boxes, np.random.default_rng([seed, 1]))
         return OfficialBatch(images, drawn, list(seeds), self.class_names)
+
+    def _visual_elsewhere(self, b: int, entry: Entry, pixels: list[np.ndarray], segments: list[list[Segment]],
+                          boxes: list[Letterbox], rng: np.random.Generator) -> None:
+        """Move each visual entity's stroke of image b onto a same-category instance of another image of
+        the batch — a random one ("batch") or the one nearest in mean colour ("batch_nearest", what the
+        reference of a FIND-Bench entity is: the most similar segment of its class elsewhere); its own
+        stays when no other image has one."""
+        own = {seg.id: seg for seg in segments[b]}
+        for e, (is_visual, segment_id) in enumerate(zip(entry.visual, entry.segment_ids)):
+            segment = own.get(segment_id)
+            if not is_visual or segment is None:
+                continue
+            others = [(k, seg) for k, image in enumerate(segments) if k != b
+                      for seg in image if seg.category_id == segment.category_id and seg.mask.any()]
+            if not others:
+                continue
+            if self.recipe.visual_source == "batch_nearest":
+                colour = _mean_colour(pixels[b], segment.mask)
+                k, seg = min(others, key=lambda o: float(np.linalg.norm(_mean_colour(pixels[o[0]], o[1].mask) - colour)))
+            else:
+                k, seg = others[int(rng.integers(len(others)))]
+            entry.strokes[e] = self._stroke(seg.mask, boxes[k], rng)
+            entry.sources[e] = k
 
     # ---- one image ----------------------------------------------------------------------------------
     def _sample(self, image_id: int, segments: list[Segment], box: Letterbox, rng: np.random.Generator) -> OfficialSample:
@@ -170,20 +200,27 @@ class OfficialData:
         size = box.size
         if not entries:  # the mapper's empty entry: "N/A", one entity with an empty mask
             empty = torch.zeros(1, size, size, dtype=torch.bool)
-            return Entry("N/A", [(0, 3)], [False], empty, empty.clone())
+            return Entry("N/A", [(0, 3)], [False], empty, empty.clone(), [-1], [-1])
         entry = entries[int(rng.integers(len(entries)))]
         phrases = sorted(entry["phrase"], key=lambda p: p["start_idx"])[: self.recipe.max_entities]
         visual = (rng.random(len(phrases)) < self.recipe.visual_prob).tolist()
-        by_id = {seg.id: seg.mask for seg in segments}
+        by_id = {seg.id: seg for seg in segments}
         text, spans = placeholder_text(entry["sentence"], [(int(p["start_idx"]), int(p["end_idx"]), v)
                                                            for p, v in zip(phrases, visual)])
-        masks, strokes = [], []
+        masks, strokes, segment_ids = [], [], []
         for phrase, is_visual in zip(phrases, visual):
-            mask = by_id.get(int(phrase["annotation_id"]))
-            if mask is None or not mask.any():
+            segment = by_id.get(int(phrase["annotation_id"]))
+            if segment is None or not segment.mask.any():
                 masks.append(torch.zeros(size, size, dtype=torch.bool))
                 strokes.append(torch.zeros(size, size, dtype=torch.bool))
+                segment_ids.append(-1)
                 continue
-            masks.append(box.to_input(mask))
-            strokes.append(self._stroke(mask, box, rng) if is_visual else torch.zeros(size, size, dtype=torch.bool))
-        return Entry(text, spans, visual, torch.stack(masks), torch.stack(strokes))
+            masks.append(box.to_input(segment.mask))
+            strokes.append(self._stroke(segment.mask, box, rng) if is_visual
+                           else torch.zeros(size, size, dtype=torch.bool))
+            segment_ids.append(int(segment.id))
+        return Entry(text, spans, visual, torch.stack(masks), torch.stack(strokes), segment_ids, [-1] * len(phrases))
+
+
+def _mean_colour(image: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    return image[mask].reshape(-1, image.shape[-1]).astype(np.float64).mean(axis=0)

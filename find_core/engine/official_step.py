@@ -133,13 +133,17 @@ class OfficialStep(nn.Module):
         query_items = nn.utils.rnn.pad_sequence([torch.arange(len(p), device=device) for p in pos],
                                                 batch_first=True, padding_value=-3)
         regions = [s.entry.strokes.to(device) for s in samples]
+        # a stroke on another batch image (official.visual_source: batch) is sampled on that image's features
+        sources = ([torch.tensor([b if k < 0 else k for k in s.entry.sources], device=device) for b, s in enumerate(samples)]
+                   if any(k >= 0 for s in samples for k in s.entry.sources) else None)
         return {
             "class_prompt": TextPrompt.padded(classes),
             "grounding": TextPrompt.phrases(grounding),
             "strokes": StrokePrompt(pos, [torch.zeros_like(p) for p in pos], query_items),
             "retrieval": TextPrompt.padded(captions),
             "interleave": InterleavePrompt.batch(interleave, regions=regions,
-                                                 negative_regions=[torch.zeros_like(r) for r in regions]),
+                                                 negative_regions=[torch.zeros_like(r) for r in regions],
+                                                 region_sources=sources),
         }, captions
 
 

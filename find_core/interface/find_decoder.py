@@ -33,7 +33,7 @@ from .find_decoder_config import FindDecoderConfig
 from .heads import MLP
 from .official_layers import CrossAttentionLayer, FFNLayer, SelfAttentionLayer, _Stack
 from .official_prompts import (DecoderOutput, InterleavePrompt, PointTokens, StrokePrompt, TextPrompt,
-                               entity_point_tokens, sample_stroke_points)
+                               entity_point_tokens, point_sources, sample_on_sources, sample_stroke_points)
 from .official_table import (CAPTION, CLQ, CLT, CPQ, CPT, DSQ, DST, GRD, IEP, IEQ, ILQ, ILT, IMAGE, IMG, IPT, LOGITS,
                              MASK, MASKEMB, MEM, OBJ, RULES, SEG, SELECTS_SPATIAL_MASK, SPQ, SPT, TASK_HEADS,
                              ConditionalAttention, GroupRule, Segment, active_rules, self_attention_allowed,
@@ -120,10 +120,12 @@ class FindDecoder(nn.Module):
 
     def _point_tokens(self, pos_masks: Sequence[Tensor], neg_masks: Sequence[Tensor] | None,
                       src: list[Tensor], sizes: list[tuple[int, int]], generator: torch.Generator | None,
-                      pad_item: float) -> list[PointTokens]:
+                      pad_item: float, sources: Sequence[Tensor] | None = None) -> list[PointTokens]:
         """Per level, the point tokens of positive / negative pixels (strokes or entity regions).
 
         pos_masks / neg_masks: per batch element a bool [P, H, W]; a point's item is its channel P.
+        sources: per batch element a long [P], the batch element whose features item p's pixels are
+        sampled on (default: its own).
         Each token is the level's features, projected by `mask_sptial_embed[level]`, bilinearly sampled
         at a pixel, plus the positive / negative indicator embedding. pad_item: the item id of padding
         (upstream: -2 for strokes, -7 for entity regions; never attended, but returned).
@@ -149,7 +151,10 @@ class FindDecoder(nn.Module):
             padding = coords_b.sum(dim=-1) < 0
             coords_b = coords_b.masked_fill(padding[..., None], 0.0)
             grid = 2.0 * coords_b.flip(dims=(2,)).to(projected.dtype)[:, :, None] - 1.0  # (x, y) in [-1, 1]
-            tokens = F.grid_sample(projected, grid, align_corners=True).squeeze(3).permute(2, 0, 1)  # [P, B, C]
+            if sources is None:
+                tokens = F.grid_sample(projected, grid, align_corners=True).squeeze(3).permute(2, 0, 1)  # [P, B, C]
+            else:
+                tokens = sample_on_sources(projected, grid, point_sources(sources, ids_b, padding))
             tokens = tokens.clone()
             tokens[polarity_b == 1] += self.pn_indicator.weight[0:1]
             tokens[polarity_b == -1] += self.pn_indicator.weight[1:2]
@@ -297,7 +302,7 @@ class FindDecoder(nn.Module):
                 entity_levels = list(interleave.points)
             elif interleave.regions is not None:
                 entity_levels = self._point_tokens(interleave.regions, interleave.negative_regions, src, sizes,
-                                                   generator, -7.0)
+                                                   generator, -7.0, interleave.region_sources)
                 sampled_entities = entity_levels
             else:
                 raise ValueError("interleave needs the entities' regions or their point tokens")

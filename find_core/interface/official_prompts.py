@@ -6,6 +6,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 # --------------------------------------------------------------------------------------------------
@@ -87,7 +88,9 @@ class InterleavePrompt:
     entity_items [B, E]: the entity index of each entity query.
     The visual entities' points, one of:
       regions: per batch element a bool [E, H, W] at image resolution (all False for text entities),
-          the entity regions on the image being decoded; negative_regions likewise (optional).
+          the entity regions on the image being decoded; negative_regions likewise (optional);
+          region_sources (optional, training): per batch element a long [E], the batch element whose
+          features an entity's region lies on (default: its own image).
       points: point tokens per feature level, already sampled (e.g. on a reference image; see
           `entity_point_tokens`), for ranking other images against the entry.
     """
@@ -100,6 +103,7 @@ class InterleavePrompt:
     regions: Sequence[Tensor] | None = None
     negative_regions: Sequence[Tensor] | None = None
     points: Sequence[PointTokens] | None = None
+    region_sources: Sequence[Tensor] | None = None
 
     @classmethod
     def entry(cls, tokens: Tensor, entity_to_tokens: Tensor, is_visual: Tensor, regions: Tensor | None = None,
@@ -119,7 +123,8 @@ class InterleavePrompt:
     @classmethod
     def batch(cls, entries: Sequence[tuple[Tensor, Tensor, Tensor]], regions: Sequence[Tensor] | None = None,
               negative_regions: Sequence[Tensor] | None = None,
-              points: Sequence[PointTokens] | None = None) -> "InterleavePrompt":
+              points: Sequence[PointTokens] | None = None,
+              region_sources: Sequence[Tensor] | None = None) -> "InterleavePrompt":
         """One entry per batch element, each (tokens [T, C], entity_to_tokens [E, T], is_visual [E]) as in
         `entry`; padded as upstream's training forward pads them (token entity -5, entity query -6)."""
         token_entities, visual_tokens, entity_items = [], [], []
@@ -136,7 +141,7 @@ class InterleavePrompt:
         return cls(text.tokens, text.padding, pad(token_entities, batch_first=True, padding_value=-5),
                    pad(visual_tokens, batch_first=True, padding_value=False),
                    pad(entity_items, batch_first=True, padding_value=-6),
-                   regions=regions, negative_regions=negative_regions, points=points)
+                   regions=regions, negative_regions=negative_regions, points=points, region_sources=region_sources)
 
 
 def entity_point_tokens(entities: Sequence[Sequence[PointTokens] | None], width: int) -> list[PointTokens]:
@@ -208,3 +213,22 @@ def sample_stroke_points(mask: Tensor, max_len: int, generator: torch.Generator 
     return points[keep]
 
 
+
+
+def point_sources(sources: Sequence[Tensor], ids: Tensor, padding: Tensor) -> Tensor:
+    """[B, P] the batch element each point is sampled on: its item's source (padding: its own)."""
+    own = torch.arange(len(sources), device=ids.device)[:, None].expand_as(ids)
+    rows = [source.to(ids.device)[ids[b].long().clamp(0, len(source) - 1)] if len(source) else own[b]
+            for b, source in enumerate(sources)]
+    return torch.where(padding, own, torch.stack(rows))
+
+
+def sample_on_sources(projected: Tensor, grid: Tensor, owner: Tensor) -> Tensor:
+    """[P, B, C] point tokens: point (b, p) bilinearly sampled on batch element owner[b, p]'s features
+    (projected [B, C, H, W], grid [B, P, 1, 2]). Every point is sampled on every element (B x B x P x C,
+    small next to the decoder) and its owner's value kept."""
+    bs, points = owner.shape
+    every = F.grid_sample(projected, grid.reshape(1, bs * points, 1, 2).expand(bs, -1, -1, -1),
+                          align_corners=True)[..., 0]                                   # [B_src, C, B*P]
+    picked = every[owner.flatten(), :, torch.arange(bs * points, device=owner.device)]  # [B*P, C]
+    return picked.view(bs, points, -1).permute(1, 0, 2)
