@@ -228,6 +228,24 @@ def test_an_entity_region_on_another_batch_image_gives_that_images_point_tokens(
         assert keep.sum() == 4 and torch.allclose(moved.tokens[:4, 0], direct.tokens[:4, 1], atol=1e-6)
 
 
+def test_the_official_grounding_protocol_gives_half_the_entities_as_strokes_on_their_own_instance(data_root):
+    from find_core.data import FindBenchEntities
+    from find_core.engine.evaluation import own_stroke_instruction
+    entries = FindBenchEntities(data_root, "val")
+    visual = total = 0
+    for seed, i in [(seed, i) for seed in range(10) for i in range(len(entries))]:
+        sample = entries[i]
+        instruction = own_stroke_instruction(sample, np.random.default_rng([seed, i]), f"entry-{i}")
+        assert instruction.text == sample.sentence
+        for entity, phrase in zip(instruction.entities, sample.phrases, strict=True):
+            assert (entity.start, entity.end) == (phrase.start, phrase.end)
+            total += 1
+            if entity.kind == "visual":
+                visual += 1
+                assert entity.reference.image is sample.image and (entity.reference.mask & phrase.mask).any()
+    assert total >= 20 and 0.3 < visual / total < 0.7, (visual, total)
+
+
 def test_without_referring_phrases_grounding_uses_the_image_class_names(data_root, tmp_path):
     root = tmp_path / "no_refs"
     shutil.copytree(data_root, root, ignore=shutil.ignore_patterns("refcocog"))
@@ -344,12 +362,20 @@ def test_evaluation_runs_every_task_on_the_official_decoder(data_root, tmp_path,
     config.to_yaml(path)
     monkeypatch.chdir(data_root.parent)
     assert evaluate.main(["--config", str(path), "--checkpoint", str(tmp_path / "run"), "--data", data_root.name,
-                          "--out", str(tmp_path / "metrics.json"), "--visual-own-instance"]) == 0
+                          "--out", str(tmp_path / "metrics.json")]) == 0
     metrics = json.loads((tmp_path / "metrics.json").read_text())
     assert metrics["skipped"] == {}
     grounded = metrics["interleave_grounding"]          # every entity, and apart by kind
+    assert grounded["visual_entities"] == "reference"
     assert grounded["text"]["entities"] + grounded["visual"]["entities"] == grounded["entities"]
-    assert grounded["visual_own_instance"]["entities"] == grounded["visual"]["entities"] > 0
+    # the official FIND-Bench grounding protocol, that task alone
+    assert evaluate.main(["--config", str(path), "--checkpoint", str(tmp_path / "run"), "--data", data_root.name,
+                          "--out", str(tmp_path / "own.json"), "--interleave-visual", "own_stroke",
+                          "--tasks", "interleave_grounding"]) == 0
+    own = json.loads((tmp_path / "own.json").read_text())
+    assert set(own["skipped"]) == {"generic", "interactive", "grounding", "retrieval", "interleave_retrieval"}
+    assert own["interleave_grounding"]["visual_entities"] == "own_stroke"
+    assert own["interleave_grounding"]["entities"] == grounded["entities"] and own["interleave_grounding"]["visual"]["entities"] > 0
     for task, key in (("generic", "pq"), ("interactive", "iou_at_1"), ("grounding", "ciou"), ("retrieval", "ir5"),
                       ("interleave_grounding", "ciou"), ("interleave_retrieval", "ir5")):
         assert metrics[task][key] is None or 0.0 <= metrics[task][key] <= 100.0, (task, metrics[task])

@@ -34,8 +34,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--entity-json", help="override eval.entity_json (FIND-Bench entries, relative to --data), "
                         "e.g. the engine's find_bench/entity_val.json")
     parser.add_argument("--retrieval-json", help="override eval.retrieval_json (its gallery, relative to --data)")
-    parser.add_argument("--visual-own-instance", action="store_true",
-                        help="also ground each visual entity given as its own instance (eval.visual_own_instance)")
+    parser.add_argument("--interleave-visual", choices=("reference", "own_stroke"),
+                        help="override eval.interleave_visual: visual entities as the file's references (crops of "
+                        "another image) or, as the official FIND-Bench grounding evaluation, strokes on their own instance")
+    parser.add_argument("--tasks", nargs="+", help="override eval.tasks: evaluate only these tasks")
     return parser.parse_args(argv)
 
 
@@ -60,7 +62,10 @@ def main(argv: list[str] | None = None) -> int:
             config.entity_json = args.entity_json
         if args.retrieval_json:
             config.retrieval_json = args.retrieval_json
-        config.visual_own_instance = config.visual_own_instance or args.visual_own_instance
+        if args.interleave_visual:
+            config.interleave_visual = args.interleave_visual
+        if args.tasks:
+            config.tasks = args.tasks
         checkpoint = resolve_checkpoint(args.checkpoint)
         pipeline = FindPipeline.from_checkpoint(checkpoint, device=config.device, precision=config.precision)
         metrics = evaluate(pipeline, args.data, config)

@@ -266,7 +266,12 @@ class EvalConfig:
     max_images: int | None = None           # evaluate at most this many samples per dataset
     max_clicks: int = 10                    # interactive click simulation (NoC counts up to this)
     max_interactive_objects: int = 4        # objects per image in the click simulation
-    visual_own_instance: bool = False       # diagnostic: also ground visual entities given as their own instance
+    # interleave grounding's visual entities: "reference" = each file reference's crop (another image);
+    # "own_stroke" = the official FIND-Bench grounding protocol (a stroke on the entity's own instance,
+    # each entity visual with probability 0.5)
+    interleave_visual: str = "reference"
+    tasks: list[str] | None = None          # evaluate only these tasks (default: every one the data allows)
+    seed: int = 0                           # the draws of the own_stroke protocol
     device: str = "auto"
     precision: str = "fp32"
 
@@ -277,6 +282,8 @@ class EvalConfig:
             raise ConfigError(f"eval.max_images must be >= 1 or null, got {self.max_images}")
         if self.precision not in PRECISIONS:
             raise ConfigError(f"eval.precision must be one of {PRECISIONS}, got {self.precision!r}")
+        if self.interleave_visual not in ("reference", "own_stroke"):
+            raise ConfigError(f"eval.interleave_visual must be reference or own_stroke, got {self.interleave_visual!r}")
 
 
 @dataclass

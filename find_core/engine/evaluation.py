@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from ..config import ConfigError
 from ..data import CocoCaptions, CocoPanoptic, FindBenchEntities, RefCocoG, load_retrieval_gallery
 from ..data.samples import EntitySample
 from ..instructions import Entity, Instruction, VisualReference
@@ -30,7 +31,10 @@ from ..prompts import ClassPrompt, SpatialPrompt
 from ..tasks import generic, interactive, official
 from ..tasks.common import best_queries
 from .batches import entity_instruction
-from .config import EvalConfig
+from ..tasks.interactive import positive_stroke
+from .config import EvalConfig, InteractiveConfig
+
+OFFICIAL_VISUAL_PROB = 0.5   # INTERLEAVE.VISUAL_PROB of the official config
 
 IGNORE = 255
 CHUNK = 16
@@ -73,11 +77,17 @@ def _json_ready(value: Any) -> Any:
     return value
 
 
-def on_own_instances(instruction: Instruction, sample: EntitySample) -> Instruction:
-    """The instruction with each visual entity's reference replaced by its own instance in the image."""
-    entities = tuple(Entity(e.start, e.end, "visual", VisualReference(image=sample.image, mask=p.mask))
-                     if p.is_visual else e for e, p in zip(instruction.entities, sample.phrases, strict=True))
-    return Instruction(text=instruction.text, entities=entities, id=instruction.id)
+def own_stroke_instruction(sample: EntitySample, rng: np.random.Generator, key: str) -> Instruction:
+    """An entry as the official FIND-Bench grounding evaluation gives it (grounding_coco_entity_mapper):
+    each entity visual with probability VISUAL_PROB, as a stroke drawn on its own instance in the image."""
+    entities = []
+    for phrase in sample.phrases:
+        if rng.random() < OFFICIAL_VISUAL_PROB and phrase.mask.any():
+            stroke = positive_stroke(phrase.mask, rng, InteractiveConfig())
+            entities.append(Entity(phrase.start, phrase.end, "visual", VisualReference(image=sample.image, mask=stroke)))
+        else:
+            entities.append(Entity(phrase.start, phrase.end, "text"))
+    return Instruction(text=sample.sentence, entities=tuple(entities), id=key)
 
 
 def _limit(count: int, config: EvalConfig) -> range:
@@ -120,7 +130,7 @@ class _Runner:
             missing = [str(p) for p in paths if not p.is_file()]
             return True if not missing else f"not found: {', '.join(missing)}"
 
-        return [
+        plan = [
             ("generic", have(panoptic), self.generic),
             ("interactive", have(panoptic), self.interactive),
             ("grounding", have(refcoco), self.grounding),
@@ -128,6 +138,12 @@ class _Runner:
             ("interleave_grounding", have(entity), self.interleave_grounding),
             ("interleave_retrieval", have(entity, gallery), self.interleave_retrieval),
         ]
+        if c.tasks is None:
+            return plan
+        unknown = sorted(set(c.tasks) - {task for task, _, _ in plan})
+        if unknown:
+            raise ConfigError(f"eval.tasks: unknown {unknown}; the tasks are {[task for task, _, _ in plan]}")
+        return [(task, available if task in c.tasks else "not asked (eval.tasks)", run) for task, available, run in plan]
 
     @contextlib.contextmanager
     def _inference(self) -> Iterator[None]:
@@ -263,25 +279,24 @@ class _Runner:
         return FindBenchEntities(self.root, self._split(self.config.entity_split), entity_json=entity)
 
     def interleave_grounding(self) -> dict[str, Any]:
-        """cIoU over every entity, and apart for text and visual entities; with
-        `eval.visual_own_instance` also each visual entity given as its own instance in the image
-        instead of its reference in another image (the diagnostic that separates the two)."""
+        """cIoU over every entity, and apart for text and visual entities. Visual entities as
+        `eval.interleave_visual` says: each file reference's crop (another image), or as the official
+        FIND-Bench grounding evaluation gives them, a stroke on the entity's own instance."""
         data = self._entities()
-        evaluators = {kind: GroundingEvaluator() for kind in ("all", "text", "visual", "visual_own_instance")}
+        evaluators = {kind: GroundingEvaluator() for kind in ("all", "text", "visual")}
         for i in _limit(len(data), self.config):
             sample = data[i]
-            instruction = entity_instruction(sample, f"entry-{i}")
+            if self.config.interleave_visual == "own_stroke":
+                instruction = own_stroke_instruction(sample, np.random.default_rng([self.config.seed, i]),
+                                                     f"entry-{i}")
+            else:
+                instruction = entity_instruction(sample, f"entry-{i}")
             result = self.pipe.interleave_ground(sample.image, instruction)
-            for segment, phrase in zip(result.segments, sample.phrases, strict=True):
-                for kind in ("all", "visual" if phrase.is_visual else "text"):
+            for segment, phrase, entity in zip(result.segments, sample.phrases, instruction.entities, strict=True):
+                for kind in ("all", entity.kind):
                     evaluators[kind].add(segment.mask.astype(bool), phrase.mask)
-            if self.config.visual_own_instance and any(p.is_visual for p in sample.phrases):
-                own = self.pipe.interleave_ground(sample.image, on_own_instances(instruction, sample))
-                for segment, phrase in zip(own.segments, sample.phrases, strict=True):
-                    if phrase.is_visual:
-                        evaluators["visual_own_instance"].add(segment.mask.astype(bool), phrase.mask)
         total = evaluators.pop("all")
-        return {**total.result().as_dict(), "entities": len(total),
+        return {**total.result().as_dict(), "entities": len(total), "visual_entities": self.config.interleave_visual,
                 **{kind: {**e.result().as_dict(), "entities": len(e)} for kind, e in evaluators.items() if len(e)}}
 
     def interleave_retrieval(self) -> dict[str, Any]:

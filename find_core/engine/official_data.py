@@ -23,7 +23,8 @@ from ..data.samples import Segment
 from ..preprocess import Letterbox, letterbox
 from ..tasks.common import class_text
 from ..tasks.official import placeholder_text
-from .batches import _stack, sample_spatial_prompts
+from ..tasks.interactive import positive_stroke
+from .batches import _stack
 from .config import DataConfig, InteractiveConfig, OfficialRecipeConfig
 
 
@@ -163,13 +164,8 @@ class OfficialData:
             entry=self._entry(image_id, segments, box, rng))
 
     def _stroke(self, mask: np.ndarray, box: Letterbox, rng: np.random.Generator) -> torch.Tensor:
-        """The positive strokes the interactive sampler draws for one instance, as one mask."""
-        height, width = mask.shape
-        drawn = [p for p in sample_spatial_prompts(mask, rng, self.interactive) if p.positive]
-        union = np.zeros_like(mask)
-        for prompt in drawn:
-            union |= prompt.rasterize(height, width)
-        return box.to_input(union)  # a stroke thinner than an input pixel keeps one pixel
+        """The positive strokes the interactive sampler draws for one instance, as one input-size mask."""
+        return box.to_input(positive_stroke(mask, rng, self.interactive))  # a thin stroke keeps one pixel
 
     def _strokes(self, segments: list[Segment], box: Letterbox,
                  rng: np.random.Generator) -> tuple[torch.Tensor, torch.Tensor]:

@@ -101,6 +101,17 @@ def sample_spatial_prompts(mask: np.ndarray, rng: np.random.Generator, config: A
     return prompts
 
 
+def positive_stroke(mask: np.ndarray, rng: np.random.Generator, config: Any) -> np.ndarray:
+    """The positive prompts `sample_spatial_prompts` draws for one object, as one H×W bool mask (the
+    stroke a visual entity is given by in the official recipe and FIND-Bench grounding)."""
+    height, width = mask.shape
+    union = np.zeros_like(mask, dtype=bool)
+    for prompt in sample_spatial_prompts(mask, rng, config):
+        if prompt.positive:
+            union |= prompt.rasterize(height, width)
+    return union
+
+
 def build_batch(drawn: Drawn) -> InteractiveBatch:
     """Up to `interactive.max_objects` random segments per image, each with its drawn prompts."""
     prompts, masks = [], []
