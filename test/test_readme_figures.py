@@ -7,6 +7,9 @@ results (update the README), or when the README drops the phrase. Sources and th
 * ``find_core/checkpoints/find-synthetic/heldout_metrics.json`` and
   ``training/results/synthetic_official_heldout.json`` (+ its ``_train_log.csv`` and ``_engine.json``):
   ``python -m training.evaluate`` / ``training.train`` — the checkpoint table;
+* ``training/results/visual_source_*_heldout{,_own_stroke}.json``, ``synthetic_official_heldout_own_stroke.json``,
+  ``embedded_heldout_own_stroke.json``: ``python -m training.evaluate`` (``--interleave-visual own_stroke``) — the
+  visual-entity protocols and the ``official.visual_source`` table;
 * ``training/results/localization_embedded.json``: ``python -m training.evaluate_localization``;
 * ``bench/results.json``: ``scripts/bench.sh`` — the speed figures;
 * ``bench/camera_qos.json``: ``python -m bench.ros --out bench/camera_qos.json`` — the camera QoS figures.
@@ -32,6 +35,8 @@ OFFICIAL_ENGINE = REPO / "training" / "results" / "synthetic_official_heldout_en
 TINY_ENGINE = REPO / "training" / "results" / "synthetic_tiny_engine_heldout_engine.json"
 EMBEDDED_ENGINE = REPO / "training" / "results" / "embedded_heldout_engine.json"
 OFFICIAL_LOG = REPO / "training" / "results" / "synthetic_official_train_log.csv"
+OFFICIAL_OWN_STROKE = REPO / "training" / "results" / "synthetic_official_heldout_own_stroke.json"
+EMBEDDED_OWN_STROKE = REPO / "training" / "results" / "embedded_heldout_own_stroke.json"
 LOCALIZATION = REPO / "training" / "results" / "localization_embedded.json"
 BENCH = REPO / "bench" / "results.json"
 CAMERA_QOS = REPO / "bench" / "camera_qos.json"
@@ -108,6 +113,34 @@ def test_checkpoint_table_equals_the_metrics_files():
         assert cells[1] == official[metric], (metric, OFFICIAL.name, cells[1], official[metric])
 
 
+VISUAL_SOURCES = ("own", "batch", "batch_nearest")
+
+
+def visual_source_column(source: str) -> dict[str, str]:
+    """The README's official.visual_source table cells of one continued run (its two metrics files)."""
+    m = load(RESULTS / f"visual_source_{source}_heldout.json")
+    own = load(RESULTS / f"visual_source_{source}_heldout_own_stroke.json")["interleave_grounding"]
+    g, ig = m["generic"], m["interleave_grounding"]
+    return {
+        "PQ (things)": f"{r(g['pq'], 1)} ({r(g['pq_things'], 1)})",
+        "grounding cIoU": r(m["grounding"]["ciou"], 1),
+        "interactive IoU after 1 click": r(m["interactive"]["iou_at_1"], 1),
+        "interleave grounding cIoU, reference crops: all / text / visual":
+            f"{r(ig['ciou'], 1)} / {r(ig['text']['ciou'], 1)} / {r(ig['visual']['ciou'], 1)}",
+        "interleave grounding cIoU, own strokes (official): all / visual":
+            f"{r(own['ciou'], 1)} / {r(own['visual']['ciou'], 1)}",
+        "interleave retrieval IR@5": r(m["interleave_retrieval"]["ir5"], 1),
+    }
+
+
+def test_visual_source_table_equals_its_evaluations():
+    table = readme_table(README.read_text(encoding="utf-8"), "| official.visual_source")
+    columns = {source: visual_source_column(source) for source in VISUAL_SOURCES}
+    assert set(table) == set(columns["own"]), "README visual_source table rows differ from what the test knows"
+    for row, cells in table.items():
+        assert cells == [columns[source][row] for source in VISUAL_SOURCES], (row, cells)
+
+
 def test_field_table_equals_its_evaluations():
     """The 3D-field table: one row per input size, from training.evaluate_field's summaries."""
     table = readme_table(README.read_text(encoding="utf-8"), "| embedded checkpoint, scenes 3-22")
@@ -123,6 +156,11 @@ def claims() -> list[tuple[str, str]]:
     """(source, the README phrase it backs)."""
     heldout, official, loc = load(HELDOUT), load(OFFICIAL), load(LOCALIZATION)
     engine, tiny_engine, embedded_engine = load(OFFICIAL_ENGINE), load(TINY_ENGINE), load(EMBEDDED_ENGINE)
+    official_own = load(OFFICIAL_OWN_STROKE)["interleave_grounding"]
+    embedded_own = load(EMBEDDED_OWN_STROKE)["interleave_grounding"]
+    continued = load(RESULTS / "visual_source_own_heldout.json")
+    visual_crops = {s: load(RESULTS / f"visual_source_{s}_heldout.json")["interleave_grounding"]["visual"]["ciou"]
+                    for s in VISUAL_SOURCES}
     with OFFICIAL_LOG.open() as f:
         log = list(csv.DictReader(f))
     b = Bench(load(BENCH))
@@ -155,6 +193,16 @@ def claims() -> list[tuple[str, str]]:
         (OFFICIAL_LOG.name, f"{log[-1]['step']} steps in {r(sum(float(x['seconds']) for x in log) / 60, 1)} min "
                             "of step time"),
         (OFFICIAL.name, f"thing accuracy {r(official['generic']['thing_accuracy'], 1)} %"),
+        (OFFICIAL_OWN_STROKE.name, f"the FIND recipe's checkpoint grounds at cIoU {r(official_own['ciou'], 1)} "
+                                   f"(visual entities {r(official_own['visual']['ciou'], 1)}, `{OFFICIAL_OWN_STROKE.name}`)"),
+        (EMBEDDED_OWN_STROKE.name, f"trained on crops of other images, at {r(embedded_own['ciou'], 1)} (visual entities "
+                                   f"{r(embedded_own['visual']['ciou'], 1)}, `{EMBEDDED_OWN_STROKE.name}`)"),
+        ("visual_source_own_heldout.json", f"The 500 more steps alone lift PQ from {r(official['generic']['pq'], 1)} to "
+                                           f"{r(continued['generic']['pq'], 1)} and interleave IR@5 from "
+                                           f"{r(official['interleave_retrieval']['ir5'], 1)} to "
+                                           f"{r(continued['interleave_retrieval']['ir5'], 1)}"),
+        ("visual_source_*_heldout.json", "its visual entities fell, from " + " to ".join(
+            [r(visual_crops["own"], 1), " and ".join(r(visual_crops[s], 1) for s in ("batch", "batch_nearest"))])),
         (OFFICIAL_ENGINE.name, f"interleave grounding cIoU {r(engine['interleave_grounding']['ciou'], 1)} and IR@5 "
                                f"{r(engine['interleave_retrieval']['ir5'], 1)}, `{OFFICIAL_ENGINE.name}`"),
         (TINY_ENGINE.name, f"interleave cIoU {r(tiny_engine['interleave_grounding']['ciou'], 1)} with IR@5 "
@@ -240,7 +288,8 @@ def test_camera_qos_table_of_the_ros_doc_equals_its_source():
 
 def test_each_source_names_how_it_was_made():
     """The metrics a README figure rests on name their command (and the weights where a model was measured)."""
-    for path in (OFFICIAL, LOCALIZATION):
+    visual_source = [RESULTS / f"visual_source_{s}_heldout{kind}.json" for s in VISUAL_SOURCES for kind in ("", "_own_stroke")]
+    for path in (OFFICIAL, LOCALIZATION, OFFICIAL_OWN_STROKE, EMBEDDED_OWN_STROKE, *visual_source):
         meta = load(path)["meta"]
         assert meta["command"].startswith("python -m training.") and len(meta["checkpoint_sha256"]) == 64, path
     assert load(CAMERA_QOS)["command"].startswith("python -m bench.ros")
