@@ -18,6 +18,7 @@ from pathlib import Path
 from find_core.checkpoint import CheckpointError, weights_digest
 from find_core.config import ConfigError
 from find_core.engine import TrainConfig, latest_checkpoint
+from find_core.engine.config import INTERLEAVE_VISUALS
 from find_core.engine.evaluation import evaluate
 from find_core.pipeline import FindPipeline
 from training.output import emit_json
@@ -34,7 +35,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--entity-json", help="override eval.entity_json (FIND-Bench entries, relative to --data), "
                         "e.g. the engine's find_bench/entity_val.json")
     parser.add_argument("--retrieval-json", help="override eval.retrieval_json (its gallery, relative to --data)")
-    parser.add_argument("--interleave-visual", choices=("reference", "own_stroke"),
+    parser.add_argument("--interleave-visual", choices=INTERLEAVE_VISUALS,
                         help="override eval.interleave_visual: visual entities as the file's references (crops of "
                         "another image) or, as the official FIND-Bench grounding evaluation, strokes on their own instance")
     parser.add_argument("--tasks", nargs="+", help="override eval.tasks: evaluate only these tasks")

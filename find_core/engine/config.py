@@ -166,6 +166,7 @@ class OptimConfig:
 
 
 VISUAL_SOURCES = ("own", "batch", "batch_nearest")
+INTERLEAVE_VISUALS = ("reference", "own_stroke")   # EvalConfig.interleave_visual
 
 
 @dataclass
@@ -178,8 +179,8 @@ class OfficialRecipeConfig:
     visual_prob: float = 0.5            # INTERLEAVE.VISUAL_PROB: an entity is given as a stroke this often
     # where a visual entity's stroke lies: "own" (upstream) on the entity's own instance; "batch" on a
     # random same-category instance in another image of the process's batch, "batch_nearest" on the one
-    # nearest in mean colour (its own when no other image has one), as FIND-Bench's references and the
-    # evaluation give visual entities: from another image (training/configs/visual_source/ measures them)
+    # nearest in mean colour (its own when no other image has one), as FIND-Bench's references give
+    # visual entities: from another image (training/configs/visual_source/ measures them)
     visual_source: str = "own"
     max_entities: int = 6               # the mapper keeps an entry's first 6 entities
     spatial_max_iter: int = 1           # SPATIAL.MAX_ITER: 0..n gradient-free rounds add a corrective click
@@ -282,8 +283,9 @@ class EvalConfig:
             raise ConfigError(f"eval.max_images must be >= 1 or null, got {self.max_images}")
         if self.precision not in PRECISIONS:
             raise ConfigError(f"eval.precision must be one of {PRECISIONS}, got {self.precision!r}")
-        if self.interleave_visual not in ("reference", "own_stroke"):
-            raise ConfigError(f"eval.interleave_visual must be reference or own_stroke, got {self.interleave_visual!r}")
+        if self.interleave_visual not in INTERLEAVE_VISUALS:
+            raise ConfigError(f"eval.interleave_visual must be one of {INTERLEAVE_VISUALS}, "
+                              f"got {self.interleave_visual!r}")
 
 
 @dataclass

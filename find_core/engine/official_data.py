@@ -5,8 +5,7 @@ Upstream trains all tasks in one forward over COCO images that carry everything 
 vocabulary, a few referring phrases (or, without any, class names of the image), interactive strokes
 on the instances, one caption and one FIND-Bench entry whose entities are, with probability
 VISUAL_PROB each, given as a stroke on their own instance instead of their words (or, with
-`official.visual_source: batch`, on a same-category instance in another image of the batch).
-`OfficialData`
+`official.visual_source`, on a same-category instance in another image of the batch). `OfficialData`
 joins our readers (COCO panoptic, RefCOCOG, Karpathy captions, FIND-Bench entities) by image id and
 draws the same things. All randomness of a sample comes from its seed (see `batches.derive_seed`).
 """
