@@ -213,8 +213,6 @@ def sample_stroke_points(mask: Tensor, max_len: int, generator: torch.Generator 
     return points[keep]
 
 
-
-
 def point_sources(sources: Sequence[Tensor], ids: Tensor, padding: Tensor) -> Tensor:
     """[B, P] the batch element each point is sampled on: its item's source (padding: its own)."""
     own = torch.arange(len(sources), device=ids.device)[:, None].expand_as(ids)
