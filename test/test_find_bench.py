@@ -378,8 +378,11 @@ def test_reader_refuses_references_to_the_own_image_or_another_class(scenes, tmp
 def test_a_rerun_resumes_and_refuses_other_settings_or_foreign_files(built, scenes, tmp_path):
     out, _ = built
     before = (out / "entity_train.json").read_bytes()
+    stale = out / "build" / "records" / ".3.json.killed.tmp"   # what a writer killed mid-file leaves
+    stale.write_text('{"image_')
     report = build(_config(scenes, out, workers=0))
     assert report["images"]["resumed"] == 18 and report["images"]["processed_this_run"] == 0
+    assert not stale.exists()
     assert (out / "entity_train.json").read_bytes() == before
     with pytest.raises(ValueError, match="changed: seed"):
         build(_config(scenes, out, workers=0, seed=1))

@@ -164,7 +164,12 @@ def build(config: BuildConfig) -> dict[str, Any]:
     setup = WorkerSetup(Path(config.panoptic).resolve(), Path(config.images).resolve(),
                         Path(config.panoptic_pngs).resolve() if config.panoptic_pngs else None, out, checkpoint,
                         fingerprint, config.device, config.seed, config.rules, config.llm, config.threads)
-    results = _run_jobs(jobs, setup, config, f"find_bench {split}")
+    store.remove_partial_files()                        # left by a build killed before this one
+    try:
+        results = _run_jobs(jobs, setup, config, f"find_bench {split}")
+    except BuildInterrupted:
+        store.remove_partial_files()                    # the pool has stopped: no writer is left
+        raise
     for r in results:
         if r.status != "failed":
             records.setdefault(r.image_id, store.read_record(r.image_id))
