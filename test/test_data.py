@@ -198,13 +198,14 @@ def test_captions(root: Path) -> None:
 def test_find_bench_entities_and_visual_references(root: Path) -> None:
     phrases = visual = 0
     for split in SPLITS:
-        ds = FindBenchEntities(root, split)
+        ds = FindBenchEntities(root, split)                      # reference_view "image", as upstream
+        crops = FindBenchEntities(root, split, reference_view="crop")
         attrs = scene_attributes(root, split)
         entries = json.loads((root / "annotations" / f"entity_{split}.json").read_text())["annotations"]
         assert len(ds) == len(entries) > 0
-        for sample, entry in zip(ds, entries):
+        for sample, cropped, entry in zip(ds, crops, entries):
             ids = png_ids(root, split, sample.image_id)
-            for p, raw in zip(sample.phrases, entry["phrase"]):
+            for p, c, raw in zip(sample.phrases, cropped.phrases, entry["phrase"]):
                 phrases += 1
                 assert sample.sentence[p.start:p.end] == p.phrase and p.mask.any()
                 np.testing.assert_array_equal(p.mask, ids == raw["annotation_id"])
@@ -219,11 +220,13 @@ def test_find_bench_entities_and_visual_references(root: Path) -> None:
                     ref_mask = png_ids(root, split, ref_image) == ref_seg
                     ys, xs = np.nonzero(ref_mask)
                     box = (slice(ys.min(), ys.max() + 1), slice(xs.min(), xs.max() + 1))
-                    np.testing.assert_array_equal(p.visual_mask, ref_mask[box])
                     ref_image_px = np.array(Image.open(root / split / f"{ref_image:012d}.jpg").convert("RGB"))
-                    np.testing.assert_array_equal(p.visual_crop, ref_image_px[box])
+                    np.testing.assert_array_equal(p.visual_mask, ref_mask)
+                    np.testing.assert_array_equal(p.visual_image, ref_image_px)
+                    np.testing.assert_array_equal(c.visual_mask, ref_mask[box])
+                    np.testing.assert_array_equal(c.visual_image, ref_image_px[box])
                 else:
-                    assert p.visual_crop is None and p.visual_mask is None
+                    assert p.visual_image is None and p.visual_mask is None and c.visual_image is None
     assert 0.2 <= visual / phrases <= 0.45, (visual, phrases)
 
 

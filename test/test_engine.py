@@ -226,6 +226,10 @@ def test_config_errors_name_the_key(tmp_path):
     path.write_text("model: tiny-test\ntasks: {retrieval: {weight: 1}}\nloss: {generic: {cee: 1}}\n")
     with pytest.raises(ConfigError, match="cee"):
         TrainConfig.from_yaml(path)
+    for section in ("data", "eval"):
+        path.write_text(f"model: tiny-test\ntasks: {{retrieval: {{weight: 1}}}}\n{section}: {{reference_view: box}}\n")
+        with pytest.raises(ConfigError, match=rf"{section}\.reference_view must be one of \('image', 'crop'\)"):
+            TrainConfig.from_yaml(path)
 
 
 # ---- trainer: exact resume and torchrun ----------------------------------------------------------

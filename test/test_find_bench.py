@@ -346,7 +346,7 @@ def test_reader_reads_the_official_reference_key(scenes, tmp_path):
         for a, b in zip(ours[n].phrases, official[n].phrases):
             assert a.is_visual == b.is_visual
             if a.is_visual:
-                np.testing.assert_array_equal(a.visual_crop, b.visual_crop)
+                np.testing.assert_array_equal(a.visual_image, b.visual_image)
                 np.testing.assert_array_equal(a.visual_mask, b.visual_mask)
 
 
@@ -371,6 +371,8 @@ def test_reader_refuses_references_to_the_own_image_or_another_class(scenes, tmp
         FindBenchEntities(scenes, "val", entity_json=_official_copy(scenes, tmp_path, other_class))
     with pytest.raises(ValueError, match="reference_visual_prob"):
         FindBenchEntities(scenes, "val", reference_visual_prob=1.5)
+    with pytest.raises(ValueError, match="reference_view must be one of"):
+        FindBenchEntities(scenes, "val", reference_view="box")
 
 
 # ---- resuming, settings, bad input --------------------------------------------------------------

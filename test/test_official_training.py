@@ -366,16 +366,20 @@ def test_evaluation_runs_every_task_on_the_official_decoder(data_root, tmp_path,
     metrics = json.loads((tmp_path / "metrics.json").read_text())
     assert metrics["skipped"] == {}
     grounded = metrics["interleave_grounding"]          # every entity, and apart by kind
-    assert grounded["visual_entities"] == "reference"
+    assert grounded["visual_entities"] == "own_stroke"  # the official FIND-Bench grounding protocol by default
     assert grounded["text"]["entities"] + grounded["visual"]["entities"] == grounded["entities"]
-    # the official FIND-Bench grounding protocol, that task alone
+    assert grounded["visual"]["entities"] > 0
+    # the file references' crops, that task alone
     assert evaluate.main(["--config", str(path), "--checkpoint", str(tmp_path / "run"), "--data", data_root.name,
-                          "--out", str(tmp_path / "own.json"), "--interleave-visual", "own_stroke",
+                          "--out", str(tmp_path / "crops.json"), "--interleave-visual", "reference",
                           "--tasks", "interleave_grounding"]) == 0
-    own = json.loads((tmp_path / "own.json").read_text())
-    assert set(own["skipped"]) == {"generic", "interactive", "grounding", "retrieval", "interleave_retrieval"}
-    assert own["interleave_grounding"]["visual_entities"] == "own_stroke"
-    assert own["interleave_grounding"]["entities"] == grounded["entities"] and own["interleave_grounding"]["visual"]["entities"] > 0
+    crops = json.loads((tmp_path / "crops.json").read_text())
+    assert set(crops["skipped"]) == {"generic", "interactive", "grounding", "retrieval", "interleave_retrieval"}
+    assert crops["interleave_grounding"]["visual_entities"] == "reference"
+    assert crops["interleave_grounding"]["entities"] == grounded["entities"]
+    assert evaluate.main(["--config", str(path), "--checkpoint", str(tmp_path / "run"), "--data", data_root.name,
+                          "--out", str(tmp_path / "again.json"), "--tasks", "interleave_grounding"]) == 0
+    assert json.loads((tmp_path / "again.json").read_text())["interleave_grounding"] == grounded  # seeded: same figures
     for task, key in (("generic", "pq"), ("interactive", "iou_at_1"), ("grounding", "ciou"), ("retrieval", "ir5"),
                       ("interleave_grounding", "ciou"), ("interleave_retrieval", "ir5")):
         assert metrics[task][key] is None or 0.0 <= metrics[task][key] <= 100.0, (task, metrics[task])

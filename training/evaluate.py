@@ -18,6 +18,7 @@ from pathlib import Path
 from find_core.checkpoint import CheckpointError, weights_digest
 from find_core.config import ConfigError
 from find_core.engine import TrainConfig, latest_checkpoint
+from find_core.data.find_bench import REFERENCE_VIEWS
 from find_core.engine.config import INTERLEAVE_VISUALS
 from find_core.engine.evaluation import evaluate
 from find_core.pipeline import FindPipeline
@@ -36,8 +37,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         "e.g. the engine's find_bench/entity_val.json")
     parser.add_argument("--retrieval-json", help="override eval.retrieval_json (its gallery, relative to --data)")
     parser.add_argument("--interleave-visual", choices=INTERLEAVE_VISUALS,
-                        help="override eval.interleave_visual: visual entities as the file's references (crops of "
-                        "another image) or, as the official FIND-Bench grounding evaluation, strokes on their own instance")
+                        help="override eval.interleave_visual: visual entities as strokes on their own instance "
+                        "(own_stroke, the official FIND-Bench grounding evaluation; the default) or as the file's "
+                        "references (crops of another image)")
+    parser.add_argument("--reference-view", choices=REFERENCE_VIEWS,
+                        help="override eval.reference_view: a file reference as the whole referenced image with its "
+                        "segment (image, as the official interleave retrieval; the default) or its crop")
     parser.add_argument("--tasks", nargs="+", help="override eval.tasks: evaluate only these tasks")
     return parser.parse_args(argv)
 
@@ -65,6 +70,8 @@ def main(argv: list[str] | None = None) -> int:
             config.retrieval_json = args.retrieval_json
         if args.interleave_visual:
             config.interleave_visual = args.interleave_visual
+        if args.reference_view:
+            config.reference_view = args.reference_view
         if args.tasks:
             config.tasks = args.tasks
         checkpoint = resolve_checkpoint(args.checkpoint)

@@ -9,16 +9,21 @@ Entity file format (as released with FIND)::
 ``sentence[start_idx:end_idx] == phrase`` (end exclusive) and ``annotation_id`` is the COCO panoptic
 segment id of the entity in that image.
 
-Visual references: a phrase may point at a segment of the same category in *another* image, whose
-crop can stand in for the entity's words. Two keys carry one, with the same fields
+Visual references: a phrase may point at a segment of the same category in *another* image, which
+can stand in for the entity's words. Two keys carry one, with the same fields
 ``{"image_id": <other image>, "annotation_id": <segment id there>}``:
 
 - ``"reference"`` — the official FIND-Bench interleave files (``interleave_val2017.json``, extra keys
   such as ``prob`` are ignored) and ``python -m training.find_bench build``. A reference is a
   *candidate*: as in the official data mapper (``INTERLEAVE.VISUAL_PROB``), each such phrase is
-  given as the crop with probability ``reference_visual_prob`` and as words otherwise. The draw is a
+  given as the image with probability ``reference_visual_prob`` and as words otherwise. The draw is a
   function of ``seed`` and the entry's index, so an index always yields the same sample.
-- ``"visual"`` — this project's earlier extension (the synthetic generator): always given as the crop.
+- ``"visual"`` — this project's earlier extension (the synthetic generator): always given as the image.
+
+``reference_view`` says what a visual phrase carries: ``"image"`` — the whole referenced image and the
+segment's full mask, as the official interleave-retrieval mapper (``VLPreCOCOInterleaveDatasetMapper``)
+gives it; ``"crop"`` — the segment's tight bounding-box crop and its mask there (this project's
+earlier reader, which the embedded checkpoint was trained with).
 
 The sentence keeps the entity's words, so the same entry also serves text-only grounding; the
 consumer swaps the span for the image. The referenced image must be listed in the same panoptic
@@ -39,9 +44,10 @@ from .coco_panoptic import CocoPanoptic
 from .samples import EntityPhrase, EntitySample, load_json, require_keys
 
 __all__ = ["FindBenchEntities", "Phrase", "EntitySentence", "load_retrieval_gallery", "segment_crop",
-           "REFERENCE_KEYS"]
+           "REFERENCE_KEYS", "REFERENCE_VIEWS"]
 
 REFERENCE_KEYS = ("visual", "reference")  # a phrase's visual-reference keys, the always-visual one first
+REFERENCE_VIEWS = ("image", "crop")       # what a visual phrase carries (see the module docstring)
 
 
 @dataclass(frozen=True)
@@ -98,8 +104,8 @@ class FindBenchEntities:
     Each of ``entity_json``, ``panoptic_json``, ``image_dir`` and ``panoptic_dir`` overrides one
     path (relative paths are taken under ``root``). All spans and segment ids are checked when the
     reader is built, so a broken file fails at once rather than mid-training.
-    ``reference_visual_prob`` and ``seed`` decide which ``reference`` phrases are given as crops
-    (see the module docstring).
+    ``reference_visual_prob`` and ``seed`` decide which ``reference`` phrases are visual, and
+    ``reference_view`` whether they carry the whole referenced image or a crop (see the module docstring).
     """
 
     def __init__(
@@ -112,10 +118,14 @@ class FindBenchEntities:
         image_dir: Path | None = None,
         panoptic_dir: Path | None = None,
         reference_visual_prob: float = 0.5,
+        reference_view: str = "image",
         seed: int = 0,
     ) -> None:
         if not 0.0 <= reference_visual_prob <= 1.0:
             raise ValueError(f"reference_visual_prob must lie in [0, 1], got {reference_visual_prob}")
+        if reference_view not in REFERENCE_VIEWS:
+            raise ValueError(f"reference_view must be one of {REFERENCE_VIEWS}, got {reference_view!r}")
+        self.reference_view = reference_view
         if seed < 0:
             raise ValueError(f"seed must be >= 0, got {seed}")
         self.reference_visual_prob = reference_visual_prob
@@ -200,14 +210,15 @@ class FindBenchEntities:
         masks = {s.id: s.mask for s in sample.segments}
         phrases = []
         for p, ref in zip(entry["phrase"], self.visual_references(index)):
-            crop = crop_mask = None
+            image = image_mask = None
             if ref is not None:
-                crop, crop_mask = self._visual_crop(int(ref["image_id"]), int(ref["annotation_id"]))
+                image, image_mask = self._visual(int(ref["image_id"]), int(ref["annotation_id"]))
             phrases.append(EntityPhrase(int(p["start_idx"]), int(p["end_idx"]), p["phrase"],
-                                        masks[int(p["annotation_id"])], crop, crop_mask))
+                                        masks[int(p["annotation_id"])], image, image_mask))
         return EntitySample(sample.image_id, sample.image, entry["sentence"], phrases)
 
-    def _visual_crop(self, image_id: int, segment_id: int) -> tuple[np.ndarray, np.ndarray]:
+    def _visual(self, image_id: int, segment_id: int) -> tuple[np.ndarray, np.ndarray]:
+        """The referenced image (or its crop, per ``reference_view``) and the segment's mask in it."""
         ids = self.panoptic.load_id_map(image_id)
         image = self.panoptic.load_image(image_id)
         if ids.shape != image.shape[:2]:
@@ -215,7 +226,7 @@ class FindBenchEntities:
         mask = ids == segment_id
         if not mask.any():
             raise ValueError(f"visual reference segment {segment_id} has no pixels in image {image_id}")
-        return segment_crop(image, mask)
+        return segment_crop(image, mask) if self.reference_view == "crop" else (image, mask)
 
 
 def load_retrieval_gallery(path: Path) -> list[int]:

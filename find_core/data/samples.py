@@ -101,30 +101,31 @@ class EntityPhrase:
     """One entity of an interleaved entry: ``sentence[start:end] == phrase``.
 
     ``mask`` is the entity's segment in the entry's own image. When the entity is *visual*, it is
-    given to the model as ``visual_crop`` (an RGB crop of a segment in another image) with
-    ``visual_mask`` marking that segment inside the crop; both are ``None`` for text entities.
+    given to the model as ``visual_image`` (another image holding a segment of the same category, or
+    that segment's crop) with ``visual_mask`` marking the segment in it; both are ``None`` for text
+    entities.
     """
 
     start: int
     end: int
     phrase: str
     mask: np.ndarray
-    visual_crop: np.ndarray | None = None
+    visual_image: np.ndarray | None = None
     visual_mask: np.ndarray | None = None
 
     def __post_init__(self) -> None:
         if not 0 <= self.start < self.end:
             raise ValueError(f"phrase {self.phrase!r} has an empty or negative span [{self.start}, {self.end})")
         _check_mask(self.mask, None, f"mask of phrase {self.phrase!r}")
-        if (self.visual_crop is None) != (self.visual_mask is None):
-            raise ValueError(f"phrase {self.phrase!r}: visual_crop and visual_mask must both be set or both None")
-        if self.visual_crop is not None:
-            _check_image(self.visual_crop, f"visual crop of {self.phrase!r}")
-            _check_mask(self.visual_mask, self.visual_crop.shape[:2], f"visual mask of {self.phrase!r}")
+        if (self.visual_image is None) != (self.visual_mask is None):
+            raise ValueError(f"phrase {self.phrase!r}: visual_image and visual_mask must both be set or both None")
+        if self.visual_image is not None:
+            _check_image(self.visual_image, f"visual image of {self.phrase!r}")
+            _check_mask(self.visual_mask, self.visual_image.shape[:2], f"visual mask of {self.phrase!r}")
 
     @property
     def is_visual(self) -> bool:
-        return self.visual_crop is not None
+        return self.visual_image is not None
 
 
 @dataclass(frozen=True, eq=False)

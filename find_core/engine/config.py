@@ -28,6 +28,7 @@ import yaml
 
 from ..checkpoint import load_model_yaml
 from ..config import ConfigError, ModelConfig, build_dataclass, load_yaml_mapping
+from ..data.find_bench import REFERENCE_VIEWS
 from ..losses import LossConfig
 from ..presets import preset_path
 from ..tasks import registry
@@ -95,6 +96,11 @@ class TasksConfig:
         return {name: entry for name, entry in self.entries.items() if entry.weight > 0}
 
 
+def _check_reference_view(view: str, section: str) -> None:
+    if view not in REFERENCE_VIEWS:
+        raise ConfigError(f"{section}.reference_view must be one of {REFERENCE_VIEWS}, got {view!r}")
+
+
 @dataclass
 class DataConfig:
     """Where the training data lives (layouts: see find_core.data)."""
@@ -106,11 +112,13 @@ class DataConfig:
     entity_json: str | None = None             # FIND-Bench entries (e.g. python -m training.find_bench's
     #                                            find_bench/entity_train.json), relative to the root;
     #                                            default annotations/entity_{split}.json
-    reference_visual_prob: float = 0.5         # a phrase with a `reference` is given as its crop this often
+    reference_visual_prob: float = 0.5         # a phrase with a `reference` is given as an image this often
+    reference_view: str = "image"              # a visual phrase's reference: the whole image (official) or "crop"
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.reference_visual_prob <= 1.0:
             raise ConfigError(f"data.reference_visual_prob must lie in [0, 1], got {self.reference_visual_prob}")
+        _check_reference_view(self.reference_view, "data")
 
 
 @dataclass
@@ -267,12 +275,15 @@ class EvalConfig:
     max_images: int | None = None           # evaluate at most this many samples per dataset
     max_clicks: int = 10                    # interactive click simulation (NoC counts up to this)
     max_interactive_objects: int = 4        # objects per image in the click simulation
-    # interleave grounding's visual entities: "reference" = each file reference's crop (another image);
-    # "own_stroke" = the official FIND-Bench grounding protocol (a stroke on the entity's own instance,
-    # each entity visual with probability 0.5)
-    interleave_visual: str = "reference"
+    # interleave grounding's visual entities: "own_stroke" = the official FIND-Bench grounding protocol
+    # (grounding_coco_entity_mapper: each entity visual with probability 0.5, as a stroke on its own
+    # instance); "reference" = each file reference (another image, as reference_view says)
+    interleave_visual: str = "own_stroke"
+    # a file reference as the whole referenced image with its segment (official interleave retrieval) or
+    # its crop ("crop"); interleave retrieval and the "reference" grounding protocol read it
+    reference_view: str = "image"
     tasks: list[str] | None = None          # evaluate only these tasks (default: every one the data allows)
-    seed: int = 0                           # the draws of the own_stroke protocol
+    seed: int = 0                           # the own_stroke draws and torch's RNG (prompt points) per task
     device: str = "auto"
     precision: str = "fp32"
 
@@ -283,6 +294,7 @@ class EvalConfig:
             raise ConfigError(f"eval.max_images must be >= 1 or null, got {self.max_images}")
         if self.precision not in PRECISIONS:
             raise ConfigError(f"eval.precision must be one of {PRECISIONS}, got {self.precision!r}")
+        _check_reference_view(self.reference_view, "eval")
         if self.interleave_visual not in INTERLEAVE_VISUALS:
             raise ConfigError(f"eval.interleave_visual must be one of {INTERLEAVE_VISUALS}, "
                               f"got {self.interleave_visual!r}")

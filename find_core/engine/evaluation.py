@@ -31,6 +31,7 @@ from ..prompts import ClassPrompt, SpatialPrompt
 from ..tasks import generic, interactive, official
 from ..tasks.common import best_queries
 from .batches import entity_instruction
+from .criterion import seeded
 from ..tasks.interactive import positive_stroke
 from .config import EvalConfig, InteractiveConfig
 
@@ -59,7 +60,8 @@ def evaluate(pipeline: FindPipeline, root: str | Path, config: EvalConfig | None
             skipped[task] = available
             continue
         log(f"evaluating {task} ...")
-        results[task] = run()
+        with seeded(config.seed, pipeline.device):  # prompt points are drawn from torch's RNG: same figures every run
+            results[task] = run()
     results["skipped"] = skipped
     results["meta"] = {"data": str(root), "device": str(pipeline.device), "precision": pipeline.precision}
     return _json_ready(results)
@@ -276,12 +278,13 @@ class _Runner:
         # relative to the root, which FindBenchEntities prepends (an absolute path stays itself)
         entity = self._entity_files()[0]
         entity = entity.relative_to(self.root) if entity.is_relative_to(self.root) else entity
-        return FindBenchEntities(self.root, self._split(self.config.entity_split), entity_json=entity)
+        return FindBenchEntities(self.root, self._split(self.config.entity_split), entity_json=entity,
+                                 reference_view=self.config.reference_view)
 
     def interleave_grounding(self) -> dict[str, Any]:
         """cIoU over every entity, and apart for text and visual entities. Visual entities as
-        `eval.interleave_visual` says: each file reference's crop (another image), or as the official
-        FIND-Bench grounding evaluation gives them, a stroke on the entity's own instance."""
+        `eval.interleave_visual` says: as the official FIND-Bench grounding evaluation gives them, a
+        stroke on the entity's own instance, or each file reference (another image, `eval.reference_view`)."""
         data = self._entities()
         evaluators = {kind: GroundingEvaluator() for kind in ("all", "text", "visual")}
         for i in _limit(len(data), self.config):
@@ -296,7 +299,8 @@ class _Runner:
                 for kind in ("all", entity.kind):
                     evaluators[kind].add(segment.mask.astype(bool), phrase.mask)
         total = evaluators.pop("all")
-        return {**total.result().as_dict(), "entities": len(total), "visual_entities": self.config.interleave_visual,
+        view = {"reference_view": self.config.reference_view} if self.config.interleave_visual == "reference" else {}
+        return {**total.result().as_dict(), "entities": len(total), "visual_entities": self.config.interleave_visual, **view,
                 **{kind: {**e.result().as_dict(), "entities": len(e)} for kind, e in evaluators.items() if len(e)}}
 
     def interleave_retrieval(self) -> dict[str, Any]:
@@ -323,4 +327,5 @@ class _Runner:
         if not rows:
             raise ValueError(f"no entry of {self._entity_files()[0]} has its image in the retrieval gallery")
         similarity = np.stack(rows)
-        return {**interleave_retrieval(similarity, targets), "entries": len(rows), "gallery": len(gallery)}
+        return {**interleave_retrieval(similarity, targets), "entries": len(rows), "gallery": len(gallery),
+                "reference_view": self.config.reference_view}

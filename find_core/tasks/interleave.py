@@ -96,7 +96,7 @@ class InterleaveBatch(Batch):
 def entity_instruction(sample: EntitySample, key: str = "") -> Instruction:
     """A FIND-Bench entry as an interleaved instruction: visual phrases become image references."""
     entities = tuple(
-        Entity(p.start, p.end, "visual", VisualReference(image=p.visual_crop, mask=p.visual_mask))
+        Entity(p.start, p.end, "visual", VisualReference(image=p.visual_image, mask=p.visual_mask))
         if p.is_visual else Entity(p.start, p.end, "text")
         for p in sample.phrases)
     return Instruction(text=sample.sentence, entities=entities, id=key or f"entry-{sample.image_id}")
@@ -104,9 +104,10 @@ def entity_instruction(sample: EntitySample, key: str = "") -> Instruction:
 
 def open_entities(root: Path, split: str, data: Any, seed: int) -> FindBenchEntities:
     """FIND-Bench entries: `data.entity_json` (default annotations/entity_{split}.json), phrases with a
-    reference given as their crop with probability `data.reference_visual_prob`."""
+    reference given as its image (`data.reference_view`) with probability `data.reference_visual_prob`."""
     return FindBenchEntities(root, split, entity_json=Path(data.entity_json) if data.entity_json else None,
-                             reference_visual_prob=data.reference_visual_prob, seed=seed)
+                             reference_visual_prob=data.reference_visual_prob, reference_view=data.reference_view,
+                             seed=seed)
 
 
 def build_batch(drawn: Drawn) -> InterleaveBatch:
