@@ -4,12 +4,13 @@ Each claim below is a phrase of the README rebuilt from its source file (rounded
 half up), so the test fails when a figure is edited by hand, when its JSON is regenerated with other
 results (update the README), or when the README drops the phrase. Sources and their producers:
 
-* ``find_core/checkpoints/find-synthetic/heldout_metrics.json`` and
-  ``training/results/synthetic_official_heldout.json`` (+ its ``_train_log.csv`` and ``_engine.json``):
+* ``find_core/checkpoints/find-synthetic/heldout_metrics.json``, ``embedded_heldout_reference_image.json`` and
+  ``training/results/synthetic_official_continued_heldout{,_reference_image}.json`` (+ the train logs):
   ``python -m training.evaluate`` / ``training.train`` — the checkpoint table;
-* ``training/results/visual_source_*_heldout{,_own_stroke}.json``, ``synthetic_official_heldout_own_stroke.json``,
-  ``embedded_heldout_own_stroke.json``: ``python -m training.evaluate`` (``--interleave-visual own_stroke``) — the
-  visual-entity protocols and the ``official.visual_source`` table;
+* ``training/results/synthetic_official_heldout{,_own_stroke,_engine}.json``: the 1600-step FIND recipe;
+* ``training/results/visual_source_*_heldout{,_own_stroke,_reference_image}.json``,
+  ``embedded_heldout_reference_crop.json``: ``python -m training.evaluate`` (``--interleave-visual``,
+  ``--reference-view``) — the visual-entity protocols and the ``official.visual_source`` table;
 * ``training/results/localization_embedded.json``: ``python -m training.evaluate_localization``;
 * ``bench/results.json``: ``scripts/bench.sh`` — the speed figures;
 * ``bench/camera_qos.json``: ``python -m bench.ros --out bench/camera_qos.json`` — the camera QoS figures.
@@ -36,7 +37,10 @@ TINY_ENGINE = REPO / "training" / "results" / "synthetic_tiny_engine_heldout_eng
 EMBEDDED_ENGINE = REPO / "training" / "results" / "embedded_heldout_engine.json"
 OFFICIAL_LOG = REPO / "training" / "results" / "synthetic_official_train_log.csv"
 OFFICIAL_OWN_STROKE = REPO / "training" / "results" / "synthetic_official_heldout_own_stroke.json"
-EMBEDDED_OWN_STROKE = REPO / "training" / "results" / "embedded_heldout_own_stroke.json"
+CONTINUED = REPO / "training" / "results" / "synthetic_official_continued_heldout.json"
+CONTINUED_LOG = REPO / "training" / "results" / "synthetic_official_continued_train_log.csv"
+EMBEDDED_REFERENCES = {view: REPO / "training" / "results" / f"embedded_heldout_reference_{view}.json"
+                       for view in ("image", "crop")}
 LOCALIZATION = REPO / "training" / "results" / "localization_embedded.json"
 BENCH = REPO / "bench" / "results.json"
 CAMERA_QOS = REPO / "bench" / "camera_qos.json"
@@ -89,15 +93,20 @@ def readme_table(text: str, header_start: str) -> dict[str, list[str]]:
     return rows
 
 
-def checkpoint_column(m: dict) -> dict[str, str]:
-    """The README's checkpoint-table cells of one training.evaluate metrics JSON."""
+def checkpoint_column(m: dict, references: dict) -> dict[str, str]:
+    """The README's checkpoint-table cells of one training.evaluate metrics JSON (FIND-Bench's protocols)
+    and of its interleave grounding with the file's references (whole images)."""
     g, ret, ilr = m["generic"], m["retrieval"], m["interleave_retrieval"]
+    assert m["interleave_grounding"]["visual_entities"] == "own_stroke" and ilr["reference_view"] == "image"
+    by_reference = references["interleave_grounding"]
+    assert (by_reference["visual_entities"], by_reference["reference_view"]) == ("reference", "image")
     return {
         "PQ (things / stuff)": f"{r(g['pq'], 1)} ({r(g['pq_things'], 1)} / {r(g['pq_stuff'], 1)})",
         "mask AP": r(g["ap"], 1),
         "mIoU": r(g["miou"], 1),
         "grounding cIoU": r(m["grounding"]["ciou"], 1),
-        "interleave grounding cIoU": r(m["interleave_grounding"]["ciou"], 1),
+        "interleave grounding cIoU (own strokes)": r(m["interleave_grounding"]["ciou"], 1),
+        "interleave grounding cIoU, references": r(by_reference["ciou"], 1),
         "interactive IoU after 1 click": r(m["interactive"]["iou_at_1"], 1),
         "interleave retrieval IR@5 / IR@10": f"{r(ilr['ir5'], 1)} / {r(ilr['ir10'], 1)}",
         "image–text IR@5 / TR@5": f"{r(ret['ir5'], 1)} / {r(ret['tr5'], 1)}",
@@ -106,11 +115,12 @@ def checkpoint_column(m: dict) -> dict[str, str]:
 
 def test_checkpoint_table_equals_the_metrics_files():
     table = readme_table(README.read_text(encoding="utf-8"), "| metric | this checkpoint")
-    embedded, official = checkpoint_column(load(HELDOUT)), checkpoint_column(load(OFFICIAL))
+    embedded = checkpoint_column(load(HELDOUT), load(EMBEDDED_REFERENCES["image"]))
+    official = checkpoint_column(load(CONTINUED), load(CONTINUED.with_name(CONTINUED.stem + "_reference_image.json")))
     assert set(table) == set(embedded), "README checkpoint table rows differ from the metrics the test knows"
     for metric, cells in table.items():
         assert cells[0] == embedded[metric], (metric, "heldout_metrics.json", cells[0], embedded[metric])
-        assert cells[1] == official[metric], (metric, OFFICIAL.name, cells[1], official[metric])
+        assert cells[1] == official[metric], (metric, CONTINUED.name, cells[1], official[metric])
 
 
 VISUAL_SOURCES = ("own", "batch", "batch_nearest")
@@ -129,7 +139,7 @@ def visual_source_column(source: str) -> dict[str, str]:
             f"{r(ig['ciou'], 1)} / {r(ig['text']['ciou'], 1)} / {r(ig['visual']['ciou'], 1)}",
         "interleave grounding cIoU, own strokes (official): all / visual":
             f"{r(own['ciou'], 1)} / {r(own['visual']['ciou'], 1)}",
-        "interleave retrieval IR@5": r(m["interleave_retrieval"]["ir5"], 1),
+        "interleave retrieval IR@5 (reference crops)": r(m["interleave_retrieval"]["ir5"], 1),
     }
 
 
@@ -157,12 +167,21 @@ def claims() -> list[tuple[str, str]]:
     heldout, official, loc = load(HELDOUT), load(OFFICIAL), load(LOCALIZATION)
     engine, tiny_engine, embedded_engine = load(OFFICIAL_ENGINE), load(TINY_ENGINE), load(EMBEDDED_ENGINE)
     official_own = load(OFFICIAL_OWN_STROKE)["interleave_grounding"]
-    embedded_own = load(EMBEDDED_OWN_STROKE)["interleave_grounding"]
-    continued = load(RESULTS / "visual_source_own_heldout.json")
+    embedded_own = heldout["interleave_grounding"]
+    own_run = load(RESULTS / "visual_source_own_heldout.json")
+    own_run_image = load(RESULTS / "visual_source_own_heldout_reference_image.json")
+    embedded_views = {view: load(path) for view, path in EMBEDDED_REFERENCES.items()}
+    continued = load(CONTINUED)
     visual_crops = {s: load(RESULTS / f"visual_source_{s}_heldout.json")["interleave_grounding"]["visual"]["ciou"]
                     for s in VISUAL_SOURCES}
-    with OFFICIAL_LOG.open() as f:
-        log = list(csv.DictReader(f))
+    logs = {}
+    for path in (OFFICIAL_LOG, RESULTS / "visual_source_own_train_log.csv", CONTINUED_LOG):
+        with path.open() as f:
+            rows = list(csv.DictReader(f))
+        logs[path.name] = f"{rows[-1]['step']} steps in {r(sum(float(x['seconds']) for x in rows) / 60, 1)} min"
+
+    def grounding(m: dict) -> str:
+        return f"{r(m['interleave_grounding']['ciou'], 1)} (visual entities {r(m['interleave_grounding']['visual']['ciou'], 1)})"
     b = Bench(load(BENCH))
     models = b.sections["models"]["data"]["runs"]
     qos_doc = load(CAMERA_QOS)
@@ -190,17 +209,32 @@ def claims() -> list[tuple[str, str]]:
         ("heldout_metrics.json", f"Held-out thing accuracy (the best-matching query names the thing's class): "
                                  f"{r(heldout['generic']['thing_accuracy'], 1)} %"),
         ("model.safetensors", f"(`find_core/checkpoints/find-synthetic`, {r(WEIGHTS.stat().st_size / 1e6)} MB)"),
-        (OFFICIAL_LOG.name, f"{log[-1]['step']} steps in {r(sum(float(x['seconds']) for x in log) / 60, 1)} min "
-                            "of step time"),
-        (OFFICIAL.name, f"thing accuracy {r(official['generic']['thing_accuracy'], 1)} %"),
-        (OFFICIAL_OWN_STROKE.name, f"the FIND recipe's checkpoint grounds at cIoU {r(official_own['ciou'], 1)} "
+        ("train logs", f"commands), {logs[OFFICIAL_LOG.name]} of step time, then `visual_source/own.yaml`, "
+                       f"{logs['visual_source_own_train_log.csv']}, then `synthetic_official_continued.yaml`, "
+                       f"{logs[CONTINUED_LOG.name]}"),
+        (CONTINUED.name, f"(`training/results/{CONTINUED.name}`, thing accuracy "
+                         f"{r(continued['generic']['thing_accuracy'], 1)} %)"),
+        (OFFICIAL.name, f"stood at PQ {r(official['generic']['pq'], 1)} and IR@5 {r(official['interleave_retrieval']['ir5'], 1)} "
+                        f"with crops (`{OFFICIAL.name}`, thing accuracy {r(official['generic']['thing_accuracy'], 1)} %"),
+        (OFFICIAL_OWN_STROKE.name, f"with own strokes at cIoU {r(official_own['ciou'], 1)} "
                                    f"(visual entities {r(official_own['visual']['ciou'], 1)}, `{OFFICIAL_OWN_STROKE.name}`)"),
-        (EMBEDDED_OWN_STROKE.name, f"trained on crops of other images, at {r(embedded_own['ciou'], 1)} (visual entities "
-                                   f"{r(embedded_own['visual']['ciou'], 1)}, `{EMBEDDED_OWN_STROKE.name}`)"),
+        ("visual_source_own_heldout{,_reference_image}.json",
+         f"it grounds the file's references at cIoU {grounding(own_run)} as crops and {grounding(own_run_image)} as "
+         f"whole images, and retrieves at IR@5 {r(own_run['interleave_retrieval']['ir5'], 1)} and "
+         f"{r(own_run_image['interleave_retrieval']['ir5'], 1)}"),
+        ("embedded_heldout_reference_{crop,image}.json, heldout_metrics.json",
+         f"grounds them at {grounding(embedded_views['crop'])} as crops and {grounding(embedded_views['image'])} as "
+         f"whole images, retrieves at IR@5 {r(embedded_views['crop']['interleave_retrieval']['ir5'], 1)} and "
+         f"{r(embedded_views['image']['interleave_retrieval']['ir5'], 1)} (`embedded_heldout_reference_{{crop,image}}.json`), "
+         f"and grounds with own strokes at {r(embedded_own['ciou'], 1)} (visual entities {r(embedded_own['visual']['ciou'], 1)})"),
+        ("heldout_metrics.json", f"interleave grounding with own strokes, the official protocol ({r(embedded_own['ciou'], 1)}:"),
         ("visual_source_own_heldout.json", f"The 500 more steps alone lift PQ from {r(official['generic']['pq'], 1)} to "
-                                           f"{r(continued['generic']['pq'], 1)} and interleave IR@5 from "
+                                           f"{r(own_run['generic']['pq'], 1)} and interleave IR@5 from "
                                            f"{r(official['interleave_retrieval']['ir5'], 1)} to "
-                                           f"{r(continued['interleave_retrieval']['ir5'], 1)}"),
+                                           f"{r(own_run['interleave_retrieval']['ir5'], 1)}; the 1200 after them lift PQ to "
+                                           f"{r(continued['generic']['pq'], 1)} but leave interleave IR@5 at "
+                                           f"{r(continued['interleave_retrieval']['ir5'], 1)} with whole-image references, "
+                                           f"where the `own` run already was ({r(own_run_image['interleave_retrieval']['ir5'], 1)})"),
         ("visual_source_*_heldout.json", "its visual entities fell, from " + " to ".join(
             [r(visual_crops["own"], 1), " and ".join(r(visual_crops[s], 1) for s in ("batch", "batch_nearest"))])),
         (OFFICIAL_ENGINE.name, f"interleave grounding cIoU {r(engine['interleave_grounding']['ciou'], 1)} and IR@5 "
@@ -289,7 +323,27 @@ def test_camera_qos_table_of_the_ros_doc_equals_its_source():
 def test_each_source_names_how_it_was_made():
     """The metrics a README figure rests on name their command (and the weights where a model was measured)."""
     visual_source = [RESULTS / f"visual_source_{s}_heldout{kind}.json" for s in VISUAL_SOURCES for kind in ("", "_own_stroke")]
-    for path in (OFFICIAL, LOCALIZATION, OFFICIAL_OWN_STROKE, EMBEDDED_OWN_STROKE, *visual_source):
+    for path in (OFFICIAL, LOCALIZATION, OFFICIAL_OWN_STROKE, CONTINUED, HELDOUT, *EMBEDDED_REFERENCES.values(),
+                 *visual_source):
         meta = load(path)["meta"]
         assert meta["command"].startswith("python -m training.") and len(meta["checkpoint_sha256"]) == 64, path
     assert load(CAMERA_QOS)["command"].startswith("python -m bench.ros")
+
+
+def test_each_interleave_figure_names_its_protocol():
+    """Every committed evaluation says how it gave visual entities, and its command gives the same
+    (a flag left out means today's default: own strokes in grounding, whole images as references)."""
+    for path in sorted([*RESULTS.glob("*.json"), HELDOUT]):
+        m = load(path)
+        if "meta" not in m or "command" not in m["meta"]:
+            continue
+        command = m["meta"]["command"]
+        grounding, retrieval = m.get("interleave_grounding"), m.get("interleave_retrieval")
+        if grounding is not None:
+            visual = grounding["visual_entities"]
+            assert (f"--interleave-visual {visual}" in command) or (visual == "own_stroke" and "--interleave-visual" not in command), path.name
+        views = [x["reference_view"] for x in (grounding, retrieval) if x is not None and "reference_view" in x]
+        if retrieval is not None:
+            assert "reference_view" in retrieval, path.name
+        for view in views:
+            assert (f"--reference-view {view}" in command) or (view == "image" and "--reference-view" not in command), path.name
