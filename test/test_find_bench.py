@@ -380,11 +380,13 @@ def test_reader_refuses_references_to_the_own_image_or_another_class(scenes, tmp
 def test_a_rerun_resumes_and_refuses_other_settings_or_foreign_files(built, scenes, tmp_path):
     out, _ = built
     before = (out / "entity_train.json").read_bytes()
-    stale = out / "build" / "records" / ".3.json.killed.tmp"   # what a writer killed mid-file leaves
-    stale.write_text('{"image_')
+    (embeddings,) = (out / "build" / "embeddings").iterdir()
+    stale = [out / "build" / "records" / ".3.json.killed.tmp", embeddings / ".3.npz.killed.tmp"]
+    for path in stale:                                          # what a writer killed mid-file leaves
+        path.write_text('{"image_')
     report = build(_config(scenes, out, workers=0))
     assert report["images"]["resumed"] == 18 and report["images"]["processed_this_run"] == 0
-    assert not stale.exists()
+    assert not any(path.exists() for path in stale)
     assert (out / "entity_train.json").read_bytes() == before
     with pytest.raises(ValueError, match="changed: seed"):
         build(_config(scenes, out, workers=0, seed=1))
@@ -476,7 +478,7 @@ def test_a_build_whose_worker_is_killed_resumes_to_the_same_files(built, scenes,
     assert "a worker process died" in stderr and "run the same command again" in stderr
     saved = len(list(records.glob("*.json")))
     assert 2 <= saved < 18
-    assert not list(records.glob(".*.tmp"))                   # no half-written record left behind
+    assert not list((out / "build").rglob(".*.tmp"))          # no half-written record or embedding left behind
 
     command[command.index("--workers") + 1] = "1"              # the worker count does not change the files
     resumed = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)

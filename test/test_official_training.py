@@ -369,13 +369,14 @@ def test_evaluation_runs_every_task_on_the_official_decoder(data_root, tmp_path,
     assert grounded["visual_entities"] == "own_stroke"  # the official FIND-Bench grounding protocol by default
     assert grounded["text"]["entities"] + grounded["visual"]["entities"] == grounded["entities"]
     assert grounded["visual"]["entities"] > 0
-    # the file references' crops, that task alone
+    # the file's references as tight crops (our earlier protocol), those tasks alone
     assert evaluate.main(["--config", str(path), "--checkpoint", str(tmp_path / "run"), "--data", data_root.name,
                           "--out", str(tmp_path / "crops.json"), "--interleave-visual", "reference",
-                          "--tasks", "interleave_grounding"]) == 0
+                          "--reference-view", "crop", "--tasks", "interleave_grounding", "interleave_retrieval"]) == 0
     crops = json.loads((tmp_path / "crops.json").read_text())
-    assert set(crops["skipped"]) == {"generic", "interactive", "grounding", "retrieval", "interleave_retrieval"}
+    assert set(crops["skipped"]) == {"generic", "interactive", "grounding", "retrieval"}
     assert crops["interleave_grounding"]["visual_entities"] == "reference"
+    assert crops["interleave_grounding"]["reference_view"] == crops["interleave_retrieval"]["reference_view"] == "crop"
     assert crops["interleave_grounding"]["entities"] == grounded["entities"]
     assert evaluate.main(["--config", str(path), "--checkpoint", str(tmp_path / "run"), "--data", data_root.name,
                           "--out", str(tmp_path / "again.json"), "--tasks", "interleave_grounding"]) == 0
@@ -385,15 +386,16 @@ def test_evaluation_runs_every_task_on_the_official_decoder(data_root, tmp_path,
         assert metrics[task][key] is None or 0.0 <= metrics[task][key] <= 100.0, (task, metrics[task])
 
     pipe = FindPipeline.from_checkpoint(latest_checkpoint(tmp_path / "run"), device="cpu")
-    entries = FindBenchEntities(data_root, "val")
     gallery = load_retrieval_gallery(data_root / "annotations" / "retrieval_val.json")
-    images = [entries.panoptic.load_image(i) for i in gallery]
-    rows = [pipe.interleave_retrieve(entity_instruction(entries[i], f"entry-{i}"), images).similarity[0]
-            for i in range(len(entries))]
-    expected = interleave_retrieval(torch.tensor(rows).numpy(), [gallery.index(entries[i].image_id)
-                                                                 for i in range(len(entries))])
-    assert {k: metrics["interleave_retrieval"][k] for k in expected} == pytest.approx(expected)
-    assert metrics["interleave_retrieval"]["entries"] == len(entries)
+    for view, result in (("image", metrics), ("crop", crops)):     # references as whole images (official), crops
+        entries = FindBenchEntities(data_root, "val", reference_view=view)
+        images = [entries.panoptic.load_image(i) for i in gallery]
+        rows = [pipe.interleave_retrieve(entity_instruction(entries[i], f"entry-{i}"), images).similarity[0]
+                for i in range(len(entries))]
+        expected = interleave_retrieval(torch.tensor(rows).numpy(), [gallery.index(entries[i].image_id)
+                                                                     for i in range(len(entries))])
+        assert {k: result["interleave_retrieval"][k] for k in expected} == pytest.approx(expected), view
+        assert result["interleave_retrieval"]["entries"] == len(entries)
 
 
 def test_the_finetune_recipe_trains_a_converted_released_model(converted_small_model, data_root, tmp_path):

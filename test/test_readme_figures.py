@@ -100,6 +100,7 @@ def checkpoint_column(m: dict, references: dict) -> dict[str, str]:
     assert m["interleave_grounding"]["visual_entities"] == "own_stroke" and ilr["reference_view"] == "image"
     by_reference = references["interleave_grounding"]
     assert (by_reference["visual_entities"], by_reference["reference_view"]) == ("reference", "image")
+    assert m["meta"]["checkpoint_sha256"] == references["meta"]["checkpoint_sha256"], "two checkpoints in one column"
     return {
         "PQ (things / stuff)": f"{r(g['pq'], 1)} ({r(g['pq_things'], 1)} / {r(g['pq_stuff'], 1)})",
         "mask AP": r(g["ap"], 1),
@@ -324,7 +325,8 @@ def test_each_source_names_how_it_was_made():
     """The metrics a README figure rests on name their command (and the weights where a model was measured)."""
     visual_source = [RESULTS / f"visual_source_{s}_heldout{kind}.json" for s in VISUAL_SOURCES for kind in ("", "_own_stroke")]
     for path in (OFFICIAL, LOCALIZATION, OFFICIAL_OWN_STROKE, CONTINUED, HELDOUT, *EMBEDDED_REFERENCES.values(),
-                 *visual_source):
+                 CONTINUED.with_name(CONTINUED.stem + "_reference_image.json"),
+                 RESULTS / "visual_source_own_heldout_reference_image.json", *visual_source):
         meta = load(path)["meta"]
         assert meta["command"].startswith("python -m training.") and len(meta["checkpoint_sha256"]) == 64, path
     assert load(CAMERA_QOS)["command"].startswith("python -m bench.ros")
@@ -342,6 +344,7 @@ def test_each_interleave_figure_names_its_protocol():
         if grounding is not None:
             visual = grounding["visual_entities"]
             assert (f"--interleave-visual {visual}" in command) or (visual == "own_stroke" and "--interleave-visual" not in command), path.name
+            assert (visual == "reference") == ("reference_view" in grounding), path.name
         views = [x["reference_view"] for x in (grounding, retrieval) if x is not None and "reference_view" in x]
         if retrieval is not None:
             assert "reference_view" in retrieval, path.name

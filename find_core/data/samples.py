@@ -2,7 +2,7 @@
 
 The trainer and the evaluators only ever see these classes, never a dataset's JSON, so a new
 dataset is one new reader and nothing else. All images are ``H x W x 3`` ``uint8`` RGB arrays and
-all masks are ``bool`` arrays of the image's ``H x W`` (a visual reference's mask is crop-sized).
+all masks are ``bool`` arrays of the image's ``H x W`` (a visual reference's mask has its own image's size).
 Samples are frozen (a reader hands out values, not shared mutable state); equality is identity
 because element-wise array comparison has no single truth value.
 """

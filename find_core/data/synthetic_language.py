@@ -150,7 +150,7 @@ def entity_entry(scene: Scene, rng: np.random.Generator) -> dict:
 
 def add_visual_references(entries: list[dict], scenes: dict[int, Scene], fraction: float,
                            rng: np.random.Generator) -> None:
-    """Turn about ``fraction`` of all phrases into crops of a same-category, same-colour thing elsewhere."""
+    """Turn about ``fraction`` of all phrases into visual references to a same-category, same-colour thing elsewhere."""
     by_look: dict[tuple[str, str], list[tuple[int, int]]] = {}
     for s in scenes.values():
         for t in s.things:
