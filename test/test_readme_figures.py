@@ -39,6 +39,7 @@ OFFICIAL_LOG = REPO / "training" / "results" / "synthetic_official_train_log.csv
 OFFICIAL_OWN_STROKE = REPO / "training" / "results" / "synthetic_official_heldout_own_stroke.json"
 CONTINUED = REPO / "training" / "results" / "synthetic_official_continued_heldout.json"
 CONTINUED_LOG = REPO / "training" / "results" / "synthetic_official_continued_train_log.csv"
+CONTINUED_REFERENCES = REPO / "training" / "results" / "synthetic_official_continued_heldout_reference_image.json"
 EMBEDDED_REFERENCES = {view: REPO / "training" / "results" / f"embedded_heldout_reference_{view}.json"
                        for view in ("image", "crop")}
 LOCALIZATION = REPO / "training" / "results" / "localization_embedded.json"
@@ -117,7 +118,7 @@ def checkpoint_column(m: dict, references: dict) -> dict[str, str]:
 def test_checkpoint_table_equals_the_metrics_files():
     table = readme_table(README.read_text(encoding="utf-8"), "| metric | this checkpoint")
     embedded = checkpoint_column(load(HELDOUT), load(EMBEDDED_REFERENCES["image"]))
-    official = checkpoint_column(load(CONTINUED), load(CONTINUED.with_name(CONTINUED.stem + "_reference_image.json")))
+    official = checkpoint_column(load(CONTINUED), load(CONTINUED_REFERENCES))
     assert set(table) == set(embedded), "README checkpoint table rows differ from the metrics the test knows"
     for metric, cells in table.items():
         assert cells[0] == embedded[metric], (metric, "heldout_metrics.json", cells[0], embedded[metric])
@@ -325,7 +326,7 @@ def test_each_source_names_how_it_was_made():
     """The metrics a README figure rests on name their command (and the weights where a model was measured)."""
     visual_source = [RESULTS / f"visual_source_{s}_heldout{kind}.json" for s in VISUAL_SOURCES for kind in ("", "_own_stroke")]
     for path in (OFFICIAL, LOCALIZATION, OFFICIAL_OWN_STROKE, CONTINUED, HELDOUT, *EMBEDDED_REFERENCES.values(),
-                 CONTINUED.with_name(CONTINUED.stem + "_reference_image.json"),
+                 CONTINUED_REFERENCES,
                  RESULTS / "visual_source_own_heldout_reference_image.json", *visual_source):
         meta = load(path)["meta"]
         assert meta["command"].startswith("python -m training.") and len(meta["checkpoint_sha256"]) == 64, path

@@ -39,7 +39,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--interleave-visual", choices=INTERLEAVE_VISUALS,
                         help="override eval.interleave_visual: visual entities as strokes on their own instance "
                         "(own_stroke, the official FIND-Bench grounding evaluation; the default) or as the file's "
-                        "references (crops of another image)")
+                        "references (another image, as --reference-view gives it)")
     parser.add_argument("--reference-view", choices=REFERENCE_VIEWS,
                         help="override eval.reference_view: a file reference as the whole referenced image with its "
                         "segment (image, as the official interleave retrieval; the default) or its crop")

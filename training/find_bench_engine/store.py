@@ -50,14 +50,15 @@ class BuildStore:
         self.embeddings = self.root / "embeddings" / embedder_fingerprint
         self.manifest = self.root / "manifest.json"
 
-    def remove_partial_files(self) -> int:
+    def remove_partial_files(self) -> None:
         """Delete the temporary files a killed writer left (a SIGKILL skips write_atomic's clean-up).
 
         Only call it while no worker writes into this build folder."""
         partial = [p for folder in (self.records, self.embeddings) if folder.is_dir() for p in folder.glob(".*.tmp")]
         for path in partial:
             path.unlink(missing_ok=True)
-        return len(partial)
+        if partial:
+            log.info("removed %d half-written files a killed writer left in %s", len(partial), self.root)
 
     def record_path(self, image_id: int) -> Path:
         return self.records / f"{image_id}.json"
