@@ -120,7 +120,7 @@ class FindFieldNode(Node):
         self._negatives = [n for n in p.query.negatives if n.strip()]
 
         self._cond = threading.Condition()        # guards everything the callbacks touch
-        self._map_lock = threading.Lock()         # fusion vs. queries' views, save, clear and the shutdown save
+        self._map_lock = threading.Lock()         # fusion vs. save, clear and the shutdown save (queries need none)
         self._matcher = FrameMatcher(p.sync_tolerance, p.pose_tolerance, p.match_timeout, p.buffer_seconds)
         self._requests: deque[tuple[str, str]] = deque()
         self._next_due = 0.0
@@ -306,8 +306,7 @@ class FindFieldNode(Node):
         spec = None
         try:
             spec = parse_query(raw)
-            with self._map_lock:          # only the row count and tensor references: no copy of the map
-                view = live_view(self._fusion)
+            view = live_view(self._fusion)    # no copy and no lock: never waits for the frame being fused
             if view is None or not (view.weights > 0).any():
                 raise QueryError("empty_map", "nothing has been fused yet: publish embeddings with matching depth, "
                                               "camera_info and pose")

@@ -246,8 +246,12 @@ def test_relevancy_matches_pairwise_softmax_min():
     pairs = torch.stack([pos[:, None].expand_as(neg), neg], -1)
     expected = torch.softmax(pairs / 0.1, -1)[..., 0].min(dim=1).values.numpy()
     np.testing.assert_allclose(relevancy(feats, q, chunk=7), expected, rtol=1e-5, atol=1e-6)
+    norms = np.linalg.norm(feats, axis=1)                       # as a fusion table keeps them
+    np.testing.assert_allclose(relevancy(feats, q, chunk=7, norms=norms), expected, rtol=1e-5, atol=1e-6)
     with pytest.raises(ValueError, match="N×8"):
         relevancy(feats[:, :4], q)
+    with pytest.raises(ValueError, match="one value per feature row"):
+        relevancy(feats, q, norms=norms[:-1])
     with pytest.raises(ValueError, match="K >= 1"):
         FieldQuery(np.ones(8), np.zeros((0, 8)))
     with pytest.raises(ValueError, match="all-zero"):

@@ -13,8 +13,6 @@ test_field_fusion): where an answer lies depends on the fusion alone.
 """
 from __future__ import annotations
 
-import dataclasses
-
 import numpy as np
 import pytest
 
@@ -114,6 +112,7 @@ def test_a_saved_map_continues_as_if_never_stopped(world, tmp_path):
     assert np.allclose(a.features[order_a], b.features[order_b], atol=1e-5)
     assert np.abs(a.colors[order_a].astype(int) - b.colors[order_b]).max() <= 1
     assert np.array_equal(a.last_seen[order_a], b.last_seen[order_b])
+    assert_norms_kept(second)
     assert b.metadata["frames_fused"] == len(frames) and b.metadata["continued"] == 1
     assert len(b.geometry.keys) == len(a.geometry.keys)
 
@@ -163,6 +162,13 @@ def test_move_result_reports_both_settings_from_the_same_embeddings():
     assert result["forgetting"]["best_last_seen"] >= 100.0
 
 
+def assert_norms_kept(fusion: FeatureFusion) -> None:
+    """The table's kept norms are its features' (after averaging, forgetting and loading)."""
+    n = fusion.table.size
+    features = fusion.table.features[:n].numpy()
+    np.testing.assert_allclose(fusion.table.norms[:n].numpy(), np.linalg.norm(features, axis=1), rtol=1e-5, atol=1e-7)
+
+
 def test_live_queries_equal_queries_of_a_copied_map(world):
     """find_core.field.live scores the table in place (what find_field does): same relevancy, same
     objects as locate on to_map's copy, erased voxels left out of both."""
@@ -173,6 +179,7 @@ def test_live_queries_equal_queries_of_a_copied_map(world):
     assert fusion.stats.forgotten > 0
     view = live_view(fusion)
     assert np.shares_memory(view.features, fusion.table.features.numpy())          # no copy
+    assert_norms_kept(fusion)
     fmap = fusion.to_map()
     for tile in world["scene"].tiles:
         query = FieldQuery(PROTOS[tile.id], NEGATIVES)

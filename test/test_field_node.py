@@ -540,7 +540,8 @@ def _flatten(tree: dict, prefix: str = "") -> dict[str, Any]:
 @pytest.mark.ros
 def test_fusion_goes_on_while_a_query_is_answered():
     """Queries run on their own worker: a query in hand must not hold up fusion (the node in this
-    process, its callbacks called directly; the query is held until frames have been fused)."""
+    process, its callbacks called directly; the query is held until frames have been fused), and a
+    frame being fused must not hold up a query."""
     import threading
     from find_ros.field_node import FindFieldNode
     context = rclpy.Context()
@@ -574,6 +575,19 @@ def test_fusion_goes_on_while_a_query_is_answered():
                 time.sleep(0.02)
             assert node.status()["stats"]["frames_fused"] == i + 1, node.status()
         assert not release.is_set() and node.activity() == "busy (a query)"
+        release.set()
+
+        # and a query never waits for the frame being fused: answered while fusion holds the map lock
+        answers = []
+        node._pub_answer.publish = lambda message: answers.append(json.loads(message.data))
+        query = {"schema_version": 1, "embedding": rng.standard_normal(DIM).tolist(),
+                 "negatives": rng.standard_normal((2, DIM)).tolist(), "label": "anything"}
+        with node._map_lock:
+            asking = threading.Thread(target=FindFieldNode._query, args=(node, json.dumps(query)), daemon=True)
+            asking.start()
+            asking.join(30.0)
+            assert not asking.is_alive(), "the query waited for the map lock"
+        assert answers and answers[0]["type"] == "answer" and answers[0]["map"]["frames_fused"] == 3, answers
     finally:
         release.set()
         node.shutdown()

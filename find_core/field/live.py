@@ -1,13 +1,17 @@
-"""Querying a fusion's live table without copying it (issue 15: queries that never stop the map).
+"""Querying a fusion's live table without copying it or stopping it (issue 15: queries that never
+stop the map).
 
 ``FeatureFusion.to_map`` copies every voxel's features (N×D floats: 256 MB at 10⁶ voxels and D=64)
-and the whole TSDF; a query needs neither copy. :func:`live_view` takes, under the caller's fusion
-lock, only what must be consistent — the row count and references to the table's tensors (rows are
-append-only and a grown table gets new tensors, so rows below the count stay valid) — and
-:func:`locate_live` scores those rows in place (chunked, CPU tensors are shared with numpy) after
-the lock is released. A frame fused meanwhile may update some rows while they are read: an answer
-then mixes the map just before and just after that frame, which is what "live" means.
-Rows that free space erased (weight 0) are left out of the answer.
+and the whole TSDF, under the lock that fusion holds for a whole frame; a query needs neither copy
+nor that lock. :func:`live_view` reads the table's row count, then references to its tensors: rows
+are append-only, a row is counted only once its key is written, and a table that grows copies its
+rows into new tensors before it replaces them (one attribute at a time, each replacement atomic
+under the GIL), so every row below the count is valid in whichever tensors are read. A query
+therefore never waits for the frame being fused (measured: that wait was up to a frame's time,
+bench/RESULTS.md, live 3D queries). :func:`locate_live` scores those rows in place (CPU tensors are
+shared with numpy; it divides by the norms the table keeps). A frame fused meanwhile may update some
+rows while they are read: an answer then mixes the map just before and just after that frame, which
+is what "live" means. Rows that free space erased (weight 0) are left out of the answer.
 """
 from __future__ import annotations
 
@@ -15,7 +19,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .objects import FieldObject, ObjectConfig, find_objects
+from .objects import FieldObject, ObjectConfig, candidates, find_objects
 from .query import FieldQuery, relevancy
 
 
@@ -25,6 +29,7 @@ class LiveView:
 
     keys: np.ndarray          # size×3 int32
     features: np.ndarray      # size×D float32 (running averages)
+    norms: np.ndarray         # size float32, ‖features‖ per row
     weights: np.ndarray       # size float32 (0: erased)
     last_seen: np.ndarray     # size float64
     voxel_size: float
@@ -36,31 +41,41 @@ class LiveView:
 
 
 def live_view(fusion) -> LiveView | None:
-    """The fusion's table as a :class:`LiveView` (call under the lock that guards fusion), or None
-    before the first frame. Costs no copy on the CPU (a device table is copied to the host)."""
+    """The fusion's table as a :class:`LiveView`, or None before the first frame. Needs no lock, even
+    while another thread fuses (module docstring); costs no copy on the CPU (a device table is
+    copied to the host)."""
     table = fusion.table
-    if table is None or table.size == 0:
+    n = 0 if table is None else table.size          # the count first: every row below it stays valid
+    if n == 0:
         return None
-    n = table.size
     return LiveView(table.keys[:n].cpu().numpy(), table.features[:n].cpu().numpy(),
-                    table.weights[:n].cpu().numpy(), table.last_seen[:n].cpu().numpy(),
-                    fusion.config.voxel_size, fusion.stats.fused)
+                    table.norms[:n].cpu().numpy(), table.weights[:n].cpu().numpy(),
+                    table.last_seen[:n].cpu().numpy(), fusion.config.voxel_size, fusion.stats.fused)
 
 
 @dataclass
 class LiveAnswer:
-    positions: np.ndarray     # M×3 voxel centres of the live (not erased) voxels
+    keys: np.ndarray          # M×3 int32 keys of the live (not erased) voxels
     relevancy: np.ndarray     # M
     objects: list[FieldObject]
+    voxel_size: float
+
+    @property
+    def positions(self) -> np.ndarray:
+        """M×3 voxel centres (metres); made on demand: an answer needs only its candidates'."""
+        return self.keys.astype(np.float64) * self.voxel_size
 
 
 def locate_live(view: LiveView, query: FieldQuery, config: ObjectConfig | None = None) -> LiveAnswer:
-    """:func:`~find_core.field.objects.locate` on a live view, without copying its features."""
-    scores = relevancy(view.features, query)
-    keep = view.weights > 0
-    if not keep.all():
-        scores, keys, seen = scores[keep], view.keys[keep], view.last_seen[keep]
-    else:
-        keys, seen = view.keys, view.last_seen
-    positions = keys.astype(np.float64) * view.voxel_size
-    return LiveAnswer(positions, scores, find_objects(positions, scores, view.voxel_size, config, seen))
+    """:func:`~find_core.field.objects.locate` on a live view, without copying its features (only
+    the candidate voxels are turned into points for clustering)."""
+    config = config or ObjectConfig()
+    scores = relevancy(view.features, query, norms=view.norms)
+    keys, seen = view.keys, view.last_seen
+    live = view.weights > 0
+    if not live.all():
+        scores, keys, seen = scores[live], keys[live], seen[live]
+    keep = candidates(scores, config)
+    points = keys[keep].astype(np.float64) * view.voxel_size
+    objects = find_objects(points, scores[keep], view.voxel_size, config, seen[keep])
+    return LiveAnswer(keys, scores, objects, view.voxel_size)

@@ -63,6 +63,15 @@ def cut_off(relevancy: np.ndarray, config: ObjectConfig) -> float:
     return 0.5 + (1.0 - config.relative) * max(best - 0.5, 0.0)
 
 
+def candidates(relevancy: np.ndarray, config: ObjectConfig) -> np.ndarray:
+    """Which points may join an object: relevancy at the cut (and above 0.5 when the cut adapts).
+    The best point is always among them, so the cut of the candidates alone is the same."""
+    keep = relevancy >= cut_off(relevancy, config)
+    if config.threshold is None:
+        keep &= relevancy > 0.5
+    return keep
+
+
 def find_objects(points: np.ndarray, relevancy: np.ndarray, voxel_size: float,
                  config: ObjectConfig | None = None, last_seen: np.ndarray | None = None) -> list[FieldObject]:
     """Top objects among N×3 ``points`` (voxel centres or sampled field points) with N ``relevancy``
@@ -78,9 +87,7 @@ def find_objects(points: np.ndarray, relevancy: np.ndarray, voxel_size: float,
         raise ValueError(f"voxel_size must be positive, got {voxel_size}")
     if len(points) == 0:
         return []
-    keep = relevancy >= cut_off(relevancy, config)
-    if config.threshold is None:
-        keep &= relevancy > 0.5
+    keep = candidates(relevancy, config)
     if not keep.any():
         return []
     pts, rel = points[keep], relevancy[keep]

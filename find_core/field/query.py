@@ -71,28 +71,44 @@ class FieldQuery:
         return int(self.positive.shape[0])
 
 
-def relevancy(features: np.ndarray, query: FieldQuery, chunk: int = 16384) -> np.ndarray:
+def relevancy(features: np.ndarray, query: FieldQuery, chunk: int = 1 << 18,
+              norms: np.ndarray | None = None) -> np.ndarray:
     """N relevancy values in [0, 1] for N×D features (zero rows score 0.5).
 
     Computed without a normalised copy of the features: min_k sigmoid(x_k) = sigmoid(min_k x_k), and
-    (f·q − f·n_k) / ‖f‖ needs only one product with [q, n_1..n_K] and the row norms, so each chunk is
-    read twice (from cache) and never rewritten; torch's thin product is ~2× numpy's here
-    (bench/RESULTS.md, live 3D queries)."""
+    (f·q − f·n_k) / ‖f‖ needs only one product with [q, n_1..n_K] and the row norms. ``norms`` (N, the
+    features' row norms, as a fusion table keeps them) spares the second pass over the features that
+    computing them takes; the features are never rewritten. Chunks are large because every torch
+    call hands Python's GIL back, and beside a fusion thread each handover can wait for the
+    interpreter's switch interval (5 ms): a few calls per query, not a few per 16k rows. torch's thin
+    product is ~2× numpy's here (bench/RESULTS.md, live 3D queries)."""
     features = np.asarray(features, np.float32)
     if features.ndim != 2 or features.shape[1] != query.dim:
         raise ValueError(f"features must be N×{query.dim} to match the query, got shape {features.shape}")
-    if not features.flags.writeable or min(features.strides, default=0) < 0:
-        features = np.array(features)                 # torch shares only writable, forward-strided memory
-    rows = torch.from_numpy(features)                  # shares memory (a live table is never copied)
+    rows, row_norms = _shared(features), None
+    if norms is not None:
+        norms = np.asarray(norms, np.float32)
+        if norms.shape != (len(features),):
+            raise ValueError(f"norms must hold one value per feature row ({len(features)}), got shape {norms.shape}")
+        row_norms = _shared(norms)
     directions = torch.from_numpy(np.concatenate([query.positive[None], query.negatives]).T.copy())  # D×(K+1)
     out = torch.empty(len(rows), dtype=torch.float32)
     for start in range(0, len(rows), chunk):
         f = rows[start:start + chunk]
         dots = f @ directions                                                    # n×(K+1)
         gap = dots[:, 0] - dots[:, 1:].amax(dim=1)                               # min_k f·q − f·n_k
-        scale = torch.linalg.vector_norm(f, dim=1).mul_(query.temperature).clamp_min_(1e-30)
+        scale = torch.linalg.vector_norm(f, dim=1) if row_norms is None else row_norms[start:start + chunk].clone()
+        scale.mul_(query.temperature).clamp_min_(1e-30)
         torch.sigmoid(gap.div_(scale), out=out[start:start + chunk])            # zero rows: gap 0 → 0.5
     return out.numpy()
+
+
+def _shared(array: np.ndarray) -> torch.Tensor:
+    """A CPU tensor sharing ``array``'s memory (a live table is never copied); torch shares only
+    writable, forward-strided memory, so anything else is copied once."""
+    if not array.flags.writeable or min(array.strides, default=0) < 0:
+        array = np.array(array)
+    return torch.from_numpy(array)
 
 
 def query_from_pipeline(embedder: Embedder, text: str | None = None, instruction: Any = None,

@@ -1,11 +1,15 @@
 """The sparse voxel table behind :class:`~find_core.field.fusion.FeatureFusion`: per voxel a weighted
-running average of unit embeddings, a colour, a weight (observations) and the time it was last seen.
+running average of unit embeddings, its norm, a colour, a weight (observations) and the time it was
+last seen.
 
 Rows are append-only (grown by doubling up to ``capacity``); a persistent Open3D hash map from voxel
 key to row finds a frame's V voxels in O(V), so the table is never re-sorted and the N×D features are
 never copied except when the buffer grows. A voxel that free space has erased (:meth:`FeatureTable.decay`)
 keeps its row with weight 0 and is left out of maps (:meth:`FeatureTable.live`); seeing it again
 starts its average afresh.
+
+The norms are kept because a query divides by them: reading them instead of recomputing them from
+the N×D features halves the memory a live query streams (bench/RESULTS.md, live 3D queries).
 """
 from __future__ import annotations
 
@@ -30,7 +34,7 @@ def o3d_device(device: torch.device) -> o3c.Device:
 class FeatureTable:
     """Sparse voxel table of weighted running-average embeddings, keyed like the TSDF lattice."""
 
-    COLUMNS = ("keys", "features", "weights", "colors", "last_seen")
+    COLUMNS = ("keys", "features", "norms", "weights", "colors", "last_seen")
 
     def __init__(self, dim: int, capacity: int, device: torch.device):
         self.dim, self.capacity, self.device = dim, capacity, device
@@ -38,6 +42,7 @@ class FeatureTable:
         start = min(capacity, 4096)
         self.keys = torch.zeros(start, 3, dtype=torch.int32, device=device)
         self.features = torch.zeros(start, dim, dtype=torch.float32, device=device)
+        self.norms = torch.zeros(start, dtype=torch.float32, device=device)     # ‖features‖ per row
         self.weights = torch.zeros(start, dtype=torch.float32, device=device)
         self.colors = torch.zeros(start, 3, dtype=torch.float32, device=device)
         self.last_seen = torch.full((start,), UNSEEN, dtype=torch.float64, device=device)
@@ -105,6 +110,7 @@ class FeatureTable:
             raise ValueError(f"the map holds {len(keys)} voxels, more than max_feature_voxels={self.capacity}")
         rows = self._insert_keys(torch.as_tensor(np.ascontiguousarray(keys, np.int32), device=self.device))
         self.features[rows] = torch.as_tensor(np.asarray(features, np.float32), device=self.device)
+        self.norms[rows] = torch.linalg.vector_norm(self.features[rows], dim=1)
         self.weights[rows] = torch.as_tensor(np.asarray(weights, np.float32), device=self.device)
         self.colors[rows] = torch.as_tensor(np.asarray(colors, np.float32), device=self.device)
         if last_seen is not None:
@@ -119,7 +125,9 @@ class FeatureTable:
         w_old = self.weights.index_select(0, rows)
         w_new = w_old + counts
         start = self.features.index_select(0, rows).mul_((w_old / w_new)[:, None])
-        self.features.index_copy_(0, rows, add_feature_means(w_new, start))
+        features = add_feature_means(w_new, start)
+        self.features.index_copy_(0, rows, features)
+        self.norms.index_copy_(0, rows, torch.linalg.vector_norm(features, dim=1))
         colors = (self.colors.index_select(0, rows) * w_old[:, None] + colour_sums) / w_new[:, None]
         self.colors.index_copy_(0, rows, colors)
         self.weights.index_copy_(0, rows, w_new)
@@ -149,6 +157,7 @@ class FeatureTable:
         erased = rows[gone]
         if len(erased):
             self.features.index_fill_(0, erased, 0.0)
+            self.norms.index_fill_(0, erased, 0.0)
             self.colors.index_fill_(0, erased, 0.0)
         return int(len(erased))
 
