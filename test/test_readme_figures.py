@@ -281,9 +281,14 @@ def claims() -> list[tuple[str, str]]:
         (BENCH.name, f"D = 64 features at {r(b.cell(fusion, 0, 'FeatureFusion, D=64', 'frames/s'), 1)} frames/s "
                      f"({b.cell(fusion, 0, 'FeatureFusion, D=64', 'time ratio')} Open3D's colour-only TSDF, in the "
                      f"same run; D = 512: {b.cell(fusion, 0, 'FeatureFusion, D=512', 'time ratio')})"),
+        (BENCH.name, f"({r(b.cell(fusion, 0, 'Open3D TSDF', 'ms/frame'), 1)} ms a frame in this one)"),
         (BENCH.name, f"relevancy {r(b.cell(fusion, 1, '100,000', 'relevancy ms'))} ms for 10⁵ voxels, "
                      f"{r(float(r(b.cell(fusion, 1, '10,000,000', 'relevancy ms'))) / 1000, 1)} s for 10⁷ "
                      f"({r(float(r(b.cell(fusion, 1, '10,000,000', 'map MB'))) / 1000, 2)} GB)"),
+        (BENCH.name, f"table in {r(b.cell('field_query', 0, '1,000,000', 'live path ms'), 1)} ms alone and "
+                     f"{r(b.cell('field_query', 0, '1,000,000', 'query ms while fusing'))} ms while fusion runs (target "
+                     f"50 ms), and one query a second slows fusion by {b.cell('field_query', 0, '1,000,000', 'rate drop')} "
+                     "(target ≤ 10 %)"),
         (BENCH.name, f"{r(b.cell('album', 0, '100,000', 'ms / query'))} ms per interleaved query over 10⁵ cached "
                      f"embeddings, of which the gallery part is {r(b.cell('album', 0, '100,000', 'gallery part ms'), 1)}"
                      " ms"),
