@@ -246,8 +246,6 @@ def claims() -> list[tuple[str, str]]:
                        f"{r(batch16['interleave_grounding']['ciou'], 1)}, and leave interleave IR@5 at "
                        f"{r(batch16['interleave_retrieval']['ir5'], 1)} (IR@10 {r(batch16['interleave_retrieval']['ir10'], 1)}; "
                        f"`{BATCH16.name}`)"),
-        ("heldout_metrics.json", f"retrieval gives it from another image: the embedded checkpoint, trained on references "
-                                 f"from other images, retrieves at {r(embedded_views['image']['interleave_retrieval']['ir5'], 1)}."),
         ("visual_source_*_heldout.json", "its visual entities fell, from " + " to ".join(
             [r(visual_crops["own"], 1), " and ".join(r(visual_crops[s], 1) for s in ("batch", "batch_nearest"))])),
         (OFFICIAL_ENGINE.name, f"interleave grounding cIoU {r(engine['interleave_grounding']['ciou'], 1)} and IR@5 "
@@ -338,6 +336,24 @@ def test_camera_qos_table_of_the_ros_doc_equals_its_source():
         assert cells == [cell(qos[(key, "320x240")]), cell(qos[(key, "640x480")])], setting
 
 
+def test_visual_entity_retrieval_table_equals_its_sources():
+    """The README's IR@5 by reference_visual_prob: each cell is its evaluation's, on the engine's
+    held-out entries with whole-image references, at the probability its column names."""
+    table = readme_table(README.read_text(encoding="utf-8"), "| interleave retrieval IR@5 | entities in words")
+    sources = {"FIND recipe, 3900 steps (batch 16)": "synthetic_official_batch16_heldout_engine",
+               "embedded checkpoint": "embedded_heldout_engine"}
+    assert set(table) == set(sources)
+    for row, stem in sources.items():
+        files = [f"{stem}_visual_prob_0.json", f"{stem}.json" if "batch16" in stem else f"{stem}_reference_image.json",
+                 f"{stem}_visual_prob_1.json"]
+        for cell, name, prob in zip(table[row], files, (0.0, 0.5, 1.0)):
+            m = load(RESULTS / name)
+            retrieval = m["interleave_retrieval"]
+            assert retrieval["reference_view"] == "image" and retrieval.get("reference_visual_prob", 0.5) == prob, name
+            assert "--entity-json find_bench/entity_val.json" in m["meta"]["command"], name
+            assert cell == r(retrieval["ir5"], 1), (row, name, cell)
+
+
 def test_each_source_names_how_it_was_made():
     """The metrics a README figure rests on name their command (and the weights where a model was measured)."""
     visual_source = [RESULTS / f"visual_source_{s}_heldout{kind}.json" for s in VISUAL_SOURCES for kind in ("", "_own_stroke")]
@@ -351,7 +367,8 @@ def test_each_source_names_how_it_was_made():
 
 def test_each_interleave_figure_names_its_protocol():
     """Every committed evaluation says how it gave visual entities, and its command gives the same
-    (a flag left out means today's default: own strokes in grounding, whole images as references)."""
+    (a flag left out means today's default: own strokes in grounding, whole images as references, a
+    file reference given as its image half the time)."""
     for path in sorted([*RESULTS.glob("*.json"), HELDOUT]):
         m = load(path)
         if "meta" not in m or "command" not in m["meta"]:
@@ -367,3 +384,7 @@ def test_each_interleave_figure_names_its_protocol():
             assert "reference_view" in retrieval, path.name
         for view in views:
             assert (f"--reference-view {view}" in command) or (view == "image" and "--reference-view" not in command), path.name
+        drawn = (retrieval or {}).get("reference_visual_prob")      # absent: the official 0.5
+        assert (drawn is None) == ("--reference-visual-prob" not in command), path.name
+        if drawn is not None:
+            assert float(command.split("--reference-visual-prob ")[1].split()[0]) == drawn, path.name

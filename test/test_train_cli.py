@@ -126,6 +126,43 @@ def test_evaluation_agrees_with_the_pipeline_calls(run_dir, data_root):
     assert metrics["generic"]["pq"] == pytest.approx(panoptic.result().pq)
 
 
+def test_reference_visual_prob_decides_which_references_retrieval_gives_as_images(run_dir, data_root, tmp_path):
+    """eval.reference_visual_prob reaches the entries: with every `visual` phrase rewritten as an official
+    `reference`, 0 gives every entity in words, 1 every reference as its image, each ranked as
+    FindPipeline.interleave_retrieve ranks it."""
+    from find_core.data import FindBenchEntities, load_retrieval_gallery
+    from find_core.metrics import interleave_retrieval
+    from find_core.tasks.interleave import entity_instruction
+
+    doc = json.loads((data_root / "annotations" / "entity_val.json").read_text())
+    references = 0
+    for entry in doc["annotations"]:
+        for phrase in entry["phrase"]:
+            if "visual" in phrase:
+                phrase["reference"] = phrase.pop("visual")
+                references += 1
+    assert references > 0
+    entity_json = tmp_path / "entity_reference_val.json"
+    entity_json.write_text(json.dumps(doc))
+    pipe = FindPipeline.from_checkpoint(latest_checkpoint(run_dir), device="cpu")
+    gallery = load_retrieval_gallery(data_root / "annotations" / "retrieval_val.json")
+    images = [CocoPanoptic(data_root, "val").load_image(i) for i in gallery]
+    for prob, visual in ((0.0, 0), (1.0, references)):
+        config = EvalConfig(split="val", entity_json=str(entity_json), reference_visual_prob=prob,
+                            tasks=["interleave_retrieval"])
+        measured = run_evaluation(pipe, data_root, config, log=lambda m: None)["interleave_retrieval"]
+        entries = FindBenchEntities(data_root, "val", entity_json=entity_json, reference_visual_prob=prob)
+        samples = [entries[i] for i in range(len(entries))]
+        assert sum(p.is_visual for s in samples for p in s.phrases) == visual
+        rows = [pipe.interleave_retrieve(entity_instruction(s, f"entry-{i}"), images).similarity[0]
+                for i, s in enumerate(samples)]
+        expected = interleave_retrieval(np.stack(rows), [gallery.index(s.image_id) for s in samples])
+        assert {k: measured[k] for k in expected} == pytest.approx(expected), prob
+        assert measured["reference_visual_prob"] == prob
+    with pytest.raises(Exception, match="reference_visual_prob must lie in"):
+        EvalConfig(reference_visual_prob=1.5)
+
+
 def test_evaluation_skips_what_the_data_lacks(run_dir, data_root, tmp_path):
     partial = tmp_path / "captions_only"
     partial.mkdir()

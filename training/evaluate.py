@@ -43,6 +43,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--reference-view", choices=REFERENCE_VIEWS,
                         help="override eval.reference_view: a file reference as the whole referenced image with its "
                         "segment (image, as the official interleave retrieval; the default) or its crop")
+    parser.add_argument("--reference-visual-prob", type=float,
+                        help="override eval.reference_visual_prob: how often an entry's `reference` phrase is given "
+                        "as its image (0.5 as upstream; 0: all words, 1: all images)")
     parser.add_argument("--tasks", nargs="+", help="override eval.tasks: evaluate only these tasks")
     return parser.parse_args(argv)
 
@@ -72,6 +75,9 @@ def main(argv: list[str] | None = None) -> int:
             config.interleave_visual = args.interleave_visual
         if args.reference_view:
             config.reference_view = args.reference_view
+        if args.reference_visual_prob is not None:
+            config.reference_visual_prob = args.reference_visual_prob
+            config.__post_init__()                     # the range check
         if args.tasks:
             config.tasks = args.tasks
         checkpoint = resolve_checkpoint(args.checkpoint)

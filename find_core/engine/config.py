@@ -282,6 +282,10 @@ class EvalConfig:
     # a file reference as the whole referenced image with its segment (official interleave retrieval) or
     # its crop ("crop"); interleave retrieval and the "reference" grounding protocol read it
     reference_view: str = "image"
+    # how often a phrase with a `reference` (official files, the engine's output) is given as its image,
+    # as the official mapper draws it (0.5); 0 gives every entity in words, 1 every reference as an
+    # image: the two ends show what visual entities cost. Phrases fixed as `visual` stay visual.
+    reference_visual_prob: float = 0.5
     tasks: list[str] | None = None          # evaluate only these tasks (default: every one the data allows)
     seed: int = 0                           # the own_stroke draws and torch's RNG (prompt points) per task
     device: str = "auto"
@@ -295,6 +299,8 @@ class EvalConfig:
         if self.precision not in PRECISIONS:
             raise ConfigError(f"eval.precision must be one of {PRECISIONS}, got {self.precision!r}")
         _check_reference_view(self.reference_view, "eval")
+        if not 0.0 <= self.reference_visual_prob <= 1.0:
+            raise ConfigError(f"eval.reference_visual_prob must lie in [0, 1], got {self.reference_visual_prob}")
         if self.interleave_visual not in INTERLEAVE_VISUALS:
             raise ConfigError(f"eval.interleave_visual must be one of {INTERLEAVE_VISUALS}, "
                               f"got {self.interleave_visual!r}")

@@ -279,7 +279,8 @@ class _Runner:
         entity = self._entity_files()[0]
         entity = entity.relative_to(self.root) if entity.is_relative_to(self.root) else entity
         return FindBenchEntities(self.root, self._split(self.config.entity_split), entity_json=entity,
-                                 reference_view=self.config.reference_view)
+                                 reference_view=self.config.reference_view,
+                                 reference_visual_prob=self.config.reference_visual_prob)
 
     def interleave_grounding(self) -> dict[str, Any]:
         """cIoU over every entity, and apart for text and visual entities. Visual entities as
@@ -327,5 +328,7 @@ class _Runner:
         if not rows:
             raise ValueError(f"no entry of {self._entity_files()[0]} has its image in the retrieval gallery")
         similarity = np.stack(rows)
+        drawn = self.config.reference_visual_prob
         return {**interleave_retrieval(similarity, targets), "entries": len(rows), "gallery": len(gallery),
-                "reference_view": self.config.reference_view}
+                "reference_view": self.config.reference_view,
+                **({"reference_visual_prob": drawn} if drawn != EvalConfig.reference_visual_prob else {})}
