@@ -41,7 +41,8 @@ def preloaded(voxels: int):
 
 
 def latencies(fusion, query, repeats: int) -> dict[str, Any]:
-    """Old (copy) and live query paths: total seconds and seconds under the lock."""
+    """Old (copy) and live query paths: total seconds, the copy's seconds under the lock and the live
+    path's view alone (it takes no lock)."""
     from find_core.field import locate
     from find_core.field.live import live_view, locate_live
     copied = fusion.to_map()

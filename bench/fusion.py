@@ -89,7 +89,7 @@ def feature_fusion(frames: list, K: np.ndarray, dims: int, device: str) -> dict[
     table = fusion.table
     out = {"seconds": seconds, "voxels": table.size, "blocks": int(fusion.grid.hashmap().size()),
            "stages": {name: fusion.stats.stage_seconds.get(name, 0.0) / len(frames) for name in STAGES},
-           "table_mb": table.size * (dims + 3 + 1 + 3) * 4 / 1e6, "rss_growth_mb": (rss_mb() or 0) - (rss_before or 0)}
+           "table_mb": table.size * ((dims + 3 + 1 + 1 + 3) * 4 + 8) / 1e6, "rss_growth_mb": (rss_mb() or 0) - (rss_before or 0)}
     del fusion
     gc.collect()
     return out

@@ -203,8 +203,8 @@ class FindFieldNode(Node):
             self._cond.notify_all()
 
     # ---- worker threads: fusion in one, queries and commands in the other -------------------------
-    # A query scores the live table while frames go on being fused (the map lock is held only for
-    # the view, a save's copy or a clear), so a slow query drops no frames.
+    # A query scores the live table while frames go on being fused (it takes no lock; the map lock is
+    # held for a frame's fusion, a save's copy or a clear), so a slow query drops no frames.
     def _work(self) -> None:
         stop = self._worker.stop
         while not stop.is_set():

@@ -188,3 +188,35 @@ def test_live_queries_equal_queries_of_a_copied_map(world):
         assert np.array_equal(live.positions, fmap.positions)
         np.testing.assert_allclose(live.relevancy, relevancy, atol=1e-6)
         assert [o.to_json() for o in live.objects] == [o.to_json() for o in objects]
+
+
+def test_live_queries_read_safely_while_another_thread_fuses(world):
+    """find_field queries without the lock while fusion grows, averages and erodes the table: every
+    view is self-consistent and every score a probability (a stale zero norm would saturate one)."""
+    import threading
+    from find_core.field.live import live_view, locate_live
+
+    fusion = FeatureFusion(FusionConfig(voxel_size=0.02, device="cpu"))
+    failures: list[BaseException] = []
+
+    def fuse_all() -> None:
+        try:
+            fuse(fusion, world["before"] + world["after"], world["camera"].K)
+        except BaseException as err:        # reported by the main thread
+            failures.append(err)
+    thread = threading.Thread(target=fuse_all)
+    thread.start()
+    query, views = FieldQuery(PROTOS[world["tile"]], NEGATIVES), 0
+    while thread.is_alive():
+        view = live_view(fusion)
+        if view is None:
+            continue
+        n = len(view.keys)
+        assert len(view.features) == len(view.norms) == len(view.weights) == len(view.last_seen) == n
+        live = locate_live(view, query)
+        assert np.isfinite(live.relevancy).all() and ((live.relevancy >= 0) & (live.relevancy <= 1)).all()
+        views += 1
+    thread.join()
+    assert not failures, failures
+    assert views > 3 and fusion.table.size > 4096 and fusion.stats.forgotten > 0   # it grew and eroded meanwhile
+    assert_norms_kept(fusion)

@@ -284,7 +284,8 @@ class EvalConfig:
     reference_view: str = "image"
     # how often a phrase with a `reference` (official files, the engine's output) is given as its image,
     # as the official mapper draws it (0.5); 0 gives every entity in words, 1 every reference as an
-    # image: the two ends show what visual entities cost. Phrases fixed as `visual` stay visual.
+    # image: the two ends show what visual entities cost. Phrases fixed as `visual` stay visual. Interleave
+    # retrieval and the "reference" grounding protocol read it (and record it when it is not 0.5).
     reference_visual_prob: float = 0.5
     tasks: list[str] | None = None          # evaluate only these tasks (default: every one the data allows)
     seed: int = 0                           # the own_stroke draws and torch's RNG (prompt points) per task

@@ -300,7 +300,8 @@ class _Runner:
                 for kind in ("all", entity.kind):
                     evaluators[kind].add(segment.mask.astype(bool), phrase.mask)
         total = evaluators.pop("all")
-        view = {"reference_view": self.config.reference_view} if self.config.interleave_visual == "reference" else {}
+        view = {"reference_view": self.config.reference_view, **self._drawn()} \
+            if self.config.interleave_visual == "reference" else {}
         return {**total.result().as_dict(), "entities": len(total), "visual_entities": self.config.interleave_visual, **view,
                 **{kind: {**e.result().as_dict(), "entities": len(e)} for kind, e in evaluators.items() if len(e)}}
 
@@ -328,7 +329,10 @@ class _Runner:
         if not rows:
             raise ValueError(f"no entry of {self._entity_files()[0]} has its image in the retrieval gallery")
         similarity = np.stack(rows)
-        drawn = self.config.reference_visual_prob
         return {**interleave_retrieval(similarity, targets), "entries": len(rows), "gallery": len(gallery),
-                "reference_view": self.config.reference_view,
-                **({"reference_visual_prob": drawn} if drawn != EvalConfig.reference_visual_prob else {})}
+                "reference_view": self.config.reference_view, **self._drawn()}
+
+    def _drawn(self) -> dict[str, float]:
+        """The share of references given as images, where it is not upstream's (0.5, EvalConfig's default)."""
+        drawn = self.config.reference_visual_prob
+        return {"reference_visual_prob": drawn} if drawn != EvalConfig.reference_visual_prob else {}

@@ -65,7 +65,8 @@ def cut_off(relevancy: np.ndarray, config: ObjectConfig) -> float:
 
 def candidates(relevancy: np.ndarray, config: ObjectConfig) -> np.ndarray:
     """Which points may join an object: relevancy at the cut (and above 0.5 when the cut adapts).
-    The best point is always among them, so the cut of the candidates alone is the same."""
+    An adaptive cut keeps the best point (when above 0.5) and a fixed one does not depend on the
+    points, so the candidates alone have the same cut."""
     keep = relevancy >= cut_off(relevancy, config)
     if config.threshold is None:
         keep &= relevancy > 0.5

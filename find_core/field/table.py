@@ -109,8 +109,9 @@ class FeatureTable:
         if len(keys) > self.capacity:
             raise ValueError(f"the map holds {len(keys)} voxels, more than max_feature_voxels={self.capacity}")
         rows = self._insert_keys(torch.as_tensor(np.ascontiguousarray(keys, np.int32), device=self.device))
-        self.features[rows] = torch.as_tensor(np.asarray(features, np.float32), device=self.device)
-        self.norms[rows] = torch.linalg.vector_norm(self.features[rows], dim=1)
+        loaded = torch.as_tensor(np.asarray(features, np.float32), device=self.device)
+        self.norms[rows] = torch.linalg.vector_norm(loaded, dim=1)
+        self.features[rows] = loaded
         self.weights[rows] = torch.as_tensor(np.asarray(weights, np.float32), device=self.device)
         self.colors[rows] = torch.as_tensor(np.asarray(colors, np.float32), device=self.device)
         if last_seen is not None:
@@ -126,8 +127,10 @@ class FeatureTable:
         w_new = w_old + counts
         start = self.features.index_select(0, rows).mul_((w_old / w_new)[:, None])
         features = add_feature_means(w_new, start)
-        self.features.index_copy_(0, rows, features)
+        # norms first: a query reading meanwhile sees a new row's zero features with its norm (0.5),
+        # never its features with a zero norm (a saturated 0 or 1)
         self.norms.index_copy_(0, rows, torch.linalg.vector_norm(features, dim=1))
+        self.features.index_copy_(0, rows, features)
         colors = (self.colors.index_select(0, rows) * w_old[:, None] + colour_sums) / w_new[:, None]
         self.colors.index_copy_(0, rows, colors)
         self.weights.index_copy_(0, rows, w_new)
