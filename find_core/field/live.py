@@ -8,10 +8,11 @@ are append-only, a row is counted only once its key is written, and a table that
 rows into new tensors before it replaces them (one attribute at a time, each replacement atomic
 under the GIL), so every row below the count is valid in whichever tensors are read. A query
 therefore never waits for the frame being fused (with the lock, measured by hand at 10⁵ voxels:
-5-119 ms of wait per query). The argument rests on the GIL (free-threaded Python would need the lock). :func:`locate_live` scores those rows in place (CPU tensors are
-shared with numpy; it divides by the norms the table keeps). A frame fused meanwhile may update some
-rows while they are read: an answer then mixes the map just before and just after that frame, which
-is what "live" means. Rows that free space erased (weight 0) are left out of the answer.
+5-119 ms of wait per query). The argument rests on the GIL (free-threaded Python would need the
+lock). :func:`locate_live` scores those rows in place (CPU tensors are shared with numpy; it
+divides by the norms the table keeps). A frame fused meanwhile may update some rows while they are
+read: an answer then mixes the map just before and just after that frame, which is what "live"
+means. Rows that free space erased (weight 0) are left out of the answer.
 """
 from __future__ import annotations
 
