@@ -12,6 +12,7 @@ to stderr, so stdout is the JSON alone.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import sys
 from pathlib import Path
 
@@ -75,9 +76,8 @@ def main(argv: list[str] | None = None) -> int:
             config.interleave_visual = args.interleave_visual
         if args.reference_view:
             config.reference_view = args.reference_view
-        if args.reference_visual_prob is not None:
-            config.reference_visual_prob = args.reference_visual_prob
-            config.__post_init__()                     # the range check
+        if args.reference_visual_prob is not None:   # replace() checks the range
+            config = dataclasses.replace(config, reference_visual_prob=args.reference_visual_prob)
         if args.tasks:
             config.tasks = args.tasks
         checkpoint = resolve_checkpoint(args.checkpoint)

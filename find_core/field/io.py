@@ -30,6 +30,11 @@ import numpy as np
 FORMAT_VERSION = 1
 
 
+def voxel_centres(keys: np.ndarray, voxel_size: float) -> np.ndarray:
+    """N×3 float64 world positions (metres) of N×3 integer voxel keys."""
+    return np.asarray(keys).astype(np.float64) * voxel_size
+
+
 @dataclass
 class TsdfBlocks:
     """The active blocks of a TSDF VoxelBlockGrid, as plain arrays (enough to rebuild the grid)."""
@@ -77,7 +82,7 @@ class VoxelFeatureMap:
     @property
     def positions(self) -> np.ndarray:
         """N×3 float64 voxel centres in world metres."""
-        return self.keys.astype(np.float64) * self.voxel_size
+        return voxel_centres(self.keys, self.voxel_size)
 
     def unit_features(self) -> np.ndarray:
         """Features scaled to unit length (all-zero rows stay zero)."""

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from .io import voxel_centres
 from .objects import FieldObject, ObjectConfig, candidates, find_objects
 from .query import FieldQuery, relevancy
 
@@ -64,7 +65,7 @@ class LiveAnswer:
     @property
     def positions(self) -> np.ndarray:
         """M×3 voxel centres (metres); made on demand: an answer needs only its candidates'."""
-        return self.keys.astype(np.float64) * self.voxel_size
+        return voxel_centres(self.keys, self.voxel_size)
 
 
 def locate_live(view: LiveView, query: FieldQuery, config: ObjectConfig | None = None) -> LiveAnswer:
@@ -77,6 +78,6 @@ def locate_live(view: LiveView, query: FieldQuery, config: ObjectConfig | None =
     if not live.all():
         scores, keys, seen = scores[live], keys[live], seen[live]
     keep = candidates(scores, config)
-    points = keys[keep].astype(np.float64) * view.voxel_size
+    points = voxel_centres(keys[keep], view.voxel_size)
     objects = find_objects(points, scores[keep], view.voxel_size, config, seen[keep])
     return LiveAnswer(keys, scores, objects, view.voxel_size)
