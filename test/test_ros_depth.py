@@ -17,7 +17,7 @@ import pytest
 from find_ros.frame_buffer import DepthFrame
 from find_ros.entity_geometry import entity_points, place_entity, resize_mask, scale_intrinsics
 from find_ros.results_schema import POSITION_REASONS, EntityInfo
-from test_ros_nodes import Perception, camera_info, depth_image, header, make_frame
+from test_ros_nodes import Perception, camera_info, depth_image, header, make_frame, same_stamp
 
 F, DISC_Z, WALL_Z, RADIUS = 300.0, 1.5, 3.0, 40.0
 K_COLOUR = np.array([[F, 0, 159.5], [0, F, 119.5], [0, 0, 1]])
@@ -109,7 +109,7 @@ def depth_node(tmp_path_factory: pytest.TempPathFactory):
 
 
 def segmentation_at(node: Perception, stamp: float) -> dict:
-    return node.result_where(lambda d: d["type"] == "segmentation" and d["frame"]["stamp"] == pytest.approx(stamp),
+    return node.result_where(lambda d: d["type"] == "segmentation" and d["frame"]["stamp"] == same_stamp(stamp),
                              f"the segmentation of {stamp}")
 
 

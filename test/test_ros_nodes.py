@@ -44,6 +44,12 @@ RELIABLE = reliable(100)
 TIMEOUT = WAIT_TIMEOUT
 
 
+def same_stamp(stamp: float) -> Any:
+    """Equal to ``stamp`` within 1 µs. A bare ``pytest.approx`` is relative (1e-6 of ~5000 s is 5 ms)
+    and would match a neighbouring frame of a 1 ms burst."""
+    return pytest.approx(stamp, abs=1e-6)
+
+
 class Perception:
     """A find_perception process, its probe, and helpers speaking its topics."""
 
@@ -118,7 +124,7 @@ class Perception:
         before the node's side of the match is complete, and a frame sent in that moment is lost."""
         def processed():
             return next((s for s in reversed(self.statuses())
-                         if s["last_processed_stamp"] == pytest.approx(stamp, abs=1e-6)), None)
+                         if s["last_processed_stamp"] == same_stamp(stamp)), None)
         deadline = time.monotonic() + TIMEOUT
         while resend is not None and time.monotonic() < deadline:
             try:
@@ -297,7 +303,7 @@ def test_localize_publishes_every_output_for_the_best_frame(localize_node: Perce
     assert loc["stamps"] == pytest.approx(stamps[-4:])              # buffer_size 4: the newest four
     assert loc["best_index"] == int(np.argmax(loc["scores"]))
     best = loc["stamps"][loc["best_index"]]
-    assert loc["best_stamp"] == pytest.approx(best) and doc["frame"]["stamp"] == pytest.approx(best)
+    assert loc["best_stamp"] == same_stamp(best) and doc["frame"]["stamp"] == same_stamp(best)
     assert (doc["frame"]["width"], doc["frame"]["height"]) == (128, 96)
     assert (doc["frame"]["source_width"], doc["frame"]["source_height"]) == (128, 96)
 
@@ -349,7 +355,7 @@ def test_localize_publishes_every_output_for_the_best_frame(localize_node: Perce
             continue
         want = expected_centroid(masks, e["label_id"], 2.0, K)
         sphere = spheres[e["label_id"]]
-        assert sphere.header.frame_id == "cam_depth_optical" and stamp_of(sphere) == pytest.approx(best)
+        assert sphere.header.frame_id == "cam_depth_optical" and stamp_of(sphere) == same_stamp(best)
         got = [sphere.pose.position.x, sphere.pose.position.y, sphere.pose.position.z]
         np.testing.assert_allclose(got, want, atol=1e-4)
         np.testing.assert_allclose(e["position"], want, atol=1e-4)
@@ -372,7 +378,7 @@ def test_markers_from_half_resolution_metre_depth(semantic_depth_node: Perceptio
     K = np.asarray(camera_info().k).reshape(3, 3)
     stamp = 2100.0
     node.send_frame(stamp, make_frame(3), depth_image(np.full((48, 64), 1.5, np.float32), "32FC1"), camera_info())
-    doc = node.result_where(lambda d: d["type"] == "segmentation" and d["frame"]["stamp"] == pytest.approx(stamp),
+    doc = node.result_where(lambda d: d["type"] == "segmentation" and d["frame"]["stamp"] == same_stamp(stamp),
                             "the segmentation with depth")
     masks = image_to_labels(node.output("masks", stamp, "masks"))
     markers = node.output("entities", stamp, "entity markers").markers
@@ -446,7 +452,7 @@ def test_every_bad_input_is_an_error_result_and_the_node_keeps_serving(localize_
     for msg, words in bad_images:
         node.image.publish(msg)
         doc = node.result_where(lambda d, s=stamp_of(msg): d["type"] == "error" and d["frame"] is not None
-                                and d["frame"]["stamp"] == pytest.approx(s), f"the bad_image error ({words})")
+                                and d["frame"]["stamp"] == same_stamp(s), f"the bad_image error ({words})")
         assert doc["error"]["code"] == "bad_image" and words in doc["error"]["message"]
 
     # a depth image that cannot be used: an error, but the colour frame is still processed
@@ -483,7 +489,7 @@ def test_standing_instruction_grounds_new_frames_until_cleared(standing_node: Pe
     later = [4001.0, 4001.25, 4001.5]        # buffer_size 2: the referenced frame is evicted meanwhile
     for i, s in enumerate(later):
         node.send_frame(s, make_frame(i + 2))
-        doc = node.result_where(lambda d, s=s: d["type"] == "grounding" and d["frame"]["stamp"] == pytest.approx(s),
+        doc = node.result_where(lambda d, s=s: d["type"] == "grounding" and d["frame"]["stamp"] == same_stamp(s),
                                 f"the standing grounding of {s}")
         assert doc["instruction_id"] == "standing-1" and doc["localization"] is None
         masks = image_to_labels(node.output("masks", s, "masks of the new frame"))
@@ -519,7 +525,7 @@ def test_a_burst_is_dropped_not_queued_and_the_newest_frame_wins(standing_node: 
     burst = [5001.0 + 0.001 * i for i in range(40)]
     for i, s in enumerate(burst):
         node.send_frame(s, make_frame(i), wait=False)
-    last = node.result_where(lambda d: d["type"] == "grounding" and d["frame"]["stamp"] == pytest.approx(burst[-1]),
+    last = node.result_where(lambda d: d["type"] == "grounding" and d["frame"]["stamp"] == same_stamp(burst[-1]),
                              "the newest frame of the burst")
     grounded = [d["frame"]["stamp"] for d in node.results() if d["type"] == "grounding"
                 and d["frame"]["stamp"] >= burst[0]]
@@ -560,7 +566,7 @@ def test_segment_mode_over_compressed_images(segment_node: Perception):
     found = 0
     for i, s in enumerate(stamps):
         node.compressed.publish(png(make_frame(i), s))
-        doc = node.result_where(lambda d, s=s: d["type"] == "segmentation" and d["frame"]["stamp"] == pytest.approx(s),
+        doc = node.result_where(lambda d, s=s: d["type"] == "segmentation" and d["frame"]["stamp"] == same_stamp(s),
                                 f"the segmentation of {s}")
         masks = image_to_labels(node.output("masks", s, "the label image"))
         assert masks.shape == (96, 128)
