@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 
 from find_core.field import FusionConfig
+from find_core.field.fusion import QUERY_PRECISIONS
 from find_core.field.query import CANONICAL_NEGATIVES
 from find_core.messages import quaternion_matrix
 
@@ -49,13 +50,16 @@ class FusionParams(_Validated):
                                      maximum=1.0)
     forget_below: float = option(1.0, "A voxel whose weight (observations) decays below this is erased.",
                                  minimum=0.0, maximum=1e6)
+    query_precision: str = option("float32", "What queries read: the float32 running averages, or a bfloat16 copy "
+                                             "kept beside them (2 bytes per dimension and voxel more; faster "
+                                             "queries, bench/RESULTS.md).", choices=tuple(QUERY_PRECISIONS))
 
     def config(self, device: str) -> FusionConfig:
         """These parameters as find_core's FusionConfig on ``device``."""
         return FusionConfig(voxel_size=self.voxel_size, depth_min=self.depth_min, depth_max=self.depth_max,
                             edge_threshold=self.edge_threshold, max_feature_voxels=self.max_feature_voxels,
                             max_blocks=self.max_blocks, device=device, free_space_decay=self.free_space_decay,
-                            forget_below=self.forget_below)
+                            forget_below=self.forget_below, query_precision=self.query_precision)
 
 
 @dataclass

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import torch
 
 from find_core.data.scene_video import VideoScene, camera_path, make_camera, render_frame, sample_video_scene
 from find_core.field import (FeatureFusion, FieldQuery, FusionConfig, MapMismatch, load_map, locate, save_map)
@@ -178,7 +179,7 @@ def test_live_queries_equal_queries_of_a_copied_map(world):
     fuse(fusion, world["before"] + world["after"], world["camera"].K)
     assert fusion.stats.forgotten > 0
     view = live_view(fusion)
-    assert np.shares_memory(view.features, fusion.table.features.numpy())          # no copy
+    assert view.features.data_ptr() == fusion.table.features.data_ptr()            # no copy
     assert_norms_kept(fusion)
     fmap = fusion.to_map()
     for tile in world["scene"].tiles:
@@ -188,6 +189,34 @@ def test_live_queries_equal_queries_of_a_copied_map(world):
         assert np.array_equal(live.positions, fmap.positions)
         np.testing.assert_allclose(live.relevancy, relevancy, atol=1e-6)
         assert [o.to_json() for o in live.objects] == [o.to_json() for o in objects]
+
+
+def test_a_bfloat16_query_copy_answers_as_the_float32_features(world):
+    """FusionConfig.query_precision "bfloat16": the table keeps a bfloat16 copy of its features in
+    step with them (averaging, forgetting, loading), live queries read it, and the answers are the
+    float32 answers up to bfloat16 rounding: the same objects, relevancy within 0.01."""
+    from find_core.field.live import live_view, locate_live
+
+    fused = {}
+    for precision in ("float32", "bfloat16"):
+        fusion = FeatureFusion(FusionConfig(voxel_size=0.02, device="cpu", query_precision=precision))
+        fuse(fusion, world["before"] + world["after"], world["camera"].K)
+        fused[precision] = fusion
+    exact, narrow = fused["float32"], fused["bfloat16"]
+    assert exact.table.query_copy is None and narrow.stats.forgotten > 0
+    n = narrow.table.size
+    assert torch.equal(narrow.table.query_copy[:n], narrow.table.features[:n].to(torch.bfloat16))
+    assert torch.equal(narrow.table.features[:n], exact.table.features[:n])       # the averages stay float32
+    loaded = FeatureFusion(FusionConfig(voxel_size=0.02, device="cpu", query_precision="bfloat16"))
+    loaded.continue_from(narrow.to_map())
+    live_rows = narrow.table.live()
+    assert torch.equal(loaded.table.query_copy[:len(live_rows)], narrow.table.query_copy[live_rows])
+    for tile in world["scene"].tiles:
+        query = FieldQuery(PROTOS[tile.id], NEGATIVES)
+        want, got = locate_live(live_view(exact), query), locate_live(live_view(narrow), query)
+        assert live_view(narrow).features.dtype == torch.bfloat16
+        np.testing.assert_allclose(got.relevancy, want.relevancy, atol=1e-2)
+        assert [o.voxels for o in got.objects] == [o.voxels for o in want.objects]
 
 
 def test_live_queries_read_safely_while_another_thread_fuses(world):

@@ -62,6 +62,9 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
+QUERY_PRECISIONS = {"float32": torch.float32, "bfloat16": torch.bfloat16}
+
+
 @dataclass
 class FusionConfig:
     """Voxel lattice, memory bounds and depth limits of a fusion run."""
@@ -81,6 +84,9 @@ class FusionConfig:
                                         # (:mod:`.forget`); 1 = never forget
     forget_below: float = 1.0           # a voxel whose weight falls below this is erased
     free_space_margin: float = 3.0      # voxels a voxel must lie in front of the measured depth to be free
+    query_precision: str = "float32"    # what live queries read: the float32 running averages, or a
+                                        # "bfloat16" copy kept beside them (2·D bytes more per voxel;
+                                        # bench/RESULTS.md, live 3D queries, measures both)
 
     def __post_init__(self) -> None:
         if not self.voxel_size > 0:
@@ -93,6 +99,12 @@ class FusionConfig:
             raise ValueError("trunc_voxels and integer_depth_scale must be positive, edge_threshold >= 0")
         if not 0 < self.free_space_decay <= 1 or self.forget_below < 0 or self.free_space_margin < 0:
             raise ValueError("free_space_decay must lie in (0, 1], forget_below and free_space_margin >= 0")
+        if self.query_precision not in QUERY_PRECISIONS:
+            raise ValueError(f"query_precision must be one of {sorted(QUERY_PRECISIONS)}, got {self.query_precision!r}")
+
+    def new_table(self, dim: int, device: torch.device) -> FeatureTable:
+        """An empty embedding table of this configuration."""
+        return FeatureTable(dim, self.max_feature_voxels, device, QUERY_PRECISIONS[self.query_precision])
 
 
 class MapMismatch(ValueError):
@@ -263,7 +275,7 @@ class FeatureFusion:
         pairs = self._pairs(d, pose, k, cells, float(stride), None if rgb is None else colour)
         lap = time.perf_counter()
         if self.table is None:
-            self.table = FeatureTable(emb.shape[2], cfg.max_feature_voxels, self.device)
+            self.table = cfg.new_table(emb.shape[2], self.device)
         rows = self.table.find(pairs.voxels)
         depth_image = o3d.t.geometry.Image(o3c.Tensor(d, device=self.o3d_device))
         k_tensor = o3c.Tensor(k, o3c.float64)
@@ -406,7 +418,7 @@ class FeatureFusion:
         if fmap.geometry is not None and len(fmap.geometry.keys) > cfg.max_blocks:
             raise MapMismatch(f"the map holds {len(fmap.geometry.keys)} TSDF blocks, more than "
                               f"max_blocks={cfg.max_blocks}")
-        table = FeatureTable(fmap.dim, cfg.max_feature_voxels, self.device)
+        table = cfg.new_table(fmap.dim, self.device)
         try:
             table.load(fmap.keys, fmap.features, fmap.weights, fmap.colors, fmap.last_seen)
         except ValueError as err:

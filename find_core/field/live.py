@@ -10,7 +10,8 @@ under the GIL), so every row below the count is valid in whichever tensors are r
 therefore never waits for the frame being fused (with the lock, measured by hand at 10⁵ voxels:
 5-119 ms of wait per query). The argument rests on the GIL (free-threaded Python would need the
 lock). :func:`locate_live` scores those rows in place (CPU tensors are shared with numpy; it
-divides by the norms the table keeps). A frame fused meanwhile may update some rows while they are
+divides by the norms the table keeps, and reads the table's bfloat16 query copy where it keeps one,
+``FusionConfig.query_precision``). A frame fused meanwhile may update some rows while they are
 read: an answer then mixes the map just before and just after that frame, which is what "live"
 means. Rows that free space erased (weight 0) are left out of the answer.
 """
@@ -19,6 +20,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
+import torch
 
 from .io import voxel_centres
 from .objects import FieldObject, ObjectConfig, candidates, find_objects
@@ -30,7 +32,7 @@ class LiveView:
     """The first ``size`` rows of a fusion's table, as arrays that share its memory (CPU)."""
 
     keys: np.ndarray          # size×3 int32
-    features: np.ndarray      # size×D float32 (running averages)
+    features: torch.Tensor    # size×D CPU tensor: the running averages (float32) or their query copy
     norms: np.ndarray         # size float32, ‖features‖ per row
     weights: np.ndarray       # size float32 (0: erased)
     last_seen: np.ndarray     # size float64
@@ -50,7 +52,7 @@ def live_view(fusion) -> LiveView | None:
     n = 0 if table is None else table.size          # the count first: every row below it stays valid
     if n == 0:
         return None
-    return LiveView(table.keys[:n].cpu().numpy(), table.features[:n].cpu().numpy(),
+    return LiveView(table.keys[:n].cpu().numpy(), table.query_features[:n].cpu(),
                     table.norms[:n].cpu().numpy(), table.weights[:n].cpu().numpy(),
                     table.last_seen[:n].cpu().numpy(), fusion.config.voxel_size, fusion.stats.fused)
 

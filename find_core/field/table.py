@@ -9,7 +9,9 @@ keeps its row with weight 0 and is left out of maps (:meth:`FeatureTable.live`);
 starts its average afresh.
 
 The norms are kept because a query divides by them: reading them instead of recomputing them from
-the N×D features halves the memory a live query streams (bench/RESULTS.md, live 3D queries).
+the N×D features halves the memory a live query streams (bench/RESULTS.md, live 3D queries). For the
+same reason a table may keep a ``query_copy`` of the features in a narrower dtype (bfloat16): a query
+reads that instead; the running averages themselves stay float32, so the copy never drifts.
 """
 from __future__ import annotations
 
@@ -34,9 +36,9 @@ def o3d_device(device: torch.device) -> o3c.Device:
 class FeatureTable:
     """Sparse voxel table of weighted running-average embeddings, keyed like the TSDF lattice."""
 
-    COLUMNS = ("keys", "features", "norms", "weights", "colors", "last_seen")
+    COLUMNS = ("keys", "features", "norms", "weights", "colors", "last_seen", "query_copy")
 
-    def __init__(self, dim: int, capacity: int, device: torch.device):
+    def __init__(self, dim: int, capacity: int, device: torch.device, query_dtype: torch.dtype = torch.float32):
         self.dim, self.capacity, self.device = dim, capacity, device
         self.size = 0
         start = min(capacity, 4096)
@@ -46,6 +48,8 @@ class FeatureTable:
         self.weights = torch.zeros(start, dtype=torch.float32, device=device)
         self.colors = torch.zeros(start, 3, dtype=torch.float32, device=device)
         self.last_seen = torch.full((start,), UNSEEN, dtype=torch.float64, device=device)
+        # what queries read: the features themselves, or a narrower copy kept in step with them
+        self.query_copy = None if query_dtype == torch.float32 else torch.zeros(start, dim, dtype=query_dtype, device=device)
         self._index_device = o3d_device(device)
         self._index = o3c.HashMap(start, o3c.int32, (3,), o3c.int64, (1,), self._index_device)
 
@@ -74,10 +78,26 @@ class FeatureTable:
         new = min(self.capacity, max(needed, 2 * len(self.weights)))
         for name in self.COLUMNS[1:] + self.COLUMNS[:1]:
             old = getattr(self, name)
+            if old is None:
+                continue
             fill = UNSEEN if name == "last_seen" else 0
             grown = torch.full((new, *old.shape[1:]), fill, dtype=old.dtype, device=old.device)
             grown[: self.size] = old[: self.size]
             setattr(self, name, grown)
+
+    @property
+    def query_features(self) -> torch.Tensor:
+        """The features as queries read them: the narrower copy where the table keeps one."""
+        return self.features if self.query_copy is None else self.query_copy
+
+    def _write_features(self, rows: torch.Tensor, features: torch.Tensor) -> None:
+        """Rows' features, norms and query copy. Norms first: a query reading meanwhile sees a new
+        row's zero features with its norm (0.5), never its features with a zero norm (a saturated 0
+        or 1); the copy a query reads before the features it does not read."""
+        self.norms.index_copy_(0, rows, torch.linalg.vector_norm(features, dim=1))
+        if self.query_copy is not None:
+            self.query_copy.index_copy_(0, rows, features.to(self.query_copy.dtype))
+        self.features.index_copy_(0, rows, features)
 
     def _insert_keys(self, keys: torch.Tensor) -> torch.Tensor:
         """Rows for ``keys`` (M×3 int32, none held yet), appended at the end."""
@@ -109,9 +129,7 @@ class FeatureTable:
         if len(keys) > self.capacity:
             raise ValueError(f"the map holds {len(keys)} voxels, more than max_feature_voxels={self.capacity}")
         rows = self._insert_keys(torch.as_tensor(np.ascontiguousarray(keys, np.int32), device=self.device))
-        loaded = torch.as_tensor(np.asarray(features, np.float32), device=self.device)
-        self.norms[rows] = torch.linalg.vector_norm(loaded, dim=1)
-        self.features[rows] = loaded
+        self._write_features(rows, torch.as_tensor(np.asarray(features, np.float32), device=self.device))
         self.weights[rows] = torch.as_tensor(np.asarray(weights, np.float32), device=self.device)
         self.colors[rows] = torch.as_tensor(np.asarray(colors, np.float32), device=self.device)
         if last_seen is not None:
@@ -126,11 +144,7 @@ class FeatureTable:
         w_old = self.weights.index_select(0, rows)
         w_new = w_old + counts
         start = self.features.index_select(0, rows).mul_((w_old / w_new)[:, None])
-        features = add_feature_means(w_new, start)
-        # norms first: a query reading meanwhile sees a new row's zero features with its norm (0.5),
-        # never its features with a zero norm (a saturated 0 or 1)
-        self.norms.index_copy_(0, rows, torch.linalg.vector_norm(features, dim=1))
-        self.features.index_copy_(0, rows, features)
+        self._write_features(rows, add_feature_means(w_new, start))
         colors = (self.colors.index_select(0, rows) * w_old[:, None] + colour_sums) / w_new[:, None]
         self.colors.index_copy_(0, rows, colors)
         self.weights.index_copy_(0, rows, w_new)
@@ -161,6 +175,8 @@ class FeatureTable:
         if len(erased):
             self.features.index_fill_(0, erased, 0.0)
             self.norms.index_fill_(0, erased, 0.0)
+            if self.query_copy is not None:
+                self.query_copy.index_fill_(0, erased, 0.0)
             self.colors.index_fill_(0, erased, 0.0)
         return int(len(erased))
 
