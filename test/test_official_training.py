@@ -23,7 +23,7 @@ from find_core.config import ConfigError, ModelConfig
 from find_core.engine import TrainConfig, Trainer
 from find_core.engine.config import DataConfig, InteractiveConfig, OfficialRecipeConfig
 from find_core.engine.official_data import OfficialData
-from find_core.engine.official_step import corrective_clicks, term_kind
+from find_core.engine.official_step import OfficialStep, corrective_clicks, term_kind
 from find_core.engine.trainer import CHECKPOINTS, CLASS_TABLE, LOG_CSV, STATE_TENSORS
 from find_core.interface.find_decoder import InterleavePrompt, StrokePrompt
 from find_core.interface.official_table import (CONDITIONAL_ATTENTION, SEG, SPQ, SPT, Segment, draw_conditional,
@@ -153,18 +153,20 @@ def test_each_training_image_carries_every_task(data_root):
     assert all(torch.equal(a.strokes, b.strokes) for a, b in zip(again.samples, batch.samples))
 
 
-@pytest.mark.parametrize("source", ["batch", "batch_nearest"])
-def test_visual_entities_from_the_batch_lie_on_a_same_category_instance_of_another_image(data_root, source):
+@pytest.mark.parametrize("option, source", [("visual_source", "batch"), ("visual_source", "batch_nearest"),
+                                            ("retrieval_visual_source", "batch")])
+def test_visual_entities_from_the_batch_lie_on_a_same_category_instance_of_another_image(data_root, option, source):
     """official.visual_source batch / batch_nearest: each moved stroke lies on a same-category instance of
     the image it names (batch_nearest: the one whose mean colour is nearest the entity's own); nothing
-    else of a sample changes, and "own" (upstream) keeps every stroke on its instance."""
-    def draw(source: str):
-        recipe = OfficialRecipeConfig(visual_prob=1.0, visual_source=source)
+    else of a sample changes, and "own" (upstream) keeps every stroke on its instance.
+    official.retrieval_visual_source: the retrieval strokes move so, and the entry's own strokes stay."""
+    def draw(**moved: str):
+        recipe = OfficialRecipeConfig(visual_prob=1.0, **moved)
         clicks = InteractiveConfig(max_objects=3, point_prob=1.0, box_prob=0.0, scribble_prob=0.0, radius=1)
         data = OfficialData(data_root, "train", 64, DataConfig(), clicks, recipe)
         return data, data.batch(list(range(6)), list(range(20, 26)))
-    data, own = draw("own")
-    _, moved = draw(source)
+    data, own = draw()
+    _, moved = draw(**{option: source})
     panoptic = [data.panoptic.sample(data._ids[i]) for i in range(6)]
     segment = {(b, seg.id): seg for b, sample in enumerate(panoptic) for seg in sample.segments}
     colour = lambda b, seg: panoptic[b].image[seg.mask].mean(0)  # noqa: E731
@@ -172,9 +174,14 @@ def test_visual_entities_from_the_batch_lie_on_a_same_category_instance_of_anoth
     for b, (a, m) in enumerate(zip(own.samples, moved.samples)):
         assert a.grounding.texts == m.grounding.texts and torch.equal(a.strokes, m.strokes) and a.caption == m.caption
         assert all(k == -1 for k in a.entry.sources) and torch.equal(a.entry.masks, m.entry.masks)
-        for e, (k, segment_id) in enumerate(zip(m.entry.sources, m.entry.segment_ids)):
+        assert a.entry.retrieval_strokes is None
+        strokes, sources = m.entry.strokes, m.entry.sources
+        if option == "retrieval_visual_source":
+            assert torch.equal(strokes, a.entry.strokes) and sources == a.entry.sources
+            strokes, sources = m.entry.retrieval_strokes, m.entry.retrieval_sources
+        for e, (k, segment_id) in enumerate(zip(sources, m.entry.segment_ids)):
             if k < 0:
-                assert torch.equal(m.entry.strokes[e], a.entry.strokes[e])
+                assert torch.equal(strokes[e], a.entry.strokes[e])
                 continue
             count += 1
             assert k != b
@@ -183,13 +190,36 @@ def test_visual_entities_from_the_batch_lie_on_a_same_category_instance_of_anoth
             there = moved.samples[k]
             same = there.masks[there.labels == data._class_index[entity.category_id]].any(0).float()
             near = torch.nn.functional.max_pool2d(same[None, None], 3, 1, 1)[0, 0] > 0  # thin clicks spill <= 1 px
-            stroke = m.entry.strokes[e]
+            stroke = strokes[e]
             assert (stroke & same.bool()).any() and not (stroke & ~near).any(), (b, e)
             if source == "batch_nearest":
                 distance = {j: min(np.linalg.norm(colour(j, seg) - colour(b, entity)) for jj, seg in candidates if jj == j)
                             for j, _ in candidates}
                 assert distance[k] == min(distance.values()), (b, e, k, distance)
     assert count >= 3, count
+
+
+def test_the_retrieval_itc_alone_reads_entries_with_their_visual_entities_elsewhere(data_root, model):
+    """official.retrieval_visual_source: the interleave ITC terms change (a second forward's entries,
+    strokes on other images), every other term is the training forward's, unchanged."""
+    clicks = InteractiveConfig(max_objects=3, point_prob=1.0, box_prob=0.0, scribble_prob=0.0, radius=1)
+    terms = {}
+    for source in (None, "batch"):
+        recipe = OfficialRecipeConfig(visual_prob=1.0, num_points=64, retrieval_visual_source=source)
+        data = OfficialData(data_root, "train", model.config.vision.input_size, DataConfig(), clicks, recipe)
+        batch = data.batch(list(range(6)), list(range(20, 26)))
+        assert (source is None) != any(k >= 0 for s in batch.samples for k in (s.entry.retrieval_sources or []))
+        step = OfficialStep(model, recipe)
+        original, seen = step.criterion.compute, {}
+        step.criterion.compute = lambda *a, **k: seen.setdefault("result", original(*a, **k))
+        step(batch)
+        terms[source] = {name: float(value) for name, value in seen["result"].terms.items()}
+    assert terms[None].keys() == terms["batch"].keys()
+    itc = [name for name in terms[None] if name.startswith("loss_interleave_itc_")]
+    # the final set's (the first sets precede the layer where the point tokens reach the entry query)
+    assert itc and terms[None]["loss_interleave_itc_0"] != terms["batch"]["loss_interleave_itc_0"]
+    for name in set(terms[None]) - set(itc):
+        assert terms[None][name] == pytest.approx(terms["batch"][name], rel=1e-6, abs=1e-7), name
 
 
 def test_a_point_sampled_on_another_batch_element_reads_that_elements_features():

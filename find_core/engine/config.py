@@ -190,6 +190,12 @@ class OfficialRecipeConfig:
     # nearest in mean colour (its own when no other image has one), as FIND-Bench's references give
     # visual entities: from another image (training/configs/visual_source/ measures them)
     visual_source: str = "own"
+    # where the visual entities of the interleave-retrieval ITC lie: None reads the entries of the one
+    # training forward (visual_source's strokes; upstream); a source moves them as visual_source does,
+    # in a second "interleave" forward whose entry embeddings the ITC reads instead, so grounding keeps
+    # its strokes while retrieval learns from references elsewhere, as FIND-Bench gives them
+    # (training/configs/retrieval_visual_source.yaml measures it)
+    retrieval_visual_source: str | None = None
     max_entities: int = 6               # the mapper keeps an entry's first 6 entities
     spatial_max_iter: int = 1           # SPATIAL.MAX_ITER: 0..n gradient-free rounds add a corrective click
     conditional_attention: bool = True  # DYNAMICS.CONDITIONAL_ATTENTION in training forwards
@@ -206,8 +212,10 @@ class OfficialRecipeConfig:
                               "spatial_max_iter >= 0")
         if not 0.0 <= self.visual_prob <= 1.0:
             raise ConfigError(f"official.visual_prob must lie in [0, 1], got {self.visual_prob}")
-        if self.visual_source not in VISUAL_SOURCES:
-            raise ConfigError(f"official.visual_source must be one of {VISUAL_SOURCES}, got {self.visual_source!r}")
+        for name in ("visual_source", "retrieval_visual_source"):
+            value = getattr(self, name)
+            if value not in VISUAL_SOURCES and not (name == "retrieval_visual_source" and value is None):
+                raise ConfigError(f"official.{name} must be one of {VISUAL_SOURCES}, got {value!r}")
         if self.num_points < 1:
             raise ConfigError(f"official.num_points must be >= 1, got {self.num_points}")
 

@@ -5,7 +5,8 @@ Upstream trains all tasks in one forward over COCO images that carry everything 
 vocabulary, a few referring phrases (or, without any, class names of the image), interactive strokes
 on the instances, one caption and one FIND-Bench entry whose entities are, with probability
 VISUAL_PROB each, given as a stroke on their own instance instead of their words (or, with
-`official.visual_source`, on a same-category instance in another image of the batch). `OfficialData`
+`official.visual_source`, on a same-category instance in another image of the batch; with
+`official.retrieval_visual_source`, each entry also carries such strokes for the retrieval ITC alone). `OfficialData`
 joins our readers (COCO panoptic, RefCOCOG, Karpathy captions, FIND-Bench entities) by image id and
 draws the same things. All randomness of a sample comes from its seed (see `batches.derive_seed`).
 """
@@ -43,6 +44,9 @@ class Entry:
     strokes: torch.Tensor               # [E, S, S] bool: a visual entity's stroke (empty for text)
     segment_ids: list[int]              # each entity's panoptic segment (-1: missing from the image)
     sources: list[int]                  # batch element whose image a stroke lies on (-1: the entry's own)
+    # official.retrieval_visual_source: the strokes and sources of the retrieval ITC's entry
+    retrieval_strokes: torch.Tensor | None = None
+    retrieval_sources: list[int] | None = None
 
 
 @dataclass
@@ -119,17 +123,28 @@ class OfficialData:
         segments = [[seg for seg in s.segments if not seg.iscrowd] for s in samples]
         drawn = [self._sample(s.image_id, segs, box, np.random.default_rng(seed))
                  for s, segs, box, seed in zip(samples, segments, boxes, seeds)]
-        if self.recipe.visual_source != "own":   # its own draws, so "own" runs draw what they always drew
+        pixels = [s.image for s in samples]
+        # their own draws, so "own" runs draw what they always drew
+        if self.recipe.visual_source != "own":
             for b, (sample, seed) in enumerate(zip(drawn, seeds)):
-                self._visual_elsewhere(b, sample.entry, [s.image for s in samples], segments, boxes, np.random.default_rng([seed, 1]))
+                sample.entry.strokes, sample.entry.sources = self._visual_elsewhere(
+                    b, sample.entry, pixels, segments, boxes, self.recipe.visual_source, np.random.default_rng([seed, 1]))
+        if self.recipe.retrieval_visual_source is not None:
+            for b, (sample, seed) in enumerate(zip(drawn, seeds)):
+                sample.entry.retrieval_strokes, sample.entry.retrieval_sources = self._visual_elsewhere(
+                    b, sample.entry, pixels, segments, boxes, self.recipe.retrieval_visual_source,
+                    np.random.default_rng([seed, 2]))
         return OfficialBatch(images, drawn, list(seeds), self.class_names)
 
     def _visual_elsewhere(self, b: int, entry: Entry, pixels: list[np.ndarray], segments: list[list[Segment]],
-                          boxes: list[Letterbox], rng: np.random.Generator) -> None:
-        """Move each visual entity's stroke of image b onto a same-category instance of another image of
-        the batch — a random one ("batch") or the one nearest in mean colour ("batch_nearest", what the
-        reference of a FIND-Bench entity is: the most similar segment of its class elsewhere); its own
-        stays when no other image has one."""
+                          boxes: list[Letterbox], source: str, rng: np.random.Generator) -> tuple[torch.Tensor, list[int]]:
+        """Image b's entry strokes and sources with each visual entity's stroke moved onto a same-category
+        instance of another image of the batch — a random one ("batch") or the one nearest in mean colour
+        ("batch_nearest", what the reference of a FIND-Bench entity is: the most similar segment of its
+        class elsewhere); its own stays when no other image has one ("own": all stay)."""
+        strokes, sources = entry.strokes.clone(), list(entry.sources)
+        if source == "own":
+            return strokes, sources
         own = {seg.id: seg for seg in segments[b]}
         for e, (is_visual, segment_id) in enumerate(zip(entry.visual, entry.segment_ids)):
             segment = own.get(segment_id)
@@ -139,13 +154,14 @@ class OfficialData:
                       for seg in image if seg.category_id == segment.category_id and seg.mask.any()]
             if not others:
                 continue
-            if self.recipe.visual_source == "batch_nearest":
+            if source == "batch_nearest":
                 colour = _mean_colour(pixels[b], segment.mask)
                 k, seg = min(others, key=lambda o: float(np.linalg.norm(_mean_colour(pixels[o[0]], o[1].mask) - colour)))
             else:
                 k, seg = others[int(rng.integers(len(others)))]
-            entry.strokes[e] = self._stroke(seg.mask, boxes[k], rng)
-            entry.sources[e] = k
+            strokes[e] = self._stroke(seg.mask, boxes[k], rng)
+            sources[e] = k
+        return strokes, sources
 
     # ---- one image ----------------------------------------------------------------------------------
     def _sample(self, image_id: int, segments: list[Segment], box: Letterbox, rng: np.random.Generator) -> OfficialSample:

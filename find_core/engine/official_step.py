@@ -12,6 +12,11 @@ What upstream's `GeneralizedFIND.forward_seg` does per batch, on an `OfficialBat
    with its probability (`official_table.CONDITIONAL_ATTENTION`);
 4. `OfficialCriterion` on every prediction set.
 
+With `official.retrieval_visual_source`, a second, `interleave` forward over the same features reads
+each entry with its visual entities on other images of the batch, and the interleave ITC takes that
+forward's entry embeddings (every prediction set's) in place of the training forward's; grounding keeps
+the training forward's strokes. Upstream has no such forward.
+
 The class table (the embeddings of every class name plus "background", the no-object class) is
 computed once from the class queries and then kept between steps with each step's rows replaced, as
 upstream keeps `default_text_embeddings`; it is part of the trainer state so `--resume` continues it.
@@ -82,7 +87,7 @@ class OfficialStep(nn.Module):
         draws = random.Random(batch.step_seed)
         generator = torch.Generator(device=device).manual_seed(batch.seeds[0] & 0x7FFFFFFFFFFFFFFF)
         prompts, caption_tokens = self._prompts(batch.samples, device)
-        strokes = prompts.pop("strokes")
+        strokes, retrieval_entries = prompts.pop("strokes"), prompts.pop("retrieval_entries")
         with torch.no_grad():
             for _ in range(draws.randint(0, self.recipe.spatial_max_iter)):
                 out = model.interface(features.levels, features.mask_features, "spatial", strokes=strokes,
@@ -93,6 +98,12 @@ class OfficialStep(nn.Module):
                               logit_scale=model.logit_scale, strokes=strokes, class_indexes=class_indexes,
                               generator=generator, swaps=self._swaps(draws), **prompts)
         self.class_table = out.class_embeddings
+        if retrieval_entries is not None:
+            own_draws = torch.Generator(device=device).manual_seed((batch.seeds[0] + 1) & 0x7FFFFFFFFFFFFFFF)
+            entries = model.interface(features.levels, features.mask_features, "interleave",   # the loss's draws stay
+                                      interleave=retrieval_entries, generator=own_draws)
+            for mine, theirs in zip([out.final, *out.aux], [entries.final, *entries.aux]):
+                mine["pred_interleave_image"] = theirs["pred_interleave_image"]
         targets = [_targets(s, tokens, device) for s, tokens in zip(batch.samples, caption_tokens)]
         result = self.criterion.compute(out, targets, model.logit_scale, generator)
         weights = self.criterion.config.weights
@@ -132,18 +143,23 @@ class OfficialStep(nn.Module):
         pos = [s.strokes.to(device) for s in samples]
         query_items = nn.utils.rnn.pad_sequence([torch.arange(len(p), device=device) for p in pos],
                                                 batch_first=True, padding_value=-3)
-        regions = [s.entry.strokes.to(device) for s in samples]
-        # a stroke on another batch image (official.visual_source: batch) is sampled on that image's features
-        sources = ([torch.tensor([b if k < 0 else k for k in s.entry.sources], device=device) for b, s in enumerate(samples)]
-                   if any(k >= 0 for s in samples for k in s.entry.sources) else None)
+        def entries(regions: list[Tensor], sources: list[list[int]]) -> InterleavePrompt:
+            # a stroke on another batch image (official.visual_source: batch) is sampled on that image's features
+            on = ([torch.tensor([b if k < 0 else k for k in image], device=device) for b, image in enumerate(sources)]
+                  if any(k >= 0 for image in sources for k in image) else None)
+            return InterleavePrompt.batch(interleave, regions=regions, negative_regions=[torch.zeros_like(r) for r in regions],
+                                          region_sources=on)
+        retrieval_entries = None
+        if all(s.entry.retrieval_strokes is not None for s in samples):
+            retrieval_entries = entries([s.entry.retrieval_strokes.to(device) for s in samples],
+                                        [s.entry.retrieval_sources for s in samples])
         return {
             "class_prompt": TextPrompt.padded(classes),
             "grounding": TextPrompt.phrases(grounding),
             "strokes": StrokePrompt(pos, [torch.zeros_like(p) for p in pos], query_items),
             "retrieval": TextPrompt.padded(captions),
-            "interleave": InterleavePrompt.batch(interleave, regions=regions,
-                                                 negative_regions=[torch.zeros_like(r) for r in regions],
-                                                 region_sources=sources),
+            "interleave": entries([s.entry.strokes.to(device) for s in samples], [s.entry.sources for s in samples]),
+            "retrieval_entries": retrieval_entries,
         }, captions
 
 
