@@ -396,15 +396,21 @@ class FindPipeline:
             outputs = self._image_only(images, features)
         return outputs["pred_retrievals"][:, 0].float(), outputs["pred_captions"].float()
 
-    @torch.inference_mode()
     def official_interleave_scores(self, instruction: Instruction | str, gallery: tuple[torch.Tensor, torch.Tensor],
                                    frames: Mapping[float, np.ndarray] | None = None) -> np.ndarray:
         """[N] official ranking scores of an `official_gallery` against an instruction."""
+        return official.rank(self.official_interleave_terms(instruction, gallery, frames))
+
+    @torch.inference_mode()
+    def official_interleave_terms(self, instruction: Instruction | str, gallery: tuple[torch.Tensor, torch.Tensor],
+                                  frames: Mapping[float, np.ndarray] | None = None) -> np.ndarray:
+        """[2, N] the official ranking's two terms (`official.interleave_score_terms`): entry-image and
+        entity-object, for an `official_gallery` against an instruction."""
         instruction = instruction if isinstance(instruction, Instruction) else parse_instruction(instruction)
         with self._autocast():
             entry, entities = official.entry_embeddings(self.model, instruction, frames)
-            scores = official.interleave_scores(entry.float(), entities.float(), *gallery)
-        return scores.cpu().numpy()
+            terms = official.interleave_score_terms(entry.float(), entities.float(), *gallery)
+        return terms.cpu().numpy()
 
 def _segments(masks: torch.Tensor, scores: torch.Tensor, box: Letterbox, labels: list[str],
               kinds: list[str] | None = None) -> list[Segment]:

@@ -422,10 +422,17 @@ def test_evaluation_runs_every_task_on_the_official_decoder(data_root, tmp_path,
         images = [entries.panoptic.load_image(i) for i in gallery]
         rows = [pipe.interleave_retrieve(entity_instruction(entries[i], f"entry-{i}"), images).similarity[0]
                 for i in range(len(entries))]
-        expected = interleave_retrieval(torch.tensor(rows).numpy(), [gallery.index(entries[i].image_id)
-                                                                     for i in range(len(entries))])
+        targets = [gallery.index(entries[i].image_id) for i in range(len(entries))]
+        expected = interleave_retrieval(torch.tensor(rows).numpy(), targets)
         assert {k: result["interleave_retrieval"][k] for k in expected} == pytest.approx(expected), view
         assert result["interleave_retrieval"]["entries"] == len(entries)
+        # each term of the official ranking alone, and the ranking made of them
+        official_gallery = pipe.official_gallery(images)
+        terms = np.stack([pipe.official_interleave_terms(entity_instruction(entries[i], f"entry-{i}"), official_gallery)
+                          for i in range(len(entries))], axis=1)
+        np.testing.assert_allclose(official.rank(terms), np.array(rows), atol=1e-3)   # large references: points drawn anew
+        for name, alone in zip(("entry_image", "entity_object"), terms):
+            assert result["interleave_retrieval"]["by_term"][name] == pytest.approx(interleave_retrieval(alone, targets))
 
 
 def test_the_finetune_recipe_trains_a_converted_released_model(converted_small_model, data_root, tmp_path):

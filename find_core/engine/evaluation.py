@@ -315,10 +315,10 @@ class _Runner:
             chunks.append(self.pipe.official_gallery(images) if self.model.official else self.pipe.embed_images(images))
         if self.model.official:   # the official ranking: entry-image and entity-object similarities
             official_gallery = (torch.cat([c[0] for c in chunks]), torch.cat([c[1] for c in chunks]))
-            score = lambda instruction: self.pipe.official_interleave_scores(instruction, official_gallery)  # noqa: E731
+            score = lambda instruction: self.pipe.official_interleave_terms(instruction, official_gallery)  # noqa: E731
         else:
             embeddings = np.concatenate(chunks)
-            score = lambda instruction: self.pipe.embed_instruction(instruction) @ embeddings.T  # noqa: E731
+            score = lambda instruction: (self.pipe.embed_instruction(instruction) @ embeddings.T)[None]  # noqa: E731
         rows, targets = [], []
         for i in _limit(len(data), self.config):
             sample = data[i]
@@ -328,9 +328,14 @@ class _Runner:
             targets.append(position[sample.image_id])
         if not rows:
             raise ValueError(f"no entry of {self._entity_files()[0]} has its image in the retrieval gallery")
-        similarity = np.stack(rows)
-        return {**interleave_retrieval(similarity, targets), "entries": len(rows), "gallery": len(gallery),
-                "reference_view": self.config.reference_view, **self._drawn()}
+        scores = np.stack(rows, axis=1)            # [terms, entries, gallery]
+        # the official ranking's terms each alone too: which of them a visual entity costs
+        by_term = {name: interleave_retrieval(terms, targets) for name, terms in
+                   zip(("entry_image", "entity_object"), scores)} if self.model.official else {}
+        ranked = official.rank(scores) if self.model.official else scores[0]
+        return {**interleave_retrieval(ranked, targets), "entries": len(rows), "gallery": len(gallery),
+                "reference_view": self.config.reference_view, **self._drawn(),
+                **({"by_term": by_term} if by_term else {})}
 
     def _drawn(self) -> dict[str, float]:
         """The share of references given as images, where it is not upstream's (0.5, EvalConfig's default)."""

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import TypeVar
 
 import numpy as np
 import torch
@@ -27,6 +28,8 @@ from ..interface.inputs import ImageFeatures
 from ..model import FindModel
 from .common import class_text, encode_references
 from .interleave import reference_image
+
+T = TypeVar("T", Tensor, np.ndarray)
 
 NO_OBJECT_CLASS = "background"          # the official no-object class is this text's embedding
 OBJECT_MASK_THRESHOLD = 0.8             # MODEL.DECODER.TEST of the official configs
@@ -292,10 +295,21 @@ def embed_entry(model: FindModel, entry: Entry, blank_size: int = BLANK_IMAGE_SI
     return embedding, torch.stack(entities)
 
 
-def interleave_scores(entry: Tensor, entities: Tensor, images: Tensor, objects: Tensor) -> Tensor:
-    """[N] official ranking scores of N images: cos(entry, image) + 0.5 x the mean over entities of the
-    best cos(entity, object query) in that image. images [N, C], objects [N, Q, C]."""
+def interleave_score_terms(entry: Tensor, entities: Tensor, images: Tensor, objects: Tensor) -> Tensor:
+    """[2, N]: the official ranking's two terms for N images — cos(entry, image), and the mean over
+    entities of the best cos(entity, object query) in that image. images [N, C], objects [N, Q, C]."""
     unit = lambda x: x / x.norm(dim=-1, keepdim=True)  # noqa: E731 — upstream normalises without epsilon
     entry_image = unit(images) @ unit(entry)
     entity_object = (unit(objects) @ unit(entities).t()).max(dim=1)[0].mean(dim=-1)   # [N]
-    return entry_image + ENTITY_OBJECT_WEIGHT * entity_object
+    return torch.stack([entry_image, entity_object])
+
+
+def rank(terms: T) -> T:
+    """Official ranking scores [N] from `interleave_score_terms` [2, N] (a tensor or an array):
+    the entry-image term + 0.5 x the entity-object term."""
+    return terms[0] + ENTITY_OBJECT_WEIGHT * terms[1]
+
+
+def interleave_scores(entry: Tensor, entities: Tensor, images: Tensor, objects: Tensor) -> Tensor:
+    """[N] official ranking scores of N images (`rank` of `interleave_score_terms`)."""
+    return rank(interleave_score_terms(entry, entities, images, objects))
