@@ -212,10 +212,11 @@ class OfficialRecipeConfig:
                               "spatial_max_iter >= 0")
         if not 0.0 <= self.visual_prob <= 1.0:
             raise ConfigError(f"official.visual_prob must lie in [0, 1], got {self.visual_prob}")
-        for name in ("visual_source", "retrieval_visual_source"):
-            value = getattr(self, name)
-            if value not in VISUAL_SOURCES and not (name == "retrieval_visual_source" and value is None):
-                raise ConfigError(f"official.{name} must be one of {VISUAL_SOURCES}, got {value!r}")
+        if self.visual_source not in VISUAL_SOURCES:
+            raise ConfigError(f"official.visual_source must be one of {VISUAL_SOURCES}, got {self.visual_source!r}")
+        if self.retrieval_visual_source not in (None, *VISUAL_SOURCES):
+            raise ConfigError(f"official.retrieval_visual_source must be None or one of {VISUAL_SOURCES}, "
+                              f"got {self.retrieval_visual_source!r}")
         if self.num_points < 1:
             raise ConfigError(f"official.num_points must be >= 1, got {self.num_points}")
 
