@@ -60,8 +60,21 @@ def wait_line(case: Case, text: str, timeout: float = START_TIMEOUT) -> None:
         time.sleep(0.05)
 
 
-def after(seconds: float) -> Callable[[Case], None]:
-    return lambda case: time.sleep(seconds)
+def catching_the_signal(case: Case) -> None:
+    """Return as soon as the process catches SIGTERM (its SigCgt mask in /proc): find_ros's early
+    handler, installed for SIGINT and then SIGTERM at the package import and replaced only in
+    ``main()``, after the node module's imports. (Python itself catches SIGINT from its start, so
+    SIGINT's bit proves nothing.) A fixed delay missed that window on a fast machine."""
+    bit = 1 << (int(signal.SIGTERM) - 1)
+    deadline = time.monotonic() + START_TIMEOUT
+    while True:
+        status = Path(f"/proc/{case.process.pid}/status").read_text()
+        caught = int(next(line.split()[1] for line in status.splitlines() if line.startswith("SigCgt:")), 16)
+        if caught & bit:
+            return
+        assert case.process.proc.poll() is None, f"{case.name}: exited before catching SIGTERM"
+        assert time.monotonic() < deadline, f"{case.name}: never caught SIGTERM"
+        time.sleep(0.001)
 
 
 def after_line(text: str) -> Callable[[Case], None]:
@@ -147,7 +160,7 @@ def test_perception_stops_cleanly_in_every_state(tmp_path: Path):
     base = {"model_preset": "tiny-test", "stats_period": 0.25, "depth": {"enabled": False}}
     slow = {**base, "mode": "segment", "classes": ["a", "b"], "input_size": SLOW_INPUT}
     run_cases([
-        Case("importing", "find_ros.perception_node", base, signal.SIGTERM, after(1.0),
+        Case("importing", "find_ros.perception_node", base, signal.SIGTERM, catching_the_signal,
              ("[find_perception] SIGTERM while starting: stopped",)),
         Case("loading", "find_ros.perception_node", slow, signal.SIGINT, after_line("loading model"),
              ("SIGINT during start-up: stopped before serving",)),
@@ -178,7 +191,8 @@ def test_replay_stops_cleanly_in_every_state(tmp_path: Path):
         PILImage.fromarray(make_frame(i)).save(frames / f"{i}.png")
     source = {"source": str(frames)}
     run_cases([
-        Case("starting", "find_ros.replay_node", source, signal.SIGTERM, after(0.3), ("SIGTERM while starting",)),
+        Case("starting", "find_ros.replay_node", source, signal.SIGTERM, catching_the_signal,
+             ("SIGTERM while starting",)),
         Case("waiting", "find_ros.replay_node", {**source, "wait_for_subscribers": 3}, signal.SIGINT,
              after_line("waiting for 3 subscriber(s)"), ("stopping on SIGINT while waiting for subscribers",)),
         Case("streaming", "find_ros.replay_node", {**source, "rate": 30.0, "loop": True, "wait_for_subscribers": 1},
@@ -237,7 +251,7 @@ def test_field_stops_cleanly_in_every_state_and_saves_its_map(tmp_path: Path):
             "fusion": {"voxel_size": 0.05}}
     map_path = tmp_path / "streaming_map.npz"
     run_cases([
-        Case("importing", "find_ros.field_node", base, signal.SIGINT, after(1.0), ("SIGINT while starting",)),
+        Case("importing", "find_ros.field_node", base, signal.SIGINT, catching_the_signal, ("SIGINT while starting",)),
         Case("idle", "find_ros.field_node", base, signal.SIGTERM, after_line("fusing"),
              ("stopping on SIGTERM while idle", "worker stopped")),
         Case("streaming", "find_ros.field_node", {**base, "map_path": str(map_path)}, signal.SIGINT, fusing_frames,
