@@ -10,6 +10,8 @@ slab with one object) through ``continue_from``, as a map loaded at start would 
 * fusion rate of rendered 320×240 frames (random D=64 embeddings at stride 4) into that map, alone
   and with one live query a second from another thread, as find_field runs them (the fusion holds
   a lock per frame, the query takes none);
+* how long finding the objects among the scored voxels takes: on the voxel lattice (what both paths
+  do, ``find_voxel_objects``) and with Open3D's DBSCAN on their centres (``find_objects``, before);
 * all of it again with ``FusionConfig.query_precision: bfloat16`` (the table keeps a bfloat16 copy
   of its features that live queries read), and how far its answers are from the float32 ones.
 
@@ -55,14 +57,30 @@ def latencies(fusion, query, repeats: int, exact=None) -> dict[str, Any]:
     if exact is not None:
         return {**timed, "same_objects": [o.voxels for o in exact.objects] == [o.voxels for o in live.objects],
                 "max_relevancy_gap": float(np.abs(live.relevancy - exact.relevancy).max())}
+    clusters = clustering(live, repeats)
+    same_clusters = clusters.pop("same_clusters")
     copied = fusion.to_map()
     same = [o.voxels for o in locate(copied, query)[1]] == [o.voxels for o in live.objects]
     del copied
     gc.collect()
     copy_lock = time_call(lambda: fusion.to_map(), repeats, min_seconds=0.5).median
     copy_total = time_call(lambda: locate(fusion.to_map(), query), repeats, min_seconds=0.5).median
-    return {**timed, "copy_lock_s": copy_lock, "copy_total_s": copy_total, "same_objects": same,
-            "max_relevancy_gap": 0.0}
+    return {**timed, **clusters, "copy_lock_s": copy_lock, "copy_total_s": copy_total,
+            "same_objects": same and same_clusters, "max_relevancy_gap": 0.0}
+
+
+def clustering(answer, repeats: int) -> dict[str, Any]:
+    """Seconds to find the objects among a live answer's scored voxels, on the lattice and with
+    Open3D's DBSCAN on the voxel centres, and whether both find the same objects."""
+    from find_core.field import find_objects, find_voxel_objects
+    points = answer.positions
+    lattice = find_voxel_objects(answer.keys, answer.relevancy, answer.voxel_size)
+    dbscan = find_objects(points, answer.relevancy, answer.voxel_size)
+    return {"objects_lattice_s": time_call(lambda: find_voxel_objects(answer.keys, answer.relevancy, answer.voxel_size),
+                                           repeats, min_seconds=0.3).median,
+            "objects_dbscan_s": time_call(lambda: find_objects(points, answer.relevancy, answer.voxel_size),
+                                          repeats, min_seconds=0.3).median,
+            "same_clusters": [o.to_json() for o in lattice] == [o.to_json() for o in dbscan]}
 
 
 def fusion_rate(fusion, query, frames: list, K: np.ndarray, with_queries: bool) -> dict[str, Any]:
@@ -124,6 +142,7 @@ def run(config: BenchConfig) -> Section:
         r.pop("answer", None)
     table = Table(f"Query paths and fusion rate (D={DIMS}, 2 cm voxels, CPU)",
                   ["voxels", "features read", "copy path ms (lock held)", "live path ms (view)", "live vs copy",
+                   "objects ms: lattice / DBSCAN",
                    "fusion frames/s alone", "with 1 query/s", "rate drop", "query ms while fusing",
                    "relevancy gap vs float32"])
     copy_s = {r["voxels"]: r["copy_total_s"] for r in rows if "copy_total_s" in r}
@@ -132,7 +151,9 @@ def run(config: BenchConfig) -> Section:
         copied = f"{ms(r['copy_total_s'])} ({ms(r['copy_lock_s'])})" if "copy_total_s" in r else "—"
         table.rows.append([f"{r['voxels']:,}", r["query_precision"], copied,
                            f"{ms(r['live_total_s'])} ({ms(r['live_view_s'])})",
-                           ratio(r["live_total_s"], copy_s[r["voxels"]]), sig(r["fps_alone"]),
+                           ratio(r["live_total_s"], copy_s[r["voxels"]]),
+                           f"{ms(r['objects_lattice_s'])} / {ms(r['objects_dbscan_s'])}" if "objects_lattice_s" in r else "—",
+                           sig(r["fps_alone"]),
                            sig(r["fps_with_queries"]), f"{100 * drop:.0f} %",
                            ms(r["query_while_fusing_s"]) if r["query_while_fusing_s"] else "—",
                            f"{r['max_relevancy_gap']:.2g}"])

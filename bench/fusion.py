@@ -10,8 +10,8 @@ frame, input arrays ready. Targets (issue 15): D=64 within 2×, D=512 within 4×
 Queries: ``VoxelFeatureMap`` of N voxels with D=64 synthesized directly (a slab of voxels whose
 features are noisy copies of four "negative" prototypes, with one box-shaped object whose features
 are noisy copies of the query), queried with ``relevancy`` (LERF-style against 4 negatives) and
-``locate`` (relevancy + DBSCAN objects). Memory: the map's arrays and the peak of numpy allocations
-during one ``locate`` (tracemalloc; Open3D's own DBSCAN memory is not seen by it). Sizes whose
+``locate`` (relevancy + clusters of the relevant voxels). Memory: the map's arrays and the peak of numpy
+allocations during one ``locate`` (tracemalloc). Sizes whose
 estimate exceeds half the available memory are skipped. Baseline: the smallest map.
 """
 from __future__ import annotations

@@ -14,9 +14,10 @@ from PIL import Image
 from find_core.data.frames import FrameRecord, FramesReader, FramesWriter
 from find_core.data.scene_video import render_scene_video
 from find_core.field import (CANONICAL_NEGATIVES, FeatureFusion, FieldQuery, FusionConfig, ObjectConfig, find_objects,
-                             grid_from_geometry, load_map, locate, query_from_pipeline, relevancy, save_map,
-                             write_relevancy_ply)
+                             find_voxel_objects, grid_from_geometry, load_map, locate, query_from_pipeline, relevancy,
+                             save_map, write_relevancy_ply)
 from find_core.field.__main__ import main as field_cli
+from find_core.field.objects import lattice_labels
 
 DIM = 16
 STRIDE = 4
@@ -274,6 +275,27 @@ def test_find_objects_on_known_clusters():
     # adaptive cut: keeps the top half of (0.5, 0.95] -> >= 0.725, both clusters survive; top_k cuts
     assert len(find_objects(points, rel, voxel, ObjectConfig(min_voxels=2, top_k=1))) == 1
     assert find_objects(points, np.full(len(points), 0.5), voxel) == []
+    # the same points as voxel keys: the lattice path finds the same objects
+    keys = np.rint(points / voxel).astype(np.int32)
+    on_lattice = find_voxel_objects(keys, rel, voxel, ObjectConfig(threshold=0.6, min_voxels=2))
+    assert [o.to_json() for o in on_lattice] == [o.to_json() for o in found]
+
+
+@pytest.mark.parametrize("eps", [1.8, 2.5])
+def test_lattice_clusters_are_dbscans(eps: float):
+    """lattice_labels partitions random voxel sets as Open3D's DBSCAN (min_points 1) does; labels
+    may be numbered differently, so the partitions are compared as sets of member sets."""
+    rng = np.random.default_rng(int(eps * 10))
+    clusters = []
+    for size in (1, 40, 600, 3000):
+        keys = np.unique(rng.integers(-12, 12, (size, 3)), axis=0)
+        cloud = o3d.geometry.PointCloud(o3d.utility.Vector3dVector(keys * 0.02))
+        expected = np.asarray(cloud.cluster_dbscan(eps=eps * 0.02, min_points=1))
+        got = lattice_labels(keys, eps)
+        as_sets = lambda labels: {frozenset(np.flatnonzero(labels == k)) for k in np.unique(labels)}  # noqa: E731
+        assert as_sets(got) == as_sets(expected), size
+        clusters.append(len(np.unique(got)))
+    assert max(clusters) > 5 and min(clusters) == 1            # sparse sets split, dense ones join
 
 
 def test_query_from_pipeline(tiny_pipeline):

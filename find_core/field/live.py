@@ -23,7 +23,7 @@ import numpy as np
 import torch
 
 from .io import voxel_centres
-from .objects import FieldObject, ObjectConfig, candidates, find_objects
+from .objects import FieldObject, ObjectConfig, find_voxel_objects
 from .query import FieldQuery, relevancy
 
 
@@ -71,15 +71,13 @@ class LiveAnswer:
 
 
 def locate_live(view: LiveView, query: FieldQuery, config: ObjectConfig | None = None) -> LiveAnswer:
-    """:func:`~find_core.field.objects.locate` on a live view, without copying its features (only
-    the candidate voxels are turned into points for clustering)."""
+    """:func:`~find_core.field.objects.locate` on a live view, without copying its features."""
     config = config or ObjectConfig()
     scores = relevancy(view.features, query, norms=view.norms)
     keys, seen = view.keys, view.last_seen
     live = view.weights > 0
     if not live.all():
-        scores, keys, seen = scores[live], keys[live], seen[live]
-    keep = candidates(scores, config)
-    points = voxel_centres(keys[keep], view.voxel_size)
-    objects = find_objects(points, scores[keep], view.voxel_size, config, seen[keep])
+        rows = np.flatnonzero(live)                 # indices: a boolean index of N×3 keys costs 10×
+        scores, keys, seen = scores[rows], keys.take(rows, axis=0), seen[rows]
+    objects = find_voxel_objects(keys, scores, view.voxel_size, config, seen)
     return LiveAnswer(keys, scores, objects, view.voxel_size)

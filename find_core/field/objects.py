@@ -1,10 +1,13 @@
 """Objects as clusters of high-relevancy 3D points.
 
-Points above a relevancy threshold are clustered with Open3D's DBSCAN at ``eps`` = 1.8 voxels and
-``min_points`` = 1, which on a voxel lattice is exactly 26-connected components (diagonal
-neighbours are √3 ≈ 1.73 voxels apart, the next lattice distance is 2). Each cluster of at least
-``min_voxels`` points becomes a :class:`FieldObject` with a relevancy-weighted centroid, an
-axis-aligned box and a score (its mean relevancy), best first.
+Points above a relevancy threshold are clustered as DBSCAN with ``eps`` = 1.8 voxels and
+``min_points`` = 1 clusters them: the connected components of "within eps of each other". On a
+voxel lattice that is exactly 26-connectivity (diagonal neighbours are √3 ≈ 1.73 voxels apart, the
+next lattice distance is 2), which :func:`lattice_labels` computes from the integer keys by looking
+up each key's neighbours in the sorted keys — no spatial index (bench/field_query.py times it
+against Open3D's DBSCAN on the same candidates); arbitrary points (:func:`find_objects`) go through
+Open3D's DBSCAN. Each cluster of at least ``min_voxels`` points becomes a :class:`FieldObject`
+with a relevancy-weighted centroid, an axis-aligned box and a score (its mean relevancy), best first.
 
 The default threshold adapts to the query: LERF relevancy 0.5 means "no preference", so a point is
 kept when it lies in the top ``relative`` part of the range between 0.5 and the best point's value
@@ -75,37 +78,109 @@ def candidates(relevancy: np.ndarray, config: ObjectConfig) -> np.ndarray:
 
 def find_objects(points: np.ndarray, relevancy: np.ndarray, voxel_size: float,
                  config: ObjectConfig | None = None, last_seen: np.ndarray | None = None) -> list[FieldObject]:
-    """Top objects among N×3 ``points`` (voxel centres or sampled field points) with N ``relevancy``
-    (and, when given, N ``last_seen`` times: each object carries its newest)."""
+    """Top objects among N×3 ``points`` (any positions, e.g. sampled field points) with N
+    ``relevancy`` (and, when given, N ``last_seen`` times: each object carries its newest)."""
     import open3d as o3d
 
     config = config or ObjectConfig()
     points = np.asarray(points, np.float64)
+    relevancy = _checked(points, relevancy, voxel_size)
+    keep = np.flatnonzero(candidates(relevancy, config))   # indices: a boolean index of N×3 rows costs 10×
+    if len(keep) == 0:
+        return []
+    points = points.take(keep, axis=0)
+    cloud = o3d.geometry.PointCloud(o3d.utility.Vector3dVector(points))
+    labels = np.asarray(cloud.cluster_dbscan(eps=config.eps_voxels * voxel_size, min_points=1))
+    return _objects(points, relevancy[keep], labels, _kept(last_seen, keep), config)
+
+
+def find_voxel_objects(keys: np.ndarray, relevancy: np.ndarray, voxel_size: float,
+                       config: ObjectConfig | None = None, last_seen: np.ndarray | None = None) -> list[FieldObject]:
+    """:func:`find_objects` for voxels given by their N×3 integer ``keys`` (centres at key × voxel
+    size): the same objects, clustered on the lattice (:func:`lattice_labels`)."""
+    from .io import voxel_centres
+
+    config = config or ObjectConfig()
+    keys = np.asarray(keys)
+    relevancy = _checked(keys, relevancy, voxel_size)
+    keep = np.flatnonzero(candidates(relevancy, config))
+    if len(keep) == 0:
+        return []
+    keys = keys.take(keep, axis=0)
+    return _objects(voxel_centres(keys, voxel_size), relevancy[keep], lattice_labels(keys, config.eps_voxels),
+                    _kept(last_seen, keep), config)
+
+
+def lattice_labels(keys: np.ndarray, eps_voxels: float) -> np.ndarray:
+    """Cluster label per row of N×3 distinct integer voxel ``keys``: the connected components of
+    "at most ``eps_voxels`` voxels apart", as DBSCAN with min_points 1 labels them. Each key's
+    neighbours (every lattice offset within eps, one of each ± pair) are found by binary search in
+    the sorted linear codes of the keys; scipy joins the pairs."""
+    from scipy.sparse import coo_matrix
+    from scipy.sparse.csgraph import connected_components
+
+    keys = np.asarray(keys, np.int64)
+    n = len(keys)
+    reach = int(np.floor(eps_voxels))
+    steps = np.arange(-reach, reach + 1)
+    offsets = np.stack(np.meshgrid(steps, steps, steps, indexing="ij"), -1).reshape(-1, 3)
+    lengths = np.linalg.norm(offsets, axis=1)
+    offsets = offsets[(lengths > 0) & (lengths <= eps_voxels)]
+    first = offsets[np.arange(len(offsets)), np.argmax(offsets != 0, axis=1)]
+    offsets = offsets[first > 0]                                   # one of each ± pair
+    low = keys.min(0) - reach
+    span = keys.max(0) - low + reach + 1                           # every shifted key stays inside
+    strides = np.array([span[1] * span[2], span[2], 1])
+    codes = (keys - low) @ strides                                 # linear: code(k + o) = code(k) + o·strides
+    order = np.argsort(codes)
+    sorted_codes = codes[order]
+    rows, cols = [], []
+    for shift in offsets @ strides:
+        wanted = sorted_codes + shift                              # sorted needles: a cache-friendly search
+        at = np.minimum(np.searchsorted(sorted_codes, wanted), n - 1)
+        hit = sorted_codes[at] == wanted
+        rows.append(order[hit])
+        cols.append(order[at[hit]])
+    rows, cols = np.concatenate(rows), np.concatenate(cols)
+    graph = coo_matrix((np.ones(len(rows), np.int8), (rows, cols)), shape=(n, n))
+    return connected_components(graph, directed=False)[1]
+
+
+def _checked(points: np.ndarray, relevancy: np.ndarray, voxel_size: float) -> np.ndarray:
     relevancy = np.asarray(relevancy, np.float64)
     if points.ndim != 2 or points.shape[1] != 3 or len(points) != len(relevancy):
         raise ValueError(f"need N×3 points and N relevancy values, got {points.shape} and {relevancy.shape}")
     if not voxel_size > 0:
         raise ValueError(f"voxel_size must be positive, got {voxel_size}")
-    if len(points) == 0:
+    return relevancy
+
+
+def _kept(last_seen: np.ndarray | None, keep: np.ndarray) -> np.ndarray | None:
+    return None if last_seen is None else np.asarray(last_seen, np.float64)[keep]
+
+
+def _objects(points: np.ndarray, relevancy: np.ndarray, labels: np.ndarray, last_seen: np.ndarray | None,
+             config: ObjectConfig) -> list[FieldObject]:
+    """The clusters (``labels``, -1: noise) of at least ``min_voxels`` points as FieldObjects, best
+    first. One pass over the points sorted by label (a loop over clusters would cost
+    clusters × points when a noisy map leaves thousands of specks)."""
+    order = np.argsort(labels, kind="stable")
+    order = order[labels[order] >= 0]
+    if len(order) == 0:
         return []
-    keep = candidates(relevancy, config)
-    if not keep.any():
-        return []
-    pts, rel = points[keep], relevancy[keep]
-    seen = None if last_seen is None else np.asarray(last_seen, np.float64)[keep]
-    cloud = o3d.geometry.PointCloud(o3d.utility.Vector3dVector(pts))
-    labels = np.asarray(cloud.cluster_dbscan(eps=config.eps_voxels * voxel_size, min_points=1))
+    sorted_labels = labels[order]
+    starts = np.flatnonzero(np.r_[True, sorted_labels[1:] != sorted_labels[:-1]])
+    sizes = np.diff(np.r_[starts, len(order)])
+    p, r = points[order], relevancy[order]
+    weighted, totals, peaks = (np.add.reduceat(p * r[:, None], starts), np.add.reduceat(r, starts),
+                               np.maximum.reduceat(r, starts))
+    lows, highs = np.minimum.reduceat(p, starts), np.maximum.reduceat(p, starts)
+    newest = None if last_seen is None else np.fmax.reduceat(last_seen[order], starts)   # fmax: NaN = never seen
     objects = []
-    for label in np.unique(labels[labels >= 0]):
-        members = labels == label
-        if members.sum() < config.min_voxels:
-            continue
-        p, r = pts[members], rel[members]
-        newest = None
-        if seen is not None and np.isfinite(seen[members]).any():
-            newest = float(np.nanmax(seen[members]))
-        objects.append(FieldObject((p * r[:, None]).sum(0) / r.sum(), p.min(0), p.max(0), float(r.mean()),
-                                   float(r.max()), int(members.sum()), newest))
+    for i in np.flatnonzero(sizes >= config.min_voxels):
+        seen = None if newest is None or not np.isfinite(newest[i]) else float(newest[i])
+        objects.append(FieldObject(weighted[i] / totals[i], lows[i], highs[i], float(totals[i] / sizes[i]),
+                                   float(peaks[i]), int(sizes[i]), seen))
     objects.sort(key=lambda o: (-o.score, -o.voxels))
     return objects[: config.top_k]
 
@@ -115,4 +190,4 @@ def locate(fmap, query, config: ObjectConfig | None = None) -> tuple[np.ndarray,
     from .query import relevancy as score
 
     rel = score(fmap.features, query)
-    return rel, find_objects(fmap.positions, rel, fmap.voxel_size, config, getattr(fmap, "last_seen", None))
+    return rel, find_voxel_objects(fmap.keys, rel, fmap.voxel_size, config, getattr(fmap, "last_seen", None))
