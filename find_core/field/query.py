@@ -71,39 +71,41 @@ class FieldQuery:
         return int(self.positive.shape[0])
 
 
-def relevancy(features: np.ndarray | torch.Tensor, query: FieldQuery, chunk: int = 1 << 18,
+def relevancy(features: np.ndarray | torch.Tensor, query: FieldQuery, chunk: int = 1 << 20,
               norms: np.ndarray | None = None) -> np.ndarray:
     """N relevancy values in [0, 1] for N×D features (zero rows score 0.5).
 
-    Computed without a normalised copy of the features: min_k sigmoid(x_k) = sigmoid(min_k x_k), and
-    (f·q − f·n_k) / ‖f‖ needs only one product with [q, n_1..n_K] and the row norms. ``norms`` (N, the
-    features' row norms, as a fusion table keeps them) spares the second pass over the features that
-    computing them takes; the features are never rewritten. Chunks are large: every torch call
-    hands Python's GIL back and must win it again from a fusion thread beside it (10⁶ voxels with
-    kept norms, one thread, measured once by hand: 62 / 68 ms alone and 79-85 / 89-105 ms while
-    fusing, for 2^18- / 2^14-row chunks). torch's thin product is ~2× numpy's here. A CPU tensor of
-    features is read as it is, in its dtype (a fusion table's bfloat16 query copy: the product runs in
-    that dtype, everything after it in float32)."""
+    Computed without a normalised copy of the features: min_k sigmoid(x_k) = sigmoid(min_k x_k), so
+    relevancy(f) = sigmoid(min_k f·(q − n_k) / (T‖f‖)) — one product with the K columns
+    (q − n_k) / T, a row minimum, a division by the row norms and the sigmoid. ``norms`` (N, the
+    features' row norms, as a fusion table keeps them) spares the pass over the features that
+    computing them takes; the features are never rewritten. Few, large torch calls: each hands
+    Python's GIL back and must win it again from a fusion thread beside it, which can take a whole
+    switch interval (5 ms), so a query beside fusion costs per call (bench/field_query.py times it
+    while fusing). A CPU tensor of features is read as it is, in
+    its dtype (a fusion table's bfloat16 query copy: the product runs in that dtype, the rest in
+    float32)."""
     rows = features if isinstance(features, torch.Tensor) else _shared(np.asarray(features, np.float32))
     if rows.ndim != 2 or rows.shape[1] != query.dim:
         raise ValueError(f"features must be N×{query.dim} to match the query, got shape {tuple(rows.shape)}")
-    row_norms = None
     if norms is not None:
         norms = np.asarray(norms, np.float32)
         if norms.shape != (len(features),):
             raise ValueError(f"norms must hold one value per feature row ({len(features)}), got shape {norms.shape}")
-        row_norms = _shared(norms)
-    directions = np.concatenate([query.positive[None], query.negatives]).T                       # D×(K+1)
-    directions = torch.from_numpy(directions.copy()).to(rows.dtype)
+    row_norms = None if norms is None else _shared(norms)
+    gaps = (query.positive[None] - query.negatives).T / np.float32(query.temperature)             # D×K
+    gaps = torch.from_numpy(np.ascontiguousarray(gaps, np.float32)).to(rows.dtype)
     out = torch.empty(len(rows), dtype=torch.float32)
     for start in range(0, len(rows), chunk):
-        f = rows[start:start + chunk]
-        dots = (f @ directions).float()                                          # n×(K+1)
-        gap = dots[:, 0] - dots[:, 1:].amax(dim=1)                               # min_k f·q − f·n_k
-        scale = (torch.linalg.vector_norm(f, dim=1, dtype=torch.float32) if row_norms is None
-                 else row_norms[start:start + chunk].clone())
-        scale.mul_(query.temperature).clamp_min_(1e-30)
-        torch.sigmoid(gap.div_(scale), out=out[start:start + chunk])            # zero rows: gap 0 → 0.5
+        f, o = rows[start:start + chunk], out[start:start + chunk]
+        product = f @ gaps                                                       # n×K: f·(q − n_k) / T
+        if product.dtype == torch.float32:
+            torch.amin(product, dim=1, out=o)
+        else:
+            o.copy_(product.amin(dim=1))
+        o.div_(torch.linalg.vector_norm(f, dim=1, dtype=torch.float32) if row_norms is None
+               else row_norms[start:start + chunk])
+        torch.sigmoid(o, out=o).nan_to_num_(0.5)                                 # zero rows: 0 / 0 → 0.5
     return out.numpy()
 
 
