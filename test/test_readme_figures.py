@@ -205,6 +205,7 @@ def claims() -> list[tuple[str, str]]:
     node, fusion = "node", "fusion"
     exact, narrow = ("1,000,000", "float32"), ("1,000,000", "bfloat16")
     assert "same objects from every path: True" in b.sections["field_query"]["tables"][0]["notes"][-1]
+    lattice_ms, dbscan_ms = b.cell("field_query", 0, exact, "objects ms").split(" / ")
     off, paced = "find_perception, ~/embeddings off", "find_perception, ~/embeddings off, replay"
     default = "16FC128 (default)"
     node_run = next(u for u in reversed(b.doc.get("updates", [])) if "node" in u["benchmarks"])
@@ -330,6 +331,7 @@ def claims() -> list[tuple[str, str]]:
                      f"{r(b.cell('field_query', 0, exact, 'query ms while fusing'))} ms while fusion runs (target "
                      f"50 ms: not met), and one query a second slows fusion by {b.cell('field_query', 0, exact, 'rate drop')} "
                      "(target ≤ 10 %)"),
+        (BENCH.name, f"takes {r(lattice_ms, 1)} ms on the voxel lattice ({r(dbscan_ms, 1)} ms with"),
         (BENCH.name, f"queries to read: {r(b.cell('field_query', 0, narrow, 'live path ms'), 1)} ms alone and "
                      f"{r(b.cell('field_query', 0, narrow, 'query ms while fusing'))} ms while fusing, the largest "
                      f"relevancy difference {b.cell('field_query', 0, narrow, 'relevancy gap')} and the same objects"),
