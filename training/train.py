@@ -25,6 +25,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--resume", action="store_true", help="continue from the newest checkpoint in the run folder")
     parser.add_argument("--data", type=Path, help="dataset root, overriding data.root")
     parser.add_argument("--steps", type=int, help="total steps, overriding train.steps (sets the lr schedule too)")
+    parser.add_argument("--seed", type=int, help="seed, overriding train.seed (another run of the same recipe)")
     parser.add_argument("--stop-at", type=int, metavar="STEP",
                         help="stop after this step as if interrupted (checkpointed; continue with --resume)")
     return parser.parse_args(argv)
@@ -40,6 +41,8 @@ def main(argv: list[str] | None = None) -> int:
             if args.steps < 1:
                 raise ConfigError(f"--steps must be >= 1, got {args.steps}")
             config.train.steps = args.steps
+        if args.seed is not None:
+            config.train.seed = args.seed
         trainer = Trainer(config, args.out, resume=args.resume)
     except (ConfigError, CheckpointError, FileNotFoundError) as error:
         print(f"error: {error}", file=sys.stderr)
