@@ -46,7 +46,8 @@ def trained(data_root, tmp_path_factory) -> tuple[Path, str]:
     out = tmp_path_factory.mktemp("run")
     printed = io.StringIO()
     with contextlib.redirect_stdout(printed):
-        code = train.main(["--config", str(TEST_CONFIG), "--data", str(data_root), "--out", str(out), "--steps", "3"])
+        code = train.main(["--config", str(TEST_CONFIG), "--data", str(data_root), "--out", str(out), "--steps", "3",
+                           "--seed", "5"])
     assert code == 0, printed.getvalue()
     return out, printed.getvalue()
 
@@ -66,7 +67,8 @@ def test_train_cli_writes_a_checkpoint_the_pipeline_loads(trained, data_root):
     with (run_dir / "train_log.csv").open() as handle:
         rows = list(csv.DictReader(handle))
     assert [int(r["step"]) for r in rows] == [1, 2, 3] and all(np.isfinite(float(r["loss"])) for r in rows)
-    assert TrainConfig.from_yaml(checkpoint / "train_config.yaml").data.root == str(data_root)
+    saved_config = TrainConfig.from_yaml(checkpoint / "train_config.yaml")
+    assert saved_config.data.root == str(data_root) and saved_config.train.seed == 5   # --data, --seed
 
     pipe = FindPipeline.from_checkpoint(checkpoint, device="cpu")
     saved, state = load_file(str(checkpoint / "model.safetensors")), pipe.model.state_dict()
