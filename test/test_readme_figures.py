@@ -34,6 +34,8 @@ HELDOUT = REPO / "find_core" / "checkpoints" / "find-synthetic" / "heldout_metri
 OFFICIAL = REPO / "training" / "results" / "synthetic_official_heldout.json"
 OFFICIAL_ENGINE = REPO / "training" / "results" / "synthetic_official_heldout_engine.json"
 TINY_ENGINE = REPO / "training" / "results" / "synthetic_tiny_engine_heldout_engine.json"
+TINY_ENGINE_SEED1 = REPO / "training" / "results" / "synthetic_tiny_engine_seed1_heldout_engine.json"
+TINY_CONTROL = REPO / "training" / "results" / "synthetic_tiny_control_heldout.json"
 EMBEDDED_ENGINE = REPO / "training" / "results" / "embedded_heldout_engine.json"
 OFFICIAL_LOG = REPO / "training" / "results" / "synthetic_official_train_log.csv"
 OFFICIAL_OWN_STROKE = REPO / "training" / "results" / "synthetic_official_heldout_own_stroke.json"
@@ -175,6 +177,7 @@ def claims() -> list[tuple[str, str]]:
     """(source, the README phrase it backs)."""
     heldout, official, loc = load(HELDOUT), load(OFFICIAL), load(LOCALIZATION)
     engine, tiny_engine, embedded_engine = load(OFFICIAL_ENGINE), load(TINY_ENGINE), load(EMBEDDED_ENGINE)
+    seed1, control = load(TINY_ENGINE_SEED1), load(TINY_CONTROL)
     official_own = load(OFFICIAL_OWN_STROKE)["interleave_grounding"]
     embedded_own = heldout["interleave_grounding"]
     own_run = load(RESULTS / "visual_source_own_heldout.json")
@@ -289,6 +292,12 @@ def claims() -> list[tuple[str, str]]:
                                f"{r(embedded_engine['interleave_retrieval']['ir5'], 1)} (`{EMBEDDED_ENGINE.name}`)"),
         (TINY_ENGINE.name, f"(PQ {r(tiny_engine['generic']['pq'], 1)}, thing accuracy "
                            f"{r(tiny_engine['generic']['thing_accuracy'], 1)} %)"),
+        (TINY_ENGINE_SEED1.name, f"(PQ {r(seed1['generic']['pq'], 1)}, thing accuracy {r(seed1['generic']['thing_accuracy'], 1)} %; "
+                                 f"interleave cIoU {r(seed1['interleave_grounding']['ciou'], 1)} and IR@5 "
+                                 f"{r(seed1['interleave_retrieval']['ir5'], 1)} on the engine's held-out entries, "
+                                 f"`{TINY_ENGINE_SEED1.name}`)"),
+        (TINY_CONTROL.name, f"(PQ {r(control['generic']['pq'], 1)}, thing accuracy "
+                            f"{r(control['generic']['thing_accuracy'], 1)} %, `{TINY_CONTROL.name}`)"),
         (LOCALIZATION.name, f"picks the right frame {loc['right_frame']} times in {loc['sequences']} (chance: "
                             f"{r(loc['chance_right'])}), and {loc['masks_iou_at_least_0.5']} of those masks have "
                             f"IoU ≥ 0.5 with the object (mean IoU {r(loc['mean_iou_when_right'], 2)} over the "
