@@ -19,6 +19,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from .io import voxel_centres
+
 
 @dataclass
 class ObjectConfig:
@@ -98,8 +100,6 @@ def find_voxel_objects(keys: np.ndarray, relevancy: np.ndarray, voxel_size: floa
                        config: ObjectConfig | None = None, last_seen: np.ndarray | None = None) -> list[FieldObject]:
     """:func:`find_objects` for voxels given by their N×3 integer ``keys`` (centres at key × voxel
     size): the same objects, clustered on the lattice (:func:`lattice_labels`)."""
-    from .io import voxel_centres
-
     config = config or ObjectConfig()
     keys = np.asarray(keys)
     relevancy = _checked(keys, relevancy, voxel_size)

@@ -82,9 +82,8 @@ def relevancy(features: np.ndarray | torch.Tensor, query: FieldQuery, chunk: int
     computing them takes; the features are never rewritten. Few, large torch calls: each hands
     Python's GIL back and must win it again from a fusion thread beside it, which can take a whole
     switch interval (5 ms), so a query beside fusion costs per call (bench/field_query.py times it
-    while fusing). A CPU tensor of features is read as it is, in
-    its dtype (a fusion table's bfloat16 query copy: the product runs in that dtype, the rest in
-    float32)."""
+    while fusing). A CPU tensor of features is read as it is, in its dtype (a fusion table's bfloat16
+    query copy: the product runs in that dtype, the rest in float32)."""
     rows = features if isinstance(features, torch.Tensor) else _shared(np.asarray(features, np.float32))
     if rows.ndim != 2 or rows.shape[1] != query.dim:
         raise ValueError(f"features must be N×{query.dim} to match the query, got shape {tuple(rows.shape)}")
