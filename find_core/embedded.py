@@ -1,7 +1,9 @@
 """The embedded default model: the one place that knows where the shipped checkpoint lives.
 
-The package ships a checkpoint trained on the synthetic scenes (``config/models/synthetic.yaml``,
-128 px input) in ``find_core/checkpoints/find-synthetic/`` (``model.safetensors`` + ``config.yaml``).
+The package ships a checkpoint trained on the synthetic scenes in ``find_core/checkpoints/find-synthetic/``
+(``model.safetensors`` + ``config.yaml``): FIND's official interface and a pixel decoder over frozen,
+pretrained foundation models (ImageNet EfficientNet-Lite0 at 256 px, all-MiniLM-L6-v2; their weights
+come from their pip packages, so the folder holds only what was trained; the recipe is the README's).
 Every "run with no model given" path — the library demo, the node demo and the perception node's
 ``model_preset: embedded`` — resolves "embedded" through :mod:`find_core.loading`, so they all agree
 on what the default is and all fall back the same way (to the untrained ``tiny-test`` preset, with a
@@ -24,11 +26,10 @@ EMBEDDED = "embedded"          # the model name that means "the embedded default
 FALLBACK_PRESET = "tiny-test"  # what runs when the checkpoint is missing: random weights, meaningless masks
 # The input size for the embedded checkpoint on the demo camera's scenes (find_core.data.scene_video:
 # 60 degree field of view, ~2 m away): the camera sees its tiles at about half the pixel size of the
-# synthetic training scenes, so the checkpoint (trained at 128) gets its frames letterboxed to 256, which
-# brings them back to scale (training.evaluate_field, README's field table: 78 of 101 objects within
-# 10 cm instead of 53). The one place of this rule: the node demo and demo.launch.py's input_size default
-# read it from here.
-EMBEDDED_SCENE_INPUT_SIZE = 256
+# synthetic training scenes, which the checkpoint saw upscaled from 128 to its 256 px input; frames
+# letterboxed to 512 bring the tiles back to that scale (training.evaluate_field, README's field table).
+# The one place of this rule: the node demo and demo.launch.py's input_size default read it from here.
+EMBEDDED_SCENE_INPUT_SIZE = 512
 
 
 def has_embedded_checkpoint() -> bool:

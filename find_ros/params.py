@@ -171,7 +171,7 @@ class PerceptionParams(_Validated):
     device: str = option("auto", "Torch device: auto, cpu, cuda, cuda:N or mps.")
     precision: str = option("fp32", "Inference precision.", choices=("fp32", "fp16", "bf16"))
     input_size: int = option(0, "Side (a multiple of 32, >= 64) frames are letterboxed to for inference; 0 = the "
-                                "model's training size (128 for the embedded checkpoint). Larger helps when "
+                                "model's training size (256 for the embedded checkpoint). Larger helps when "
                                 "objects look smaller in the camera than in the training images, at a "
                                 "quadratic cost in time.", minimum=0, maximum=4096)
     processing_max_side: int = option(640, "Frames whose longer side exceeds this are downscaled before "

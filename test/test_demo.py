@@ -253,8 +253,8 @@ def test_param_and_config_validation():
 
 
 def test_demo_input_size_reaches_the_node_and_the_field_step():
-    """One letterbox side for the node and the field step: 256 for the embedded checkpoint on its
-    scene, the model's own for other models, and --param input_size wins over --input-size."""
+    """One letterbox side for the node and the field step: EMBEDDED_SCENE_INPUT_SIZE for the embedded
+    checkpoint on its scene, the model's own for other models, and --param input_size wins over --input-size."""
     from find_ros.demo import EMBEDDED_SCENE_INPUT_SIZE, DemoConfig, perception_overrides
     cases = [(DemoConfig(), EMBEDDED_SCENE_INPUT_SIZE), (DemoConfig(model="tiny-test"), None),
              (DemoConfig(input_size=0), None), (DemoConfig(model="tiny-test", input_size=128), 128),

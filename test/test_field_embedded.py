@@ -23,7 +23,7 @@ import pytest
 from find_core import FindPipeline
 from find_core.data.scene_video import render_scene_video
 from find_core.checkpoint import weights_digest
-from find_core.embedded import EMBEDDED_CHECKPOINT
+from find_core.embedded import EMBEDDED_CHECKPOINT, EMBEDDED_SCENE_INPUT_SIZE
 from find_core.field import load_abstention
 from training import evaluate_field
 from training.evaluate_field import ObjectResult, parse_seeds, scene_results
@@ -31,12 +31,11 @@ from training.evaluate_field import ObjectResult, parse_seeds, scene_results
 RESULTS = Path(__file__).resolve().parents[1] / "training" / "results" / "field_abstention_heldout.json"
 SCENES = (3, 4)
 REQUIRED = 8
-INPUT_SIZE = 256
 
 
 @pytest.mark.slow
 def test_named_objects_are_found_within_10_cm(tmp_path):
-    pipeline = FindPipeline.from_checkpoint(EMBEDDED_CHECKPOINT, device="cpu", input_size=INPUT_SIZE)
+    pipeline = FindPipeline.from_checkpoint(EMBEDDED_CHECKPOINT, device="cpu", input_size=EMBEDDED_SCENE_INPUT_SIZE)
     results = []
     for seed in SCENES:
         scene, stats = scene_results(pipeline, render_scene_video(tmp_path / f"scene{seed}", seed=seed, frames=24), seed)
@@ -107,10 +106,12 @@ def test_the_committed_abstention_belongs_to_the_embedded_checkpoint():
     """The README's 'not here' figures (training/results/field_abstention_heldout.json) and the
     threshold find_field loads (field_abstention.json beside the checkpoint) come from one run on the
     weights shipped now; a replaced checkpoint needs: python -m training.evaluate_field --calibrate
-    --calibrate-seeds 103-112 --seeds 3-22 --input-size 256 --out training/results/field_abstention_heldout.json"""
+    --calibrate-seeds 103-112 --seeds 3-22 --input-size <EMBEDDED_SCENE_INPUT_SIZE>
+    --out training/results/field_abstention_heldout.json"""
     results = json.loads(RESULTS.read_text())
     digest = weights_digest(EMBEDDED_CHECKPOINT)
     assert results["meta"]["weights_digest"] == digest, "the embedded checkpoint changed: recalibrate (docstring)"
+    assert results["meta"]["input_size"] == EMBEDDED_SCENE_INPUT_SIZE, "measured at another size than the demo runs"
     abstention, note = load_abstention(EMBEDDED_CHECKPOINT, digest)
     assert abstention is not None, note
     assert abstention.threshold == results["threshold"] == results["abstention"]["threshold"]

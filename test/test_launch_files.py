@@ -25,6 +25,7 @@ import yaml
 from rclpy.node import Node
 from rclpy.signals import SignalHandlerOptions
 
+from find_core.embedded import EMBEDDED_SCENE_INPUT_SIZE
 from find_ros import launch_support as ls
 from find_ros.params import PerceptionParams, ReplayParams, declare_params, parameter_rows
 from find_ros.process_harness import next_domain
@@ -144,7 +145,7 @@ def test_demo_overrides_reach_the_nodes_and_win_over_the_params_files(tmp_path: 
     got = effective_parameters(perception, tmp_path)
     assert yaml.safe_load((REPO / "config" / "find_perception.yaml").read_text())["/**"]["ros__parameters"][
         "input_size"] == 0                                             # the file says 0; the demo wins
-    assert got.input_size == 256 and got.embeddings.every_frame is True and got.device == "cpu"
+    assert got.input_size == EMBEDDED_SCENE_INPUT_SIZE and got.embeddings.every_frame is True and got.device == "cpu"
     got = effective_parameters(field, tmp_path)
     assert got.map_path == values["map_path"] and got.device == "cpu" and got.map == ""
     field = ls.demo_nodes({**values, "map": "/tmp/last.npz"}, str(REPO))[2]

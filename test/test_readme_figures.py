@@ -5,18 +5,21 @@ half up), so the test fails when a figure is edited by hand, when its JSON is re
 results (update the README), or when the README drops the phrase. Sources and their producers:
 
 * ``find_core/checkpoints/find-synthetic/heldout_metrics.json``, ``embedded_heldout_reference_image.json`` and
-  ``training/results/synthetic_official_continued_heldout{,_reference_image}.json`` (+ the train logs):
-  ``python -m training.evaluate`` / ``training.train`` — the checkpoint table;
+  ``training/results/synthetic_tiny_shipped_heldout{,_reference_image}.json`` (the from-scratch checkpoint
+  shipped before; + the train logs): ``python -m training.evaluate`` / ``training.train`` — the checkpoint table;
+* ``training/results/synthetic_official_continued_heldout.json``, ``retrieval_visual_source_heldout*.json``,
+  ``synthetic_official_batch16_heldout*.json``: the FIND recipe's phases, one run each;
 * ``training/results/synthetic_official_heldout{,_own_stroke,_engine}.json``: the 1600-step FIND recipe;
 * ``training/results/visual_source_*_heldout{,_own_stroke,_reference_image}.json``,
-  ``embedded_heldout_reference_crop.json``: ``python -m training.evaluate`` (``--interleave-visual``,
+  ``synthetic_tiny_shipped_heldout_reference_crop.json``: ``python -m training.evaluate`` (``--interleave-visual``,
   ``--reference-view``) — the visual-entity protocols and the ``official.visual_source`` table;
 * ``training/results/localization_embedded.json``: ``python -m training.evaluate_localization``;
 * ``bench/results.json``: ``scripts/bench.sh`` — the speed figures;
 * ``bench/camera_qos.json``: ``python -m bench.ros --out bench/camera_qos.json`` — the camera QoS figures.
 
-* ``training/results/field_embedded_128.json``, ``field_abstention_heldout.json``, ``field_move_heldout.json``:
-  ``python -m training.evaluate_field`` (``--input-size 128 --no-absent``, ``--calibrate``, ``--move``) — the 3D field.
+* ``training/results/field_embedded_256.json``, ``field_abstention_heldout.json``, ``field_move_heldout.json``
+  and the from-scratch checkpoint's ``synthetic_tiny_shipped_field_{128,256}.json``:
+  ``python -m training.evaluate_field`` (``--no-absent``, ``--calibrate``, ``--move``) — the 3D field.
 """
 from __future__ import annotations
 
@@ -37,6 +40,8 @@ TINY_ENGINE = REPO / "training" / "results" / "synthetic_tiny_engine_heldout_eng
 TINY_ENGINE_SEED1 = REPO / "training" / "results" / "synthetic_tiny_engine_seed1_heldout_engine.json"
 TINY_CONTROL = REPO / "training" / "results" / "synthetic_tiny_control_heldout.json"
 EMBEDDED_ENGINE = REPO / "training" / "results" / "embedded_heldout_engine.json"
+SCRATCH = REPO / "training" / "results" / "synthetic_tiny_shipped_heldout.json"         # the checkpoint shipped before
+SCRATCH_ENGINE = REPO / "training" / "results" / "synthetic_tiny_shipped_heldout_engine.json"
 OFFICIAL_LOG = REPO / "training" / "results" / "synthetic_official_train_log.csv"
 OFFICIAL_OWN_STROKE = REPO / "training" / "results" / "synthetic_official_heldout_own_stroke.json"
 CONTINUED = REPO / "training" / "results" / "synthetic_official_continued_heldout.json"
@@ -47,15 +52,21 @@ RETRIEVAL_SOURCE = REPO / "training" / "results" / "retrieval_visual_source_held
 RETRIEVAL_SOURCE_ENGINE = REPO / "training" / "results" / "retrieval_visual_source_heldout_engine.json"
 RETRIEVAL_SOURCE_LOG = REPO / "training" / "results" / "retrieval_visual_source_train_log.csv"
 CONTINUED_REFERENCES = REPO / "training" / "results" / "synthetic_official_continued_heldout_reference_image.json"
-EMBEDDED_REFERENCES = {view: REPO / "training" / "results" / f"embedded_heldout_reference_{view}.json"
-                       for view in ("image", "crop")}
+EMBEDDED_REFERENCES = REPO / "training" / "results" / "embedded_heldout_reference_image.json"
+SCRATCH_REFERENCES = {view: REPO / "training" / "results" / f"synthetic_tiny_shipped_heldout_reference_{view}.json"
+                      for view in ("image", "crop")}
 LOCALIZATION = REPO / "training" / "results" / "localization_embedded.json"
 BENCH = REPO / "bench" / "results.json"
 CAMERA_QOS = REPO / "bench" / "camera_qos.json"
 RESULTS = REPO / "training" / "results"
-FIELD_128, FIELD_256 = RESULTS / "field_embedded_128.json", RESULTS / "field_abstention_heldout.json"
+FIELD_ABSENT = RESULTS / "field_abstention_heldout.json"          # at the embedded scene input size, with absent phrases
+FIELD_ROWS = {"from-scratch checkpoint, 128": RESULTS / "synthetic_tiny_shipped_field_128.json",
+              "from-scratch checkpoint, 256": RESULTS / "synthetic_tiny_shipped_field_256.json",
+              "embedded checkpoint, 256": RESULTS / "field_embedded_256.json",
+              "embedded checkpoint, 512": FIELD_ABSENT}
 FIELD_MOVE = RESULTS / "field_move_heldout.json"
 WEIGHTS = REPO / "find_core" / "checkpoints" / "find-synthetic" / "model.safetensors"
+EMBEDDED_LOGS = [RESULTS / f"embedded_phase{n}_train_log.csv" for n in (1, 2, 3, 4)]   # the embedded recipe's runs
 
 
 def load(path: Path) -> Any:
@@ -126,12 +137,12 @@ def checkpoint_column(m: dict, references: dict) -> dict[str, str]:
 
 def test_checkpoint_table_equals_the_metrics_files():
     table = readme_table(README.read_text(encoding="utf-8"), "| metric | this checkpoint")
-    embedded = checkpoint_column(load(HELDOUT), load(EMBEDDED_REFERENCES["image"]))
-    official = checkpoint_column(load(CONTINUED), load(CONTINUED_REFERENCES))
+    embedded = checkpoint_column(load(HELDOUT), load(EMBEDDED_REFERENCES))
+    scratch = checkpoint_column(load(SCRATCH), load(SCRATCH_REFERENCES["image"]))
     assert set(table) == set(embedded), "README checkpoint table rows differ from the metrics the test knows"
     for metric, cells in table.items():
         assert cells[0] == embedded[metric], (metric, "heldout_metrics.json", cells[0], embedded[metric])
-        assert cells[1] == official[metric], (metric, CONTINUED.name, cells[1], official[metric])
+        assert cells[1] == scratch[metric], (metric, SCRATCH.name, cells[1], scratch[metric])
 
 
 VISUAL_SOURCES = ("own", "batch", "batch_nearest")
@@ -163,37 +174,40 @@ def test_visual_source_table_equals_its_evaluations():
 
 
 def test_field_table_equals_its_evaluations():
-    """The 3D-field table: one row per input size, from training.evaluate_field's summaries."""
-    table = readme_table(README.read_text(encoding="utf-8"), "| embedded checkpoint, scenes 3-22")
-    rows = dict(zip(("128", "256"), table.values()))
-    for size, path in (("128", FIELD_128), ("256", FIELD_256)):
+    """The 3D-field table: one row per checkpoint and input size, from training.evaluate_field's summaries."""
+    table = readme_table(README.read_text(encoding="utf-8"), "| scenes 3-22 (101 objects)")
+    assert len(table) == len(FIELD_ROWS)
+    for (row, cells), (start, path) in zip(table.items(), FIELD_ROWS.items()):
         m = load(path)
-        within = str(m["within"]) if size == "128" else f"**{m['within']}**"
-        assert rows[size] == [within, str(m["wrong_object"]), str(m["not_found"]), str(m["off_centre"])], path.name
+        checkpoint, size = start.split(", ")
+        assert row.startswith(checkpoint) and f"letterboxed to {size}" in row and path.name in row, (row, path.name)
+        assert f"--input-size {size}" in m["meta"]["command"], path.name
+        assert cells == [str(m["within"]), str(m["wrong_object"]), str(m["not_found"]), str(m["off_centre"])], path.name
         assert m["objects"] == 101, path.name
 
 
 def claims() -> list[tuple[str, str]]:
     """(source, the README phrase it backs)."""
     heldout, official, loc = load(HELDOUT), load(OFFICIAL), load(LOCALIZATION)
-    engine, tiny_engine, embedded_engine = load(OFFICIAL_ENGINE), load(TINY_ENGINE), load(EMBEDDED_ENGINE)
+    engine, tiny_engine, scratch_engine = load(OFFICIAL_ENGINE), load(TINY_ENGINE), load(SCRATCH_ENGINE)
+    embedded_engine = load(EMBEDDED_ENGINE)
     seed1, control = load(TINY_ENGINE_SEED1), load(TINY_CONTROL)
     official_own = load(OFFICIAL_OWN_STROKE)["interleave_grounding"]
-    embedded_own = heldout["interleave_grounding"]
+    scratch_own = load(SCRATCH)["interleave_grounding"]
     own_run = load(RESULTS / "visual_source_own_heldout.json")
     own_run_image = load(RESULTS / "visual_source_own_heldout_reference_image.json")
-    embedded_views = {view: load(path) for view, path in EMBEDDED_REFERENCES.items()}
+    scratch_views = {view: load(path) for view, path in SCRATCH_REFERENCES.items()}
     continued = load(CONTINUED)
     batch16 = load(BATCH16)
     visual_crops = {s: load(RESULTS / f"visual_source_{s}_heldout.json")["interleave_grounding"]["visual"]["ciou"]
                     for s in VISUAL_SOURCES}
     logs = {}
     moved, moved_engine = load(RETRIEVAL_SOURCE), load(RETRIEVAL_SOURCE_ENGINE)
-    embedded_engine_image = load(RESULTS / "embedded_heldout_engine_reference_image.json")
-    assert embedded_engine_image["interleave_retrieval"]["reference_view"] == "image"
+    scratch_engine_image = load(RESULTS / "synthetic_tiny_shipped_heldout_engine_reference_image.json")
+    assert scratch_engine_image["interleave_retrieval"]["reference_view"] == "image"
     batch16_engine = load(RESULTS / "synthetic_official_batch16_heldout_engine.json")["interleave_retrieval"]
     for path in (OFFICIAL_LOG, RESULTS / "visual_source_own_train_log.csv", CONTINUED_LOG, BATCH16_LOG,
-                 RETRIEVAL_SOURCE_LOG):
+                 RETRIEVAL_SOURCE_LOG, *EMBEDDED_LOGS):
         with path.open() as f:
             rows = list(csv.DictReader(f))
         logs[path.name] = f"{rows[-1]['step']} steps in {r(sum(float(x['seconds']) for x in rows) / 60, 1)} min"
@@ -212,7 +226,7 @@ def claims() -> list[tuple[str, str]]:
     off, paced = "find_perception, ~/embeddings off", "find_perception, ~/embeddings off, replay"
     default = "16FC128 (default)"
     node_run = next(u for u in reversed(b.doc.get("updates", [])) if "node" in u["benchmarks"])
-    move, absent = load(FIELD_MOVE), load(FIELD_256)
+    move, absent = load(FIELD_MOVE), load(FIELD_ABSENT)
     pct = lambda share: r(100 * share)   # noqa: E731 - a share as the README's whole percent
     return [
         (FIELD_MOVE.name, f"on {move['scenes']} rendered scenes with the embedded model, "
@@ -220,19 +234,19 @@ def claims() -> list[tuple[str, str]]:
                           f"{pct(move['forgetting']['old_answers'])} % still answer at the old one, against "
                           f"{pct(move['no_forgetting']['new_within'])} % / {pct(move['no_forgetting']['old_answers'])} % "
                           "without forgetting"),
-        (FIELD_256.name, f"finds {r(100 * absent['share_found_within'], 1)} % of present objects within 10 cm "
+        (FIELD_ABSENT.name, f"finds {r(100 * absent['share_found_within'], 1)} % of present objects within 10 cm "
                          f"({r(100 * absent['share_within'], 1)} % without the threshold) and answers "
                          f"{r(100 * absent['share_absent_answered'], 1)} % of phrases for absent objects with a place"),
         ("heldout_metrics.json", f"144 val images, gallery of {heldout['interleave_retrieval']['gallery']})"
          if heldout["generic"]["images"] == 144 else "<image count changed>"),
-        ("heldout_metrics.json", f"grounding cIoU only just ({r(heldout['grounding']['ciou'], 1)})"),
         ("heldout_metrics.json", f"held-out 2D PQ on things {r(heldout['generic']['pq_things'], 1)}"),
         ("heldout_metrics.json", f"Held-out thing accuracy (the best-matching query names the thing's class): "
                                  f"{r(heldout['generic']['thing_accuracy'], 1)} %"),
         ("model.safetensors", f"(`find_core/checkpoints/find-synthetic`, {r(WEIGHTS.stat().st_size / 1e6)} MB)"),
-        ("train logs", f"commands), {logs[OFFICIAL_LOG.name]} of step time, then `visual_source/own.yaml`, "
-                       f"{logs['visual_source_own_train_log.csv']}, then `synthetic_official_continued.yaml`, "
-                       f"{logs[CONTINUED_LOG.name]}"),
+        ("embedded train logs", f"`synthetic_official.yaml`, {logs['embedded_phase1_train_log.csv']}, then "
+                                f"`visual_source/own.yaml`, {logs['embedded_phase2_train_log.csv']}, then "
+                                f"`synthetic_official_continued.yaml`, {logs['embedded_phase3_train_log.csv']}, then "
+                                f"`retrieval_visual_source.yaml`, {logs['embedded_phase4_train_log.csv']} of step time"),
         (CONTINUED.name, f"(`training/results/{CONTINUED.name}`, thing accuracy "
                          f"{r(continued['generic']['thing_accuracy'], 1)} %)"),
         (OFFICIAL.name, f"stood at PQ {r(official['generic']['pq'], 1)} and IR@5 {r(official['interleave_retrieval']['ir5'], 1)} "
@@ -243,12 +257,11 @@ def claims() -> list[tuple[str, str]]:
          f"it grounds the file's references at cIoU {grounding(own_run)} as crops and {grounding(own_run_image)} as "
          f"whole images, and retrieves at IR@5 {r(own_run['interleave_retrieval']['ir5'], 1)} and "
          f"{r(own_run_image['interleave_retrieval']['ir5'], 1)}"),
-        ("embedded_heldout_reference_{crop,image}.json, heldout_metrics.json",
-         f"grounds them at {grounding(embedded_views['crop'])} as crops and {grounding(embedded_views['image'])} as "
-         f"whole images, retrieves at IR@5 {r(embedded_views['crop']['interleave_retrieval']['ir5'], 1)} and "
-         f"{r(embedded_views['image']['interleave_retrieval']['ir5'], 1)} (`embedded_heldout_reference_{{crop,image}}.json`), "
-         f"and grounds with own strokes at {r(embedded_own['ciou'], 1)} (visual entities {r(embedded_own['visual']['ciou'], 1)})"),
-        ("heldout_metrics.json", f"interleave grounding with own strokes, the official protocol ({r(embedded_own['ciou'], 1)}:"),
+        ("synthetic_tiny_shipped_heldout{,_reference_{crop,image}}.json",
+         f"grounds them at {grounding(scratch_views['crop'])} as crops and {grounding(scratch_views['image'])} as "
+         f"whole images, retrieves at IR@5 {r(scratch_views['crop']['interleave_retrieval']['ir5'], 1)} and "
+         f"{r(scratch_views['image']['interleave_retrieval']['ir5'], 1)} (`synthetic_tiny_shipped_heldout_reference_{{crop,image}}.json`), "
+         f"and grounds with own strokes at {r(scratch_own['ciou'], 1)} (visual entities {r(scratch_own['visual']['ciou'], 1)})"),
         ("visual_source_own_heldout.json", f"The 500 more steps alone lift PQ from {r(official['generic']['pq'], 1)} to "
                                            f"{r(own_run['generic']['pq'], 1)} and interleave IR@5 from "
                                            f"{r(official['interleave_retrieval']['ir5'], 1)} to "
@@ -264,11 +277,11 @@ def claims() -> list[tuple[str, str]]:
                                 f"held-out entries (IR@10 {r(moved_engine['interleave_retrieval']['ir10'], 1)}; entry–image alone "
                                 f"{r(moved_engine['interleave_retrieval']['by_term']['entry_image']['ir5'], 1)}, entity–object "
                                 f"alone {r(moved_engine['interleave_retrieval']['by_term']['entity_object']['ir5'], 1)}; the "
-                                f"embedded checkpoint: {r(embedded_engine_image['interleave_retrieval']['ir5'], 1)}) and to "
+                                f"from-scratch checkpoint: {r(scratch_engine_image['interleave_retrieval']['ir5'], 1)}) and to "
                                 f"{r(moved['interleave_retrieval']['ir5'], 1)} on the generator's (IR@10 "
-                                f"{r(moved['interleave_retrieval']['ir10'], 1)}; the embedded checkpoint, references as whole "
-                                f"images: {r(embedded_views['image']['interleave_retrieval']['ir5'], 1)}; as tight crops, the "
-                                f"earlier protocol of the 63.9 target: {r(embedded_views['crop']['interleave_retrieval']['ir5'], 1)})"),
+                                f"{r(moved['interleave_retrieval']['ir10'], 1)}; the from-scratch checkpoint, references as whole "
+                                f"images: {r(scratch_views['image']['interleave_retrieval']['ir5'], 1)}; as tight crops, the "
+                                f"earlier protocol of the 63.9 target: {r(scratch_views['crop']['interleave_retrieval']['ir5'], 1)})"),
         (RETRIEVAL_SOURCE.name, f"PQ {r(moved['generic']['pq'], 1)} ({r(batch16['generic']['pq'], 1)}), grounding cIoU "
                                 f"{r(moved['grounding']['ciou'], 1)} ({r(batch16['grounding']['ciou'], 1)}), interleave "
                                 f"grounding with own strokes {r(moved['interleave_grounding']['ciou'], 1)} "
@@ -288,8 +301,10 @@ def claims() -> list[tuple[str, str]]:
                                f"{r(engine['interleave_retrieval']['ir5'], 1)}, `{OFFICIAL_ENGINE.name}`"),
         (TINY_ENGINE.name, f"interleave cIoU {r(tiny_engine['interleave_grounding']['ciou'], 1)} with IR@5 "
                            f"{r(tiny_engine['interleave_retrieval']['ir5'], 1)} (`{TINY_ENGINE.name}`)"),
-        (EMBEDDED_ENGINE.name, f"gets {r(embedded_engine['interleave_grounding']['ciou'], 1)} and "
-                               f"{r(embedded_engine['interleave_retrieval']['ir5'], 1)} (`{EMBEDDED_ENGINE.name}`)"),
+        (SCRATCH_ENGINE.name, f"gets {r(scratch_engine['interleave_grounding']['ciou'], 1)} and "
+                              f"{r(scratch_engine['interleave_retrieval']['ir5'], 1)} (`{SCRATCH_ENGINE.name}`)"),
+        (EMBEDDED_ENGINE.name, f"grounds them at interleave cIoU {r(embedded_engine['interleave_grounding']['ciou'], 1)} "
+                               f"with IR@5 {r(embedded_engine['interleave_retrieval']['ir5'], 1)} (`{EMBEDDED_ENGINE.name}`)"),
         (TINY_ENGINE.name, f"(PQ {r(tiny_engine['generic']['pq'], 1)}, thing accuracy "
                            f"{r(tiny_engine['generic']['thing_accuracy'], 1)} %)"),
         (TINY_ENGINE_SEED1.name, f"(PQ {r(seed1['generic']['pq'], 1)}, thing accuracy {r(seed1['generic']['thing_accuracy'], 1)} %; "
@@ -386,12 +401,12 @@ def test_visual_entity_retrieval_table_equals_its_sources():
     """The README's IR@5 by reference_visual_prob: each cell is its evaluation's, on the engine's
     held-out entries with whole-image references, at the probability its column names."""
     table = readme_table(README.read_text(encoding="utf-8"), "| interleave retrieval IR@5 | entities in words")
-    sources = {"FIND recipe, 3900 steps (batch 16)": "synthetic_official_batch16_heldout_engine",
-               "embedded checkpoint": "embedded_heldout_engine"}
+    sources = {"FIND recipe, 3900 steps (batch 16)": ("synthetic_official_batch16_heldout_engine", ""),
+               "embedded checkpoint": ("embedded_heldout_engine", ""),
+               "from-scratch checkpoint": ("synthetic_tiny_shipped_heldout_engine", "_reference_image")}
     assert set(table) == set(sources)
-    for row, stem in sources.items():
-        files = [f"{stem}_visual_prob_0.json", f"{stem}.json" if "batch16" in stem else f"{stem}_reference_image.json",
-                 f"{stem}_visual_prob_1.json"]
+    for row, (stem, upstream) in sources.items():
+        files = [f"{stem}_visual_prob_0.json", f"{stem}{upstream}.json", f"{stem}_visual_prob_1.json"]
         for cell, name, prob in zip(table[row], files, (0.0, 0.5, 1.0)):
             m = load(RESULTS / name)
             retrieval = m["interleave_retrieval"]
@@ -403,7 +418,8 @@ def test_visual_entity_retrieval_table_equals_its_sources():
 def test_each_source_names_how_it_was_made():
     """The metrics a README figure rests on name their command (and the weights where a model was measured)."""
     visual_source = [RESULTS / f"visual_source_{s}_heldout{kind}.json" for s in VISUAL_SOURCES for kind in ("", "_own_stroke")]
-    for path in (OFFICIAL, LOCALIZATION, OFFICIAL_OWN_STROKE, CONTINUED, BATCH16, HELDOUT, *EMBEDDED_REFERENCES.values(),
+    for path in (OFFICIAL, LOCALIZATION, OFFICIAL_OWN_STROKE, CONTINUED, BATCH16, HELDOUT, EMBEDDED_REFERENCES, SCRATCH,
+                 *SCRATCH_REFERENCES.values(), EMBEDDED_ENGINE,
                  CONTINUED_REFERENCES,
                  RESULTS / "visual_source_own_heldout_reference_image.json", *visual_source):
         meta = load(path)["meta"]
