@@ -86,3 +86,20 @@ def test_same_config_builds_same_weights_in_every_process(scene_image):
     torch.manual_seed(2)
     b = FindPipeline.from_preset("tiny-test", device="cpu").embed_text(["red square"])
     np.testing.assert_array_equal(a, b)
+
+
+def test_export_keeps_the_weights_and_drops_the_runs_text_cache(tmp_path, tiny_model):
+    """training.export_checkpoint: what ships is the run's very weights (same digest) with a config
+    that no longer points the frozen language model's feature cache into the run's folder."""
+    from find_core.checkpoint import load_config_beside, weights_digest
+    from training.export_checkpoint import main as export_main
+
+    tiny_model.config.language.cache_dir = str(tmp_path / "run" / "text_features")
+    save_checkpoint(tiny_model, tmp_path / "run" / "step")
+    assert export_main(["--checkpoint", str(tmp_path / "run" / "step"), "--out", str(tmp_path / "shipped")]) == 0
+    assert weights_digest(tmp_path / "shipped") == weights_digest(tmp_path / "run" / "step")
+    shipped = load_config_beside(tmp_path / "shipped")
+    assert shipped.language.cache_dir is None
+    shipped.language.cache_dir = tiny_model.config.language.cache_dir
+    assert shipped.to_dict() == tiny_model.config.to_dict()            # nothing else changed
+    assert export_main(["--checkpoint", str(tmp_path / "absent"), "--out", str(tmp_path / "x")]) == 1
