@@ -8,6 +8,8 @@ results (update the README), or when the README drops the phrase. Sources and th
   ``training/results/synthetic_official_continued_heldout{,_reference_image}.json`` (+ the train logs):
   ``python -m training.evaluate`` / ``training.train`` — the checkpoint table;
 * ``training/results/synthetic_official_heldout{,_own_stroke,_engine}.json``: the 1600-step FIND recipe;
+* ``training/results/find_recipe_heldout{,_engine}.json`` and ``find_recipe_phase{1,2,3,4}_train_log.csv``:
+  the FIND recipe's four phases run back to back, ``training/checkpoints/find-recipe``;
 * ``training/results/visual_source_*_heldout{,_own_stroke,_reference_image}.json``,
   ``embedded_heldout_reference_crop.json``: ``python -m training.evaluate`` (``--interleave-visual``,
   ``--reference-view``) — the visual-entity protocols and the ``official.visual_source`` table;
@@ -26,6 +28,8 @@ import re
 from decimal import ROUND_HALF_UP, Decimal
 from pathlib import Path
 from typing import Any
+
+from find_core.checkpoint import weights_digest
 
 
 REPO = Path(__file__).resolve().parents[1]
@@ -56,6 +60,11 @@ RESULTS = REPO / "training" / "results"
 FIELD_128, FIELD_256 = RESULTS / "field_embedded_128.json", RESULTS / "field_abstention_heldout.json"
 FIELD_MOVE = RESULTS / "field_move_heldout.json"
 WEIGHTS = REPO / "find_core" / "checkpoints" / "find-synthetic" / "model.safetensors"
+# the FIND recipe's four phases run back to back (two processes each) and its exported checkpoint
+FIND_RECIPE = RESULTS / "find_recipe_heldout.json"
+FIND_RECIPE_ENGINE = RESULTS / "find_recipe_heldout_engine.json"
+FIND_RECIPE_LOGS = [RESULTS / f"find_recipe_phase{n}_train_log.csv" for n in (1, 2, 3, 4)]
+FIND_RECIPE_WEIGHTS = REPO / "training" / "checkpoints" / "find-recipe" / "model.safetensors"
 
 
 def load(path: Path) -> Any:
@@ -193,7 +202,7 @@ def claims() -> list[tuple[str, str]]:
     assert embedded_engine_image["interleave_retrieval"]["reference_view"] == "image"
     batch16_engine = load(RESULTS / "synthetic_official_batch16_heldout_engine.json")["interleave_retrieval"]
     for path in (OFFICIAL_LOG, RESULTS / "visual_source_own_train_log.csv", CONTINUED_LOG, BATCH16_LOG,
-                 RETRIEVAL_SOURCE_LOG):
+                 RETRIEVAL_SOURCE_LOG, *FIND_RECIPE_LOGS):
         with path.open() as f:
             rows = list(csv.DictReader(f))
         logs[path.name] = f"{rows[-1]['step']} steps in {r(sum(float(x['seconds']) for x in rows) / 60, 1)} min"
@@ -214,7 +223,29 @@ def claims() -> list[tuple[str, str]]:
     node_run = next(u for u in reversed(b.doc.get("updates", [])) if "node" in u["benchmarks"])
     move, absent = load(FIELD_MOVE), load(FIELD_256)
     pct = lambda share: r(100 * share)   # noqa: E731 - a share as the README's whole percent
+    recipe, recipe_engine = load(FIND_RECIPE), load(FIND_RECIPE_ENGINE)
+    recipe_references = load(RESULTS / "find_recipe_heldout_reference_image.json")
+    assert recipe_references["meta"]["checkpoint_sha256"] == recipe["meta"]["checkpoint_sha256"]
+    assert recipe["meta"]["checkpoint_sha256"] == recipe_engine["meta"]["checkpoint_sha256"] == weights_digest(
+        FIND_RECIPE_WEIGHTS.parent), "find_recipe_heldout*.json measured other weights than training/checkpoints/find-recipe"
+    rg = recipe["generic"]
     return [
+        ("find_recipe_phase*_train_log.csv",
+         f"`synthetic_official.yaml`, {logs[FIND_RECIPE_LOGS[0].name]}, then `visual_source/own.yaml`, "
+         f"{logs[FIND_RECIPE_LOGS[1].name]}, then `synthetic_official_continued.yaml`, {logs[FIND_RECIPE_LOGS[2].name]}, "
+         f"then `retrieval_visual_source.yaml`, {logs[FIND_RECIPE_LOGS[3].name]} of step time"),
+        ("find-recipe/model.safetensors", f"`training/checkpoints/find-recipe` ({r(FIND_RECIPE_WEIGHTS.stat().st_size / 1e6)} MB"),
+        (FIND_RECIPE.name, f"PQ {r(rg['pq'], 1)} (things {r(rg['pq_things'], 1)}), mask AP {r(rg['ap'], 1)}, mIoU "
+                           f"{r(rg['miou'], 1)}, grounding cIoU {r(recipe['grounding']['ciou'], 1)}, interleave grounding "
+                           f"with own strokes {r(recipe['interleave_grounding']['ciou'], 1)}, interactive IoU after 1 click "
+                           f"{r(recipe['interactive']['iou_at_1'], 1)}, interleave IR@5 "
+                           f"{r(recipe['interleave_retrieval']['ir5'], 1)} with whole-image references "
+                           f"({r(recipe_engine['interleave_retrieval']['ir5'], 1)} on the engine's held-out entries, "
+                           f"which it grounds at {r(recipe_engine['interleave_grounding']['ciou'], 1)}), image–text IR@5 "
+                           f"{r(recipe['retrieval']['ir5'], 1)} and held-out thing accuracy {r(rg['thing_accuracy'], 1)} %"),
+        ("find_recipe_heldout_reference_image.json",
+         f"grounding with the file's references {r(recipe_references['interleave_grounding']['ciou'], 1)} "
+         f"(`find_recipe_heldout_reference_image.json`)"),
         (FIELD_MOVE.name, f"on {move['scenes']} rendered scenes with the embedded model, "
                           f"{pct(move['forgetting']['new_within'])} % answer within 10 cm of the new place and "
                           f"{pct(move['forgetting']['old_answers'])} % still answer at the old one, against "
@@ -403,7 +434,7 @@ def test_visual_entity_retrieval_table_equals_its_sources():
 def test_each_source_names_how_it_was_made():
     """The metrics a README figure rests on name their command (and the weights where a model was measured)."""
     visual_source = [RESULTS / f"visual_source_{s}_heldout{kind}.json" for s in VISUAL_SOURCES for kind in ("", "_own_stroke")]
-    for path in (OFFICIAL, LOCALIZATION, OFFICIAL_OWN_STROKE, CONTINUED, BATCH16, HELDOUT, *EMBEDDED_REFERENCES.values(),
+    for path in (OFFICIAL, LOCALIZATION, OFFICIAL_OWN_STROKE, CONTINUED, BATCH16, HELDOUT, FIND_RECIPE, FIND_RECIPE_ENGINE, *EMBEDDED_REFERENCES.values(),
                  CONTINUED_REFERENCES,
                  RESULTS / "visual_source_own_heldout_reference_image.json", *visual_source):
         meta = load(path)["meta"]
