@@ -229,6 +229,9 @@ def claims() -> list[tuple[str, str]]:
     assert recipe["meta"]["checkpoint_sha256"] == recipe_engine["meta"]["checkpoint_sha256"] == weights_digest(
         FIND_RECIPE_WEIGHTS.parent), "find_recipe_heldout*.json measured other weights than training/checkpoints/find-recipe"
     rg = recipe["generic"]
+    recipe_field = {size: load(RESULTS / f"find_recipe_field_{size}.json") for size in (512, 256)}
+    assert all(f"--input-size {size}" in m["meta"]["command"] and m["meta"]["weights_digest"] == recipe["meta"][
+        "checkpoint_sha256"] for size, m in recipe_field.items())
     return [
         ("find_recipe_phase*_train_log.csv",
          f"`synthetic_official.yaml`, {logs[FIND_RECIPE_LOGS[0].name]}, then `visual_source/own.yaml`, "
@@ -243,6 +246,10 @@ def claims() -> list[tuple[str, str]]:
                            f"({r(recipe_engine['interleave_retrieval']['ir5'], 1)} on the engine's held-out entries, "
                            f"which it grounds at {r(recipe_engine['interleave_grounding']['ciou'], 1)}), image–text IR@5 "
                            f"{r(recipe['retrieval']['ir5'], 1)} and held-out thing accuracy {r(rg['thing_accuracy'], 1)} %"),
+        ("find_recipe_field_{512,256}.json",
+         f"it finds {recipe_field[512]['within']} of {recipe_field[512]['objects']} named objects within 10 cm "
+         f"letterboxed to 512 and {recipe_field[256]['within']} at 256 (`find_recipe_field_{{512,256}}.json`; the "
+         f"embedded checkpoint: {absent['within']} at 256)"),
         ("find_recipe_heldout_reference_image.json",
          f"grounding with the file's references {r(recipe_references['interleave_grounding']['ciou'], 1)} "
          f"(`find_recipe_heldout_reference_image.json`)"),
