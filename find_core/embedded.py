@@ -25,11 +25,11 @@ EMBEDDED_CHECKPOINT = Path(__file__).resolve().parent / "checkpoints" / "find-sy
 EMBEDDED = "embedded"          # the model name that means "the embedded default" (e.g. the node's model_preset)
 FALLBACK_PRESET = "tiny-test"  # what runs when the checkpoint is missing: random weights, meaningless masks
 # The input size for the embedded checkpoint on the demo camera's scenes (find_core.data.scene_video:
-# 60 degree field of view, ~2 m away): the camera sees its tiles at about half the pixel size of the
-# synthetic training scenes, which the checkpoint saw upscaled from 128 to its 256 px input; frames
-# letterboxed to 512 bring the tiles back to that scale (training.evaluate_field, README's field table).
+# 60 degree field of view, ~2 m away): 256, the checkpoint's own. Letterboxed to 512 the camera's tiles
+# come back to the pixel size of the training scenes and the 3D field finds more named objects
+# (README's field table), at four times the pixels of every frame the node processes.
 # The one place of this rule: the node demo and demo.launch.py's input_size default read it from here.
-EMBEDDED_SCENE_INPUT_SIZE = 512
+EMBEDDED_SCENE_INPUT_SIZE = 256
 
 
 def has_embedded_checkpoint() -> bool:

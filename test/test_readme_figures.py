@@ -17,7 +17,7 @@ results (update the README), or when the README drops the phrase. Sources and th
 * ``bench/results.json``: ``scripts/bench.sh`` — the speed figures;
 * ``bench/camera_qos.json``: ``python -m bench.ros --out bench/camera_qos.json`` — the camera QoS figures.
 
-* ``training/results/field_embedded_256.json``, ``field_abstention_heldout.json``, ``field_move_heldout.json``
+* ``training/results/field_abstention_heldout.json``, ``field_embedded_512.json``, ``field_move_heldout.json``
   and the from-scratch checkpoint's ``synthetic_tiny_shipped_field_{128,256}.json``:
   ``python -m training.evaluate_field`` (``--no-absent``, ``--calibrate``, ``--move``) — the 3D field.
 """
@@ -62,11 +62,12 @@ RESULTS = REPO / "training" / "results"
 FIELD_ABSENT = RESULTS / "field_abstention_heldout.json"          # at the embedded scene input size, with absent phrases
 FIELD_ROWS = {"from-scratch checkpoint, 128": RESULTS / "synthetic_tiny_shipped_field_128.json",
               "from-scratch checkpoint, 256": RESULTS / "synthetic_tiny_shipped_field_256.json",
-              "embedded checkpoint, 256": RESULTS / "field_embedded_256.json",
-              "embedded checkpoint, 512": FIELD_ABSENT}
+              "embedded checkpoint, 256": FIELD_ABSENT,
+              "embedded checkpoint, 512": RESULTS / "field_embedded_512.json"}
 FIELD_MOVE = RESULTS / "field_move_heldout.json"
 WEIGHTS = REPO / "find_core" / "checkpoints" / "find-synthetic" / "model.safetensors"
-EMBEDDED_LOGS = [RESULTS / f"embedded_phase{n}_train_log.csv" for n in (1, 2, 3, 4)]   # the embedded recipe's runs
+# the FIND recipe's four phases run back to back (two processes each): the embedded checkpoint's training
+FIND_RECIPE_LOGS = [RESULTS / f"find_recipe_phase{n}_train_log.csv" for n in (1, 2, 3, 4)]
 
 
 def load(path: Path) -> Any:
@@ -207,7 +208,7 @@ def claims() -> list[tuple[str, str]]:
     assert scratch_engine_image["interleave_retrieval"]["reference_view"] == "image"
     batch16_engine = load(RESULTS / "synthetic_official_batch16_heldout_engine.json")["interleave_retrieval"]
     for path in (OFFICIAL_LOG, RESULTS / "visual_source_own_train_log.csv", CONTINUED_LOG, BATCH16_LOG,
-                 RETRIEVAL_SOURCE_LOG, *EMBEDDED_LOGS):
+                 RETRIEVAL_SOURCE_LOG, *FIND_RECIPE_LOGS):
         with path.open() as f:
             rows = list(csv.DictReader(f))
         logs[path.name] = f"{rows[-1]['step']} steps in {r(sum(float(x['seconds']) for x in rows) / 60, 1)} min"
@@ -243,10 +244,9 @@ def claims() -> list[tuple[str, str]]:
         ("heldout_metrics.json", f"Held-out thing accuracy (the best-matching query names the thing's class): "
                                  f"{r(heldout['generic']['thing_accuracy'], 1)} %"),
         ("model.safetensors", f"(`find_core/checkpoints/find-synthetic`, {r(WEIGHTS.stat().st_size / 1e6)} MB)"),
-        ("embedded train logs", f"`synthetic_official.yaml`, {logs['embedded_phase1_train_log.csv']}, then "
-                                f"`visual_source/own.yaml`, {logs['embedded_phase2_train_log.csv']}, then "
-                                f"`synthetic_official_continued.yaml`, {logs['embedded_phase3_train_log.csv']}, then "
-                                f"`retrieval_visual_source.yaml`, {logs['embedded_phase4_train_log.csv']} of step time"),
+        ("find_recipe_phase*_train_log.csv", "`synthetic_official.yaml`, {}, then `visual_source/own.yaml`, {}, then "
+                                             "`synthetic_official_continued.yaml`, {}, then `retrieval_visual_source.yaml`, "
+                                             "{} of step time".format(*(logs[path.name] for path in FIND_RECIPE_LOGS))),
         (CONTINUED.name, f"(`training/results/{CONTINUED.name}`, thing accuracy "
                          f"{r(continued['generic']['thing_accuracy'], 1)} %)"),
         (OFFICIAL.name, f"stood at PQ {r(official['generic']['pq'], 1)} and IR@5 {r(official['interleave_retrieval']['ir5'], 1)} "

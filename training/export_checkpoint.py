@@ -17,19 +17,18 @@ import sys
 from pathlib import Path
 
 from find_core.checkpoint import CONFIG, WEIGHTS, CheckpointError, load_config_beside, weights_digest
-from find_core.engine import latest_checkpoint
+from training.evaluate import resolve_checkpoint
 
 
 def export_checkpoint(source: Path, out: Path) -> str:
     """Copy ``source``'s weights (a checkpoint folder, or a run folder: its newest checkpoint) into
     ``out`` with its config minus training-only settings; returns the weights' tensor digest."""
-    folder = source if (source / WEIGHTS).is_file() else latest_checkpoint(source)
-    if folder is None:
-        raise CheckpointError(f"no checkpoint at {source} (neither a checkpoint folder nor a run folder with one)")
-    config = load_config_beside(folder)
+    found = resolve_checkpoint(source)
+    weights = found / WEIGHTS if found.is_dir() else found
+    config = load_config_beside(weights)
     config = dataclasses.replace(config, language=dataclasses.replace(config.language, cache_dir=None))
     out.mkdir(parents=True, exist_ok=True)
-    shutil.copyfile(folder / WEIGHTS, out / WEIGHTS)
+    shutil.copyfile(weights, out / WEIGHTS)
     config.to_yaml(out / CONFIG)
     return weights_digest(out)
 
