@@ -86,16 +86,21 @@ def choose_referents(reader: FramesReader) -> Referents:
     return Referents(objects[a], objects[b], crop_frame, seen[:, a] & seen[:, b])
 
 
-def build_instruction(reader: FramesReader, referents: Referents, instruction_id: str
+def build_instruction(reader: FramesReader, referents: Referents, instruction_id: str, reference_view: str = "crop"
                       ) -> tuple[Instruction, np.ndarray]:
-    """'The <text phrase> is next to the <image>.' — the visual entity an inline crop (+ mask) of the
-    other object, the way FIND-Bench entries reference an object of another image."""
+    """'The <text phrase> is next to the <image>.' — the visual entity a picture of the other object
+    from another frame with its mask: the segment's tight crop (``reference_view="crop"``, the demo's) or
+    the whole frame (``"image"``, as FIND-Bench's interleave retrieval gives a reference). Returns the
+    instruction and the picture."""
+    if reference_view not in ("crop", "image"):
+        raise ValueError(f"reference_view must be 'crop' or 'image', got {reference_view!r}")
     record = reader[referents.crop_frame]
-    crop, crop_mask = segment_crop(record.rgb, record.masks == referents.visual["id"])
+    mask = record.masks == referents.visual["id"]
+    picture, picture_mask = segment_crop(record.rgb, mask) if reference_view == "crop" else (record.rgb, mask)
     words = referents.text["phrase"].removeprefix("the ")
     text = f"The {words} is next to the <image>."
     start = text.index(words)
     entities = (Entity(start, start + len(words), "text"),
                 Entity(text.index("<image>"), text.index("<image>") + len("<image>"), "visual",
-                       VisualReference(image=crop, mask=crop_mask)))
-    return Instruction(text, entities, id=instruction_id), crop
+                       VisualReference(image=picture, mask=picture_mask)))
+    return Instruction(text, entities, id=instruction_id), picture

@@ -65,6 +65,9 @@ FIND_RECIPE = RESULTS / "find_recipe_heldout.json"
 FIND_RECIPE_ENGINE = RESULTS / "find_recipe_heldout_engine.json"
 FIND_RECIPE_LOGS = [RESULTS / f"find_recipe_phase{n}_train_log.csv" for n in (1, 2, 3, 4)]
 FIND_RECIPE_WEIGHTS = REPO / "training" / "checkpoints" / "find-recipe" / "model.safetensors"
+# the node demo's task over rendered scenes (training.evaluate_demo_scenes): checkpoint → its two views
+DEMO_SCENES = {who: {view: RESULTS / f"{stem}{suffix}.json" for view, suffix in (("crop", ""), ("image", "_reference_image"))}
+               for who, stem in (("embedded", "demo_scenes_embedded"), ("recipe", "find_recipe_demo_scenes"))}
 
 
 def load(path: Path) -> Any:
@@ -232,7 +235,25 @@ def claims() -> list[tuple[str, str]]:
     recipe_field = {size: load(RESULTS / f"find_recipe_field_{size}.json") for size in (512, 256)}
     assert all(f"--input-size {size}" in m["meta"]["command"] and m["meta"]["weights_digest"] == recipe["meta"][
         "checkpoint_sha256"] for size, m in recipe_field.items())
+    demo = {who: {view: load(path) for view, path in views.items()} for who, views in DEMO_SCENES.items()}
+    assert demo["recipe"]["crop"]["meta"]["checkpoint_sha256"] == recipe["meta"]["checkpoint_sha256"]
+    assert demo["embedded"]["crop"]["meta"]["checkpoint_sha256"] == weights_digest(WEIGHTS.parent)
+
+    def entity(m: dict, kind: str) -> str:
+        return f"{r(m[f'{kind}_iou_mean'], 2)} ({m[f'{kind}_iou_at_least_0.5']})"
     return [
+        ("*demo_scenes*.json",
+         f"Over {demo['embedded']['crop']['scenes']} scenes at {demo['embedded']['crop']['meta']['input_size']} px the "
+         f"embedded checkpoint picks a frame showing both objects {demo['embedded']['crop']['chosen_shows_both']} times, "
+         f"covers the text object at mean IoU {r(demo['embedded']['crop']['text_iou_mean'], 2)} (IoU ≥ 0.5: "
+         f"{demo['embedded']['crop']['text_iou_at_least_0.5']} times) and the pictured one at "
+         f"{entity(demo['embedded']['crop'], 'visual')} with the demo's tight crops (`demo_scenes_embedded.json`); the "
+         f"FIND recipe {demo['recipe']['crop']['chosen_shows_both']} times, {entity(demo['recipe']['crop'], 'text')} and "
+         f"{entity(demo['recipe']['crop'], 'visual')} (`find_recipe_demo_scenes.json`)"),
+        ("*demo_scenes_reference_image.json",
+         f"its visual entities reach {entity(demo['recipe']['image'], 'visual')} and its text entities stay at "
+         f"{entity(demo['recipe']['image'], 'text')}, where the embedded checkpoint gets "
+         f"{entity(demo['embedded']['image'], 'visual')} and {entity(demo['embedded']['image'], 'text')}"),
         ("find_recipe_phase*_train_log.csv",
          f"`synthetic_official.yaml`, {logs[FIND_RECIPE_LOGS[0].name]}, then `visual_source/own.yaml`, "
          f"{logs[FIND_RECIPE_LOGS[1].name]}, then `synthetic_official_continued.yaml`, {logs[FIND_RECIPE_LOGS[2].name]}, "
@@ -442,7 +463,7 @@ def test_each_source_names_how_it_was_made():
     """The metrics a README figure rests on name their command (and the weights where a model was measured)."""
     visual_source = [RESULTS / f"visual_source_{s}_heldout{kind}.json" for s in VISUAL_SOURCES for kind in ("", "_own_stroke")]
     for path in (OFFICIAL, LOCALIZATION, OFFICIAL_OWN_STROKE, CONTINUED, BATCH16, HELDOUT, FIND_RECIPE, FIND_RECIPE_ENGINE, *EMBEDDED_REFERENCES.values(),
-                 CONTINUED_REFERENCES,
+                 CONTINUED_REFERENCES, *(path for views in DEMO_SCENES.values() for path in views.values()),
                  RESULTS / "visual_source_own_heldout_reference_image.json", *visual_source):
         meta = load(path)["meta"]
         assert meta["command"].startswith("python -m training.") and len(meta["checkpoint_sha256"]) == 64, path

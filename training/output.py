@@ -1,8 +1,12 @@
-"""How the evaluation CLIs hand over their results: one JSON object on stdout, optionally a file."""
+"""How the evaluation CLIs load the checkpoint they measure and hand over their results: one JSON
+object on stdout, optionally a file, whose ``meta`` names the weights' digest and the command."""
 from __future__ import annotations
 
+import argparse
 import json
+import sys
 from pathlib import Path
+from typing import Any
 
 
 def emit_json(data: dict, out: Path | None = None) -> None:
@@ -12,3 +16,31 @@ def emit_json(data: dict, out: Path | None = None) -> None:
         out.parent.mkdir(parents=True, exist_ok=True)
         out.write_text(text + "\n")
     print(text, flush=True)
+
+
+def add_measurement_arguments(parser: argparse.ArgumentParser, default_seeds: str) -> None:
+    """--checkpoint, --seeds, --input-size, --device and --out, as every seeded evaluation takes them."""
+    parser.add_argument("--checkpoint", type=Path, help="checkpoint folder (default: the embedded checkpoint)")
+    parser.add_argument("--seeds", default=default_seeds, help=f"seeds (default {default_seeds})")
+    parser.add_argument("--input-size", type=int, help="letterbox side for inference (default: the model's)")
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--out", type=Path, help="also write the JSON here")
+
+
+def measured_pipeline(checkpoint: Path | None, device: str, input_size: int | None) -> tuple[Any, str]:
+    """The pipeline of ``checkpoint`` (None: the embedded checkpoint) and its weights' tensor digest.
+    Raises find_core's ModelLoadError / CheckpointError with a message for the user."""
+    from find_core.checkpoint import weights_digest
+    from find_core.embedded import EMBEDDED_CHECKPOINT
+    from find_core.loading import load_pipeline
+    folder = checkpoint or EMBEDDED_CHECKPOINT
+    pipeline = load_pipeline(None, str(folder), device=device, input_size=input_size)
+    return pipeline, weights_digest(folder)
+
+
+def run_meta(module: str, argv: list[str] | None, checkpoint: Path | None, digest: str, pipeline: Any,
+             **settings: Any) -> dict:
+    """The ``meta`` of a result: which checkpoint (and digest), input size, settings and the command."""
+    return {"checkpoint": str(checkpoint or "embedded"), "checkpoint_sha256": digest,
+            "input_size": pipeline.input_size, **settings,
+            "command": " ".join([f"python -m {module}", *(argv if argv is not None else sys.argv[1:])])}

@@ -1,0 +1,92 @@
+"""The node demo's task offline, over many rendered scenes: does ``FindPipeline.localize`` pick a
+frame that shows both objects the demo's interleaved instruction names, and do its masks cover them?
+
+    python -m training.evaluate_demo_scenes [--checkpoint CKPT] [--seeds 0-19] [--input-size N]
+                                            [--reference-view crop|image] [--out F.json]
+
+Each seed renders the demo's posed scene (``find_core.data.scene_video``, the demo's frame count and
+size; seed 0 is ``scripts/demo.sh``'s own scene) and builds the demo's instruction with its code
+(``find_ros.demo_scene``): "The <phrase of one object> is next to the <image>.", the picture being the
+other object from a frame without the first, as its tight crop (the demo's) or the whole frame with
+the object's mask (``--reference-view image``, FIND-Bench's retrieval protocol). All frames are
+localized at once, in this process: what the node gets when it buffers every frame, without its
+frame dropping. One scene says little (the node demo's summary is one of these); this is the figure
+to compare checkpoints by. The JSON names the checkpoint's tensor digest and this command.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+from find_core.metrics.interactive import mask_iou
+from find_ros.demo import DemoConfig
+from find_ros.demo_scene import build_instruction, choose_referents, prepare_scene
+
+from .evaluate_localization import parse_seeds
+from .output import add_measurement_arguments, emit_json, measured_pipeline, run_meta
+
+DEFAULT_SEEDS = "0-19"
+IOU_HIT = 0.5
+
+
+def scene_outcome(pipeline, seed: int, folder: Path, reference_view: str, demo: DemoConfig) -> dict:
+    """Render scene ``seed`` as ``demo`` renders its own into ``folder``, localize the demo's
+    instruction, score the chosen frame."""
+    reader = prepare_scene(folder, seed=seed, frames=demo.frames, width=demo.width, height=demo.height, fps=demo.rate)
+    referents = choose_referents(reader)
+    instruction, _ = build_instruction(reader, referents, f"scene-{seed}", reference_view)
+    records = list(reader)
+    result = pipeline.localize([record.rgb for record in records], instruction)
+    chosen = records[result.best_index]
+    text_iou, visual_iou = (mask_iou(segment.mask, chosen.masks == obj["id"])
+                            for segment, obj in zip(result.grounding.segments, (referents.text, referents.visual)))
+    return {"seed": seed, "text": referents.text["phrase"], "visual": referents.visual["phrase"],
+            "chosen": int(result.best_index), "chosen_shows_both": bool(referents.both_seen[result.best_index]),
+            "frames_showing_both": int(referents.both_seen.sum()),
+            "text_iou": round(float(text_iou), 4), "visual_iou": round(float(visual_iou), 4)}
+
+
+def evaluate(pipeline, seeds: list[int], reference_view: str = "crop", demo: DemoConfig | None = None) -> dict:
+    """Every scene's outcome and the counts and means over them; scenes as ``demo`` (default: the
+    demo's defaults) renders them."""
+    demo = demo or DemoConfig()
+    with tempfile.TemporaryDirectory() as tmp:
+        outcomes = [scene_outcome(pipeline, seed, Path(tmp) / f"scene{seed}", reference_view, demo) for seed in seeds]
+    texts, visuals = [o["text_iou"] for o in outcomes], [o["visual_iou"] for o in outcomes]
+    return {
+        "scenes": len(outcomes), "reference_view": reference_view,
+        "chosen_shows_both": sum(o["chosen_shows_both"] for o in outcomes),
+        "text_iou_mean": round(float(np.mean(texts)), 4), "visual_iou_mean": round(float(np.mean(visuals)), 4),
+        "text_iou_at_least_0.5": sum(i >= IOU_HIT for i in texts),
+        "visual_iou_at_least_0.5": sum(i >= IOU_HIT for i in visuals),
+        "outcomes": outcomes,
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m training.evaluate_demo_scenes", description=__doc__.splitlines()[0])
+    add_measurement_arguments(parser, DEFAULT_SEEDS)
+    parser.add_argument("--reference-view", choices=("crop", "image"), default="crop",
+                        help="the visual entity as the object's tight crop (the demo's) or the whole frame + mask")
+    args = parser.parse_args(argv)
+    from find_core.checkpoint import CheckpointError
+    from find_core.loading import ModelLoadError
+    try:
+        seeds = parse_seeds(args.seeds)
+        pipeline, digest = measured_pipeline(args.checkpoint, args.device, args.input_size)
+    except (ValueError, ModelLoadError, CheckpointError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    metrics = evaluate(pipeline, seeds, args.reference_view)
+    metrics["meta"] = run_meta("training.evaluate_demo_scenes", argv, args.checkpoint, digest, pipeline,
+                               seeds=args.seeds, device=args.device)
+    emit_json(metrics, args.out)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
