@@ -26,8 +26,7 @@ from find_core.metrics.interactive import mask_iou
 from find_ros.demo import DemoConfig
 from find_ros.demo_scene import build_instruction, choose_referents, prepare_scene
 
-from .evaluate_localization import parse_seeds
-from .output import add_measurement_arguments, emit_json, measured_pipeline, run_meta
+from .output import add_measurement_arguments, run_measurement
 
 DEFAULT_SEEDS = "0-19"
 IOU_HIT = 0.5
@@ -73,19 +72,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--reference-view", choices=("crop", "image"), default="crop",
                         help="the visual entity as the object's tight crop (the demo's) or the whole frame + mask")
     args = parser.parse_args(argv)
-    from find_core.checkpoint import CheckpointError
-    from find_core.loading import ModelLoadError
-    try:
-        seeds = parse_seeds(args.seeds)
-        pipeline, digest = measured_pipeline(args.checkpoint, args.device, args.input_size)
-    except (ValueError, ModelLoadError, CheckpointError) as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
-    metrics = evaluate(pipeline, seeds, args.reference_view)
-    metrics["meta"] = run_meta("training.evaluate_demo_scenes", argv, args.checkpoint, digest, pipeline,
-                               seeds=args.seeds, device=args.device)
-    emit_json(metrics, args.out)
-    return 0
+    return run_measurement("training.evaluate_demo_scenes", args, argv,
+                           lambda pipeline, seeds: evaluate(pipeline, seeds, args.reference_view))
 
 
 if __name__ == "__main__":

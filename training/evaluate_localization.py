@@ -21,7 +21,7 @@ import numpy as np
 from find_core.data.synthetic_shapes import SceneObject, sample_scene
 from find_core.metrics.interactive import mask_iou
 
-from .output import add_measurement_arguments, emit_json, measured_pipeline, run_meta
+from .output import add_measurement_arguments, run_measurement
 
 FRAMES = 4
 SIZE = 128                      # the synthetic training scenes' size
@@ -78,34 +78,12 @@ def evaluate(pipeline, seeds: list[int]) -> dict:
     }
 
 
-def parse_seeds(text: str) -> list[int]:
-    """'7001-7040' or '1,5,9' (ranges inclusive)."""
-    seeds: list[int] = []
-    for part in text.split(","):
-        low, _, high = part.strip().partition("-")
-        seeds += list(range(int(low), int(high) + 1)) if high else [int(low)]
-    if not seeds:
-        raise ValueError(f"no seeds in {text!r}")
-    return seeds
-
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m training.evaluate_localization", description=__doc__.splitlines()[0])
     add_measurement_arguments(parser, DEFAULT_SEEDS)
     args = parser.parse_args(argv)
-    from find_core.checkpoint import CheckpointError
-    from find_core.loading import ModelLoadError
-    try:
-        seeds = parse_seeds(args.seeds)
-        pipeline, digest = measured_pipeline(args.checkpoint, args.device, args.input_size)
-    except (ValueError, ModelLoadError, CheckpointError) as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
-    metrics = evaluate(pipeline, seeds)
-    metrics["meta"] = run_meta("training.evaluate_localization", argv, args.checkpoint, digest, pipeline,
-                               seeds=args.seeds, device=args.device)
-    emit_json(metrics, args.out)
-    return 0
+    return run_measurement("training.evaluate_localization", args, argv, evaluate)
 
 
 if __name__ == "__main__":

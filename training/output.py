@@ -6,6 +6,7 @@ import argparse
 import json
 import sys
 from pathlib import Path
+from collections.abc import Callable
 from typing import Any
 
 
@@ -44,3 +45,33 @@ def run_meta(module: str, argv: list[str] | None, checkpoint: Path | None, diges
     return {"checkpoint": str(checkpoint or "embedded"), "checkpoint_sha256": digest,
             "input_size": pipeline.input_size, **settings,
             "command": " ".join([f"python -m {module}", *(argv if argv is not None else sys.argv[1:])])}
+
+
+def parse_seeds(text: str) -> list[int]:
+    """"3-22" or "3,4,9" (or a mix; ranges inclusive) → a list of seeds."""
+    seeds: list[int] = []
+    for part in text.split(","):
+        first, _, last = part.strip().partition("-")
+        start, stop = int(first), int(last or first)
+        if stop < start:
+            raise ValueError(f"empty seed range '{part}'")
+        seeds.extend(range(start, stop + 1))
+    return seeds
+
+
+def run_measurement(module: str, args: argparse.Namespace, argv: list[str] | None,
+                    evaluate: Callable[[Any, list[int]], dict]) -> int:
+    """The CLI body of a seeded evaluation: load the checkpoint, ``evaluate(pipeline, seeds)``, print
+    (and write) the result with its meta. Returns the exit status: 2 with a message on bad arguments."""
+    from find_core.checkpoint import CheckpointError
+    from find_core.loading import ModelLoadError
+    try:
+        seeds = parse_seeds(args.seeds)
+        pipeline, digest = measured_pipeline(args.checkpoint, args.device, args.input_size)
+    except (ValueError, ModelLoadError, CheckpointError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    metrics = evaluate(pipeline, seeds)
+    metrics["meta"] = run_meta(module, argv, args.checkpoint, digest, pipeline, seeds=args.seeds, device=args.device)
+    emit_json(metrics, args.out)
+    return 0
