@@ -67,7 +67,12 @@ FIND_RECIPE_LOGS = [RESULTS / f"find_recipe_phase{n}_train_log.csv" for n in (1,
 FIND_RECIPE_WEIGHTS = REPO / "training" / "checkpoints" / "find-recipe" / "model.safetensors"
 # the node demo's task over rendered scenes (training.evaluate_demo_scenes): checkpoint → its two views
 DEMO_SCENES = {who: {view: RESULTS / f"{stem}{suffix}.json" for view, suffix in (("crop", ""), ("image", "_reference_image"))}
-               for who, stem in (("embedded", "demo_scenes_embedded"), ("recipe", "find_recipe_demo_scenes"))}
+               for who, stem in (("embedded", "demo_scenes_embedded"), ("recipe", "find_recipe_demo_scenes"),
+                                 ("jitter", "find_recipe_jitter_demo_scenes"))}
+# the FIND recipe continued with official.scale_jitter (training/configs/scale_jitter.yaml)
+JITTER = RESULTS / "find_recipe_jitter_heldout.json"
+JITTER_LOG = RESULTS / "scale_jitter_train_log.csv"
+JITTER_WEIGHTS = REPO / "training" / "checkpoints" / "find-recipe-jitter"
 
 
 def load(path: Path) -> Any:
@@ -205,7 +210,7 @@ def claims() -> list[tuple[str, str]]:
     assert embedded_engine_image["interleave_retrieval"]["reference_view"] == "image"
     batch16_engine = load(RESULTS / "synthetic_official_batch16_heldout_engine.json")["interleave_retrieval"]
     for path in (OFFICIAL_LOG, RESULTS / "visual_source_own_train_log.csv", CONTINUED_LOG, BATCH16_LOG,
-                 RETRIEVAL_SOURCE_LOG, *FIND_RECIPE_LOGS):
+                 RETRIEVAL_SOURCE_LOG, *FIND_RECIPE_LOGS, JITTER_LOG):
         with path.open() as f:
             rows = list(csv.DictReader(f))
         logs[path.name] = f"{rows[-1]['step']} steps in {r(sum(float(x['seconds']) for x in rows) / 60, 1)} min"
@@ -241,7 +246,29 @@ def claims() -> list[tuple[str, str]]:
 
     def entity(m: dict, kind: str) -> str:
         return f"{r(m[f'{kind}_iou_mean'], 2)} ({m[f'{kind}_iou_at_least_0.5']})"
+    jitter = load(JITTER)
+    assert {jitter["meta"]["checkpoint_sha256"], *(m["meta"]["checkpoint_sha256"] for m in demo["jitter"].values())} == {
+        weights_digest(JITTER_WEIGHTS)}, "the scale-jitter results measured other weights than find-recipe-jitter"
+    jg, rg0 = jitter["generic"], recipe["generic"]
+
+    def then(name: str, new: float, old: float, unit: str = "") -> str:
+        return f"{name} to {r(new, 1)}{unit} ({r(old, 1)}{unit})"
     return [
+        (JITTER_LOG.name, f"`training/configs/scale_jitter.yaml`: the last phase again with that one change, two "
+                          f"processes, {logs[JITTER_LOG.name]} of step time"),
+        ("find_recipe_jitter_demo_scenes*.json",
+         f"it covers the text object at {entity(demo['jitter']['crop'], 'text')} and the pictured one at "
+         f"{entity(demo['jitter']['crop'], 'visual')} with the demo's crops, and at {entity(demo['jitter']['image'], 'text')} "
+         f"and {entity(demo['jitter']['image'], 'visual')} with whole-frame references"),
+        (JITTER.name, f"it moves PQ to {r(jg['pq'], 1)} ({r(rg0['pq'], 1)} before), " + ", ".join([
+            then("mask AP", jg["ap"], rg0["ap"]),
+            then("grounding cIoU", jitter["grounding"]["ciou"], recipe["grounding"]["ciou"]),
+            then("interleave grounding with own strokes", jitter["interleave_grounding"]["ciou"],
+                  recipe["interleave_grounding"]["ciou"]),
+            then("interactive IoU after 1 click", jitter["interactive"]["iou_at_1"], recipe["interactive"]["iou_at_1"]),
+            then("interleave IR@5", jitter["interleave_retrieval"]["ir5"], recipe["interleave_retrieval"]["ir5"])])
+         + " and " + then("thing accuracy", jg["thing_accuracy"], rg0["thing_accuracy"], " %")),
+        (HELDOUT.name, f"falls below the embedded checkpoint ({r(heldout['interactive']['iou_at_1'], 1)})"),
         ("*demo_scenes*.json",
          f"Over {demo['embedded']['crop']['scenes']} scenes at {demo['embedded']['crop']['meta']['input_size']} px the "
          f"embedded checkpoint picks a frame showing both objects {demo['embedded']['crop']['chosen_shows_both']} times, "
@@ -463,7 +490,7 @@ def test_each_source_names_how_it_was_made():
     """The metrics a README figure rests on name their command (and the weights where a model was measured)."""
     visual_source = [RESULTS / f"visual_source_{s}_heldout{kind}.json" for s in VISUAL_SOURCES for kind in ("", "_own_stroke")]
     for path in (OFFICIAL, LOCALIZATION, OFFICIAL_OWN_STROKE, CONTINUED, BATCH16, HELDOUT, FIND_RECIPE, FIND_RECIPE_ENGINE, *EMBEDDED_REFERENCES.values(),
-                 CONTINUED_REFERENCES, *(path for views in DEMO_SCENES.values() for path in views.values()),
+                 CONTINUED_REFERENCES, JITTER, *(path for views in DEMO_SCENES.values() for path in views.values()),
                  RESULTS / "visual_source_own_heldout_reference_image.json", *visual_source):
         meta = load(path)["meta"]
         assert meta["command"].startswith("python -m training.") and len(meta["checkpoint_sha256"]) == 64, path
