@@ -139,9 +139,9 @@ def test_referents_are_seen_together_and_the_instruction_carries_the_crop(tmp_pa
 @pytest.mark.slow
 def test_node_demo_end_to_end(tmp_path):
     out = tmp_path / "demo_out"
-    done = run_demo(out)
+    done = run_demo(out, "--reference-view", "image")   # the default, crop, runs in test_shipped_demo
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-5000:]
-    assert "FIND node demo" in done.stdout and "chosen frame" in done.stdout
+    assert "FIND node demo" in done.stdout and "chosen frame" in done.stdout and "image: whole frame of" in done.stdout
     assert_children_gone(out)
 
     summary = json.loads((out / "summary.json").read_text())
@@ -182,7 +182,8 @@ def test_node_demo_end_to_end(tmp_path):
         union = (mask | gt).sum()
         assert reported["iou"] == pytest.approx((mask & gt).sum() / union if union else 1.0, abs=1e-4)
     assert Image.open(out / "overlay.png").size == (96, 72)
-    assert Image.open(out / "reference_crop.png").mode == "RGB"
+    picture = Image.open(out / "reference.png")                 # the whole frame the object was pictured in
+    assert picture.mode == "RGB" and picture.size == (96, 72) and summary["instruction"]["visual_entity"]["picture"] == "image"
 
     # the 3D field: a centroid, and its distance to the true centre of the queried object
     centroid = np.asarray(answer["centroid"], dtype=float)
@@ -250,6 +251,8 @@ def test_param_and_config_validation():
         DemoConfig(input_size=100)
     with pytest.raises(ValueError, match="at least 64"):
         DemoConfig(perception_params={"input_size": 32})
+    with pytest.raises(ValueError, match="reference_view"):
+        DemoConfig(reference_view="box")
 
 
 def test_demo_input_size_reaches_the_node_and_the_field_step():
