@@ -57,7 +57,7 @@ from find_core.loading import ModelLoadError, ModelSource, build_pipeline, resol
 from find_core.messages import pose_matrix, stamp_seconds
 
 from .demo_field import fuse_and_locate
-from .demo_scene import DemoError, Referents, build_instruction, choose_referents, prepare_scene
+from .demo_scene import REFERENCE_VIEWS, DemoError, Referents, build_instruction, choose_referents, prepare_scene
 from .demo_score import NodeRun, frame_hash, screen, summarize
 from .image_conversion import depth_to_meters, image_to_labels, image_to_rgb
 from .process_harness import PACKAGE_ROOT, HarnessError, NodeProcess, Probe, stop_all
@@ -70,6 +70,7 @@ INSTRUCTION_TOPIC = "/instruction"
 OUTPUT_FILES = ("results.jsonl", "summary.json", "overlay.png", "masks.png", "localized_frame.png", "instruction.json",
                 "reference.png", "field.ply", "field_map.npz", "field_answer.json")
 OUTPUT_DIRS = ("recording", "logs")
+RENAMED_OUTPUT_FILES = ("reference_crop.png",)   # reference.png before the picture could be a whole frame
 # what scripts/demo.sh wrote into demo_out/ before it ran this demo (the library demo, now in demo_out/library)
 OLD_OUTPUT_FILES = ("scene.png", "grounding_overlay.png", "interleave_overlay.png", "panoptic_overlay.png",
                     "interleave_masks.png", "results.json")
@@ -108,8 +109,8 @@ class DemoConfig:
         problem = input_size_problem(self.inference_size())
         if problem:
             raise ValueError(problem)
-        if self.reference_view not in ("crop", "image"):
-            raise ValueError(f"reference_view must be 'crop' or 'image', got {self.reference_view!r}")
+        if self.reference_view not in REFERENCE_VIEWS:
+            raise ValueError(f"reference_view must be one of {REFERENCE_VIEWS}, got {self.reference_view!r}")
         if self.domain_id is not None and not 0 <= self.domain_id <= 101:
             raise ValueError(f"ROS domain ids usable on every machine are 0..101, got {self.domain_id}")
 
@@ -301,7 +302,7 @@ def write_answer(listener: Probe, result: dict, out: Path) -> dict[str, np.ndarr
 def clean_outputs(out: Path) -> None:
     """Remove what an earlier run wrote (only our own files), so nothing stale survives."""
     library_demo_was_here = (out / "interleave_overlay.png").is_file()
-    for name in OUTPUT_FILES + (OLD_OUTPUT_FILES if library_demo_was_here else ()):
+    for name in OUTPUT_FILES + RENAMED_OUTPUT_FILES + (OLD_OUTPUT_FILES if library_demo_was_here else ()):
         (out / name).unlink(missing_ok=True)
     for path in out.glob("mask_*.png"):
         path.unlink()
@@ -406,7 +407,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--param", type=parse_param, action="append", default=[], metavar="NAME=VALUE",
                    help="extra find_perception parameter (repeatable)")
     p.add_argument("--start-timeout", type=float, default=DemoConfig.start_timeout)
-    p.add_argument("--reference-view", choices=("crop", "image"), default=DemoConfig.reference_view,
+    p.add_argument("--reference-view", choices=REFERENCE_VIEWS, default=DemoConfig.reference_view,
                    help="the visual entity as the object's tight crop or the whole frame with its mask")
     p.add_argument("--no-field", action="store_true", help="skip the 3D field step")
     a = p.parse_args(argv)

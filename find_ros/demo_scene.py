@@ -1,6 +1,6 @@
 """The node demo's scene and instruction (:mod:`find_ros.demo` steps 1 and 2): the synthetic posed
 RGB-D video rendered or reused, the two objects the instruction names, and the interleaved
-instruction itself (text phrase of one, an inline crop of the other)."""
+instruction itself (text phrase of one, an inline picture of the other: its crop or its whole frame)."""
 from __future__ import annotations
 
 import logging
@@ -15,6 +15,9 @@ from find_core.data.scene_video import render_scene_video
 from find_core.instructions import Entity, Instruction, VisualReference
 
 log = logging.getLogger("find_ros.demo")
+
+# how a visual entity pictures its object: its tight crop, or the whole frame with the object's mask
+REFERENCE_VIEWS = ("crop", "image")
 
 
 class DemoError(RuntimeError):
@@ -42,8 +45,8 @@ class Referents:
     """The two objects the instruction names, and where the picture of the visual one comes from."""
 
     text: dict                  # scene.json object named by its phrase
-    visual: dict                # scene.json object shown as a crop
-    crop_frame: int             # scene frame the crop is cut from
+    visual: dict                # scene.json object shown as a picture
+    picture_frame: int          # scene frame the picture comes from
     both_seen: np.ndarray       # per scene frame: are both objects visible in it
 
 
@@ -59,7 +62,7 @@ def min_visible_area(camera: Camera) -> float:
 
 
 def choose_referents(reader: FramesReader) -> Referents:
-    """Two objects seen together in about half the frames (so picking the frame matters); the crop
+    """Two objects seen together in about half the frames (so picking the frame matters); the picture
     comes from the frame showing the visual object largest *without* the text object, if any."""
     objects = reader.scene["objects"]
     if len(objects) < 2:
@@ -82,8 +85,8 @@ def choose_referents(reader: FramesReader) -> Referents:
         raise DemoError(f"no frame of {reader.dir} shows two objects together; render more frames")
     without = seen[:, b] & ~seen[:, a]
     pool = np.flatnonzero(without) if without.any() else np.flatnonzero(seen[:, b])
-    crop_frame = int(pool[np.argmax(areas[pool, b])])
-    return Referents(objects[a], objects[b], crop_frame, seen[:, a] & seen[:, b])
+    picture_frame = int(pool[np.argmax(areas[pool, b])])
+    return Referents(objects[a], objects[b], picture_frame, seen[:, a] & seen[:, b])
 
 
 def build_instruction(reader: FramesReader, referents: Referents, instruction_id: str, reference_view: str = "crop"
@@ -92,9 +95,9 @@ def build_instruction(reader: FramesReader, referents: Referents, instruction_id
     from another frame with its mask: the segment's tight crop (``reference_view="crop"``, the demo's) or
     the whole frame (``"image"``, as FIND-Bench's interleave retrieval gives a reference). Returns the
     instruction and the picture."""
-    if reference_view not in ("crop", "image"):
-        raise ValueError(f"reference_view must be 'crop' or 'image', got {reference_view!r}")
-    record = reader[referents.crop_frame]
+    if reference_view not in REFERENCE_VIEWS:
+        raise ValueError(f"reference_view must be one of {REFERENCE_VIEWS}, got {reference_view!r}")
+    record = reader[referents.picture_frame]
     mask = record.masks == referents.visual["id"]
     picture, picture_mask = segment_crop(record.rgb, mask) if reference_view == "crop" else (record.rgb, mask)
     words = referents.text["phrase"].removeprefix("the ")

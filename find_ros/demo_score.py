@@ -72,7 +72,7 @@ def summarize(reader: FramesReader, referents: Referents, instruction: Instructi
         "ros_domain_id": domain,
         "instruction": {"id": instruction.id, "text": instruction.text, "text_entity": referents.text["phrase"],
                         "visual_entity": {"object": referents.visual["phrase"],
-                                          "picture": reference_view, "from_frame": referents.crop_frame}},
+                                          "picture": reference_view, "from_frame": referents.picture_frame}},
         "frames": {"published": run.published, "buffered": len(buffered),
                    "buffered_showing_both": sum(1 for i in buffered if i is not None and both[i]),
                    "scene_frames_showing_both": int(both.sum())},

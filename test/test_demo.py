@@ -116,7 +116,7 @@ def test_referents_are_seen_together_and_the_instruction_carries_the_crop(tmp_pa
     both = [bool((r.masks == referents.text["id"]).any() and (r.masks == referents.visual["id"]).any())
             for r in reader]
     assert any(both) and all(b for b, seen in zip(both, referents.both_seen) if seen)   # seen together somewhere
-    crop_frame = reader[referents.crop_frame].masks
+    crop_frame = reader[referents.picture_frame].masks
     assert (crop_frame == referents.visual["id"]).any()
     instruction, crop = build_instruction(reader, referents, "t-1")
     parsed = parse_instruction(instruction.to_json())            # what the node receives
@@ -124,9 +124,9 @@ def test_referents_are_seen_together_and_the_instruction_carries_the_crop(tmp_pa
     assert parsed.phrase(0) == referents.text["phrase"].removeprefix("the ")
     assert parsed.phrase(1) == "<image>"
     reference = parsed.entities[1].reference
-    truth = reader[referents.crop_frame].masks == referents.visual["id"]
+    truth = reader[referents.picture_frame].masks == referents.visual["id"]
     ys, xs = np.nonzero(truth)
-    np.testing.assert_array_equal(reference.image, reader[referents.crop_frame].rgb[ys.min():ys.max() + 1,
+    np.testing.assert_array_equal(reference.image, reader[referents.picture_frame].rgb[ys.min():ys.max() + 1,
                                                                                     xs.min():xs.max() + 1])
     np.testing.assert_array_equal(reference.mask, truth[ys.min():ys.max() + 1, xs.min():xs.max() + 1])
     np.testing.assert_array_equal(crop, reference.image)

@@ -3,6 +3,8 @@ instruction is the demo's (built by the demo's own code, with either picture of 
 its counts add up, and its CLI refuses bad arguments clearly."""
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 import pytest
 
@@ -17,7 +19,7 @@ def test_the_visual_entity_is_the_crop_or_the_whole_frame_with_the_objects_mask(
     reader = prepare_scene(tmp_path / "scene", seed=0, frames=SMALL.frames, width=SMALL.width, height=SMALL.height,
                            fps=SMALL.rate)
     referents = choose_referents(reader)
-    record = reader[referents.crop_frame]
+    record = reader[referents.picture_frame]
     crop, _ = build_instruction(reader, referents, "a")
     whole, picture = build_instruction(reader, referents, "b", reference_view="image")
     assert crop.text == whole.text and crop.entities[0] == whole.entities[0]
@@ -30,7 +32,7 @@ def test_the_visual_entity_is_the_crop_or_the_whole_frame_with_the_objects_mask(
 
 
 def test_counts_add_up_on_any_model(tiny_pipeline):
-    result = ev.evaluate(tiny_pipeline, [0, 1], "image", SMALL)
+    result = ev.evaluate(tiny_pipeline, [0, 1], replace(SMALL, reference_view="image"))
     outcomes = result["outcomes"]
     assert result["scenes"] == len(outcomes) == 2 and result["reference_view"] == "image"
     assert result["chosen_shows_both"] == sum(o["chosen_shows_both"] for o in outcomes)

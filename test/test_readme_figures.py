@@ -14,6 +14,8 @@ results (update the README), or when the README drops the phrase. Sources and th
   ``embedded_heldout_reference_crop.json``: ``python -m training.evaluate`` (``--interleave-visual``,
   ``--reference-view``) — the visual-entity protocols and the ``official.visual_source`` table;
 * ``training/results/localization_embedded.json``: ``python -m training.evaluate_localization``;
+* ``training/results/*demo_scenes*.json``: ``python -m training.evaluate_demo_scenes`` — the node demo's task
+  over 20 scenes; ``find_recipe_jitter_heldout.json`` + ``scale_jitter_train_log.csv``: the scale-jitter run;
 * ``bench/results.json``: ``scripts/bench.sh`` — the speed figures;
 * ``bench/camera_qos.json``: ``python -m bench.ros --out bench/camera_qos.json`` — the camera QoS figures.
 
@@ -28,6 +30,8 @@ import re
 from decimal import ROUND_HALF_UP, Decimal
 from pathlib import Path
 from typing import Any
+
+from find_core.engine import TrainConfig
 
 from find_core.checkpoint import weights_digest
 
@@ -241,21 +245,30 @@ def claims() -> list[tuple[str, str]]:
     assert all(f"--input-size {size}" in m["meta"]["command"] and m["meta"]["weights_digest"] == recipe["meta"][
         "checkpoint_sha256"] for size, m in recipe_field.items())
     demo = {who: {view: load(path) for view, path in views.items()} for who, views in DEMO_SCENES.items()}
-    assert demo["recipe"]["crop"]["meta"]["checkpoint_sha256"] == recipe["meta"]["checkpoint_sha256"]
-    assert demo["embedded"]["crop"]["meta"]["checkpoint_sha256"] == weights_digest(WEIGHTS.parent)
+    digests = {"embedded": weights_digest(WEIGHTS.parent), "recipe": recipe["meta"]["checkpoint_sha256"],
+               "jitter": weights_digest(JITTER_WEIGHTS)}
+    for who, views in demo.items():   # "over 20 scenes at 256 px", each file its checkpoint and its view
+        for view, m in views.items():
+            assert (m["meta"]["checkpoint_sha256"], m["reference_view"]) == (digests[who], view), DEMO_SCENES[who][view]
+            assert (m["scenes"], m["meta"]["input_size"], m["meta"]["seeds"]) == (20, 256, "0-19"), DEMO_SCENES[who][view]
+    # "above the embedded checkpoint's best on both": scale jitter with whole frames against either view
+    for kind in ("text", "visual"):
+        assert demo["jitter"]["image"][f"{kind}_iou_mean"] > max(m[f"{kind}_iou_mean"] for m in demo["embedded"].values())
 
     def entity(m: dict, kind: str) -> str:
         return f"{r(m[f'{kind}_iou_mean'], 2)} ({m[f'{kind}_iou_at_least_0.5']})"
     jitter = load(JITTER)
-    assert {jitter["meta"]["checkpoint_sha256"], *(m["meta"]["checkpoint_sha256"] for m in demo["jitter"].values())} == {
-        weights_digest(JITTER_WEIGHTS)}, "the scale-jitter results measured other weights than find-recipe-jitter"
+    assert jitter["meta"]["checkpoint_sha256"] == digests["jitter"], f"{JITTER.name} measured other weights"
+    # "Interactive segmentation now falls below the embedded checkpoint"
+    assert jitter["interactive"]["iou_at_1"] < heldout["interactive"]["iou_at_1"]
     jg, rg0 = jitter["generic"], recipe["generic"]
+    jitter_range = TrainConfig.from_yaml(REPO / "training" / "configs" / "scale_jitter.yaml").official.scale_jitter
 
     def then(name: str, new: float, old: float, unit: str = "") -> str:
         return f"{name} to {r(new, 1)}{unit} ({r(old, 1)}{unit})"
     return [
-        (JITTER_LOG.name, f"`training/configs/scale_jitter.yaml`: the last phase again with that one change, two "
-                          f"processes, {logs[JITTER_LOG.name]} of step time"),
+        (JITTER_LOG.name, f"with `{jitter_range}` (`training/configs/scale_jitter.yaml`: the last phase again with "
+                          f"that one change, two processes, {logs[JITTER_LOG.name]} of step time"),
         ("find_recipe_jitter_demo_scenes*.json",
          f"it covers the text object at {entity(demo['jitter']['crop'], 'text')} and the pictured one at "
          f"{entity(demo['jitter']['crop'], 'visual')} with the demo's crops, and at {entity(demo['jitter']['image'], 'text')} "

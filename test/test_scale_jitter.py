@@ -54,7 +54,7 @@ def test_every_draw_fills_the_square_and_keeps_masks_on_their_pixels(seed):
 
 
 def test_the_range_is_checked():
-    for bad in ([0.0, 1.0], [2.0, 1.0], [1.0]):
+    for bad in ([0.0, 1.0], [2.0, 1.0], [1.0], ["a", 1.0], 1.5):
         with pytest.raises(ConfigError, match="scale_jitter"):
             OfficialRecipeConfig(scale_jitter=bad)
 

@@ -202,7 +202,6 @@ def evaluate_move(pipeline: FindPipeline, seeds: list[int], frames: int, voxel_s
             "meta": {"seeds": seeds, "frames_per_pass": frames, "voxel_size": voxel_size, **meta}}
 
 
-
 def main(argv: list[str] | None = None) -> int:
     from find_core.checkpoint import weights_digest
     from find_core.loading import load_pipeline

@@ -78,7 +78,6 @@ def evaluate(pipeline, seeds: list[int]) -> dict:
     }
 
 
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m training.evaluate_localization", description=__doc__.splitlines()[0])
     add_measurement_arguments(parser, DEFAULT_SEEDS)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shlex
 import sys
 from pathlib import Path
 from collections.abc import Callable
@@ -44,7 +45,7 @@ def run_meta(module: str, argv: list[str] | None, checkpoint: Path | None, diges
     """The ``meta`` of a result: which checkpoint (and digest), input size, settings and the command."""
     return {"checkpoint": str(checkpoint or "embedded"), "checkpoint_sha256": digest,
             "input_size": pipeline.input_size, **settings,
-            "command": " ".join([f"python -m {module}", *(argv if argv is not None else sys.argv[1:])])}
+            "command": shlex.join(["python", "-m", module, *(argv if argv is not None else sys.argv[1:])])}
 
 
 def parse_seeds(text: str) -> list[int]:
@@ -52,7 +53,10 @@ def parse_seeds(text: str) -> list[int]:
     seeds: list[int] = []
     for part in text.split(","):
         first, _, last = part.strip().partition("-")
-        start, stop = int(first), int(last or first)
+        try:
+            start, stop = int(first), int(last or first)
+        except ValueError:
+            raise ValueError(f"bad seeds {text!r}: use e.g. '3-22' or '3,4,9'") from None
         if stop < start:
             raise ValueError(f"empty seed range '{part}'")
         seeds.extend(range(start, stop + 1))

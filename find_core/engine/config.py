@@ -224,7 +224,9 @@ class OfficialRecipeConfig:
         if self.num_points < 1:
             raise ConfigError(f"official.num_points must be >= 1, got {self.num_points}")
         if self.scale_jitter is not None and not (
-                len(self.scale_jitter) == 2 and 0 < float(self.scale_jitter[0]) <= float(self.scale_jitter[1])):
+                isinstance(self.scale_jitter, (list, tuple)) and len(self.scale_jitter) == 2
+                and all(isinstance(v, (int, float)) for v in self.scale_jitter)
+                and 0 < self.scale_jitter[0] <= self.scale_jitter[1]):
             raise ConfigError(f"official.scale_jitter must be [min, max] with 0 < min <= max, got {self.scale_jitter!r}")
 
 

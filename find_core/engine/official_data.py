@@ -207,14 +207,15 @@ class OfficialData:
                    rng: np.random.Generator, jitter: ScaleJitter | None = None) -> Grounding:
         count = int(rng.integers(1, self.recipe.max_grounding))          # randint(1, MAX_LEN - 1)
         refs = self.refs.get(image_id, []) if self.referring is not None else []
-        ref_masks = [self.referring.mask(ref.ann_id) for ref in refs]
+        shown = None
         if jitter is not None:   # the phrases whose object the window still shows
-            ref_masks = [jitter.mask(mask) for mask in ref_masks]
-            refs, ref_masks = [r for r, m in zip(refs, ref_masks) if m.any()], [m for m in ref_masks if m.any()]
+            pairs = [(ref, jitter.mask(self.referring.mask(ref.ann_id))) for ref in refs]
+            refs, shown = [ref for ref, mask in pairs if mask.any()], [mask for _, mask in pairs if mask.any()]
         if refs:
             order = rng.permutation(len(refs))[:count]
             texts = [refs[k].sentences[int(rng.integers(len(refs[k].sentences)))].lower() for k in order]
-            return Grounding(texts, _stack([ref_masks[k] for k in order], box), "text")
+            chosen = [shown[k] if shown is not None else self.referring.mask(refs[k].ann_id) for k in order]
+            return Grounding(texts, _stack(chosen, box), "text")
         names = [self.class_texts[int(label)] for label in
                  [self._class_index[seg.category_id] for seg in segments]]
         unique = sorted(set(names))
