@@ -15,7 +15,8 @@ results (update the README), or when the README drops the phrase. Sources and th
   ``--reference-view``) — the visual-entity protocols and the ``official.visual_source`` table;
 * ``training/results/localization_embedded.json``: ``python -m training.evaluate_localization``;
 * ``training/results/*demo_scenes*.json``: ``python -m training.evaluate_demo_scenes`` — the node demo's task
-  over 20 scenes; ``find_recipe_jitter_heldout.json`` + ``scale_jitter_train_log.csv``: the scale-jitter run;
+  over 20 scenes; ``find_recipe_jitter_heldout.json``, ``scale_jitter_continued_*`` and their train logs: the
+  scale-jitter runs;
 * ``bench/results.json``: ``scripts/bench.sh`` — the speed figures;
 * ``bench/camera_qos.json``: ``python -m bench.ros --out bench/camera_qos.json`` — the camera QoS figures.
 
@@ -77,6 +78,8 @@ DEMO_SCENES = {who: {view: RESULTS / f"{stem}{suffix}.json" for view, suffix in 
 JITTER = RESULTS / "find_recipe_jitter_heldout.json"
 JITTER_LOG = RESULTS / "scale_jitter_train_log.csv"
 JITTER_WEIGHTS = REPO / "training" / "checkpoints" / "find-recipe-jitter"
+CONTINUED_JITTER = RESULTS / "scale_jitter_continued_heldout.json"   # 600 more steps (weights not committed)
+CONTINUED_JITTER_LOG = RESULTS / "scale_jitter_continued_train_log.csv"
 
 
 def load(path: Path) -> Any:
@@ -214,7 +217,7 @@ def claims() -> list[tuple[str, str]]:
     assert embedded_engine_image["interleave_retrieval"]["reference_view"] == "image"
     batch16_engine = load(RESULTS / "synthetic_official_batch16_heldout_engine.json")["interleave_retrieval"]
     for path in (OFFICIAL_LOG, RESULTS / "visual_source_own_train_log.csv", CONTINUED_LOG, BATCH16_LOG,
-                 RETRIEVAL_SOURCE_LOG, *FIND_RECIPE_LOGS, JITTER_LOG):
+                 RETRIEVAL_SOURCE_LOG, *FIND_RECIPE_LOGS, JITTER_LOG, CONTINUED_JITTER_LOG):
         with path.open() as f:
             rows = list(csv.DictReader(f))
         logs[path.name] = f"{rows[-1]['step']} steps in {r(sum(float(x['seconds']) for x in rows) / 60, 1)} min"
@@ -259,8 +262,11 @@ def claims() -> list[tuple[str, str]]:
         return f"{r(m[f'{kind}_iou_mean'], 2)} ({m[f'{kind}_iou_at_least_0.5']})"
     jitter = load(JITTER)
     assert jitter["meta"]["checkpoint_sha256"] == digests["jitter"], f"{JITTER.name} measured other weights"
-    # "Interactive segmentation now falls below the embedded checkpoint"
-    assert jitter["interactive"]["iou_at_1"] < heldout["interactive"]["iou_at_1"]
+    more = load(CONTINUED_JITTER)
+    more_demo = load(RESULTS / "scale_jitter_continued_demo_scenes_reference_image.json")
+    assert more_demo["meta"]["checkpoint_sha256"] == more["meta"]["checkpoint_sha256"] and more_demo["reference_view"] == "image"
+    # "Interactive segmentation stays below the embedded checkpoint"
+    assert max(jitter["interactive"]["iou_at_1"], more["interactive"]["iou_at_1"]) < heldout["interactive"]["iou_at_1"]
     jg, rg0 = jitter["generic"], recipe["generic"]
     jitter_range = TrainConfig.from_yaml(REPO / "training" / "configs" / "scale_jitter.yaml").official.scale_jitter
 
@@ -281,7 +287,13 @@ def claims() -> list[tuple[str, str]]:
             then("interactive IoU after 1 click", jitter["interactive"]["iou_at_1"], recipe["interactive"]["iou_at_1"]),
             then("interleave IR@5", jitter["interleave_retrieval"]["ir5"], recipe["interleave_retrieval"]["ir5"])])
          + " and " + then("thing accuracy", jg["thing_accuracy"], rg0["thing_accuracy"], " %")),
-        (HELDOUT.name, f"falls below the embedded checkpoint ({r(heldout['interactive']['iou_at_1'], 1)})"),
+        (CONTINUED_JITTER.name, f"(`training/configs/scale_jitter_continued.yaml`, {logs[CONTINUED_JITTER_LOG.name]} of "
+                                f"step time) bring interactive IoU after 1 click back to {r(more['interactive']['iou_at_1'], 1)}, "
+                                f"with PQ {r(more['generic']['pq'], 1)}, grounding cIoU {r(more['grounding']['ciou'], 1)}, "
+                                f"interleave IR@5 {r(more['interleave_retrieval']['ir5'], 1)} and thing accuracy "
+                                f"{r(more['generic']['thing_accuracy'], 1)} %, and leave the demo's scenes at "
+                                f"{entity(more_demo, 'text')} and {entity(more_demo, 'visual')} with whole-frame references"),
+        (HELDOUT.name, f"stays below the embedded checkpoint ({r(heldout['interactive']['iou_at_1'], 1)})"),
         ("*demo_scenes*.json",
          f"Over {demo['embedded']['crop']['scenes']} scenes at {demo['embedded']['crop']['meta']['input_size']} px the "
          f"embedded checkpoint picks a frame showing both objects {demo['embedded']['crop']['chosen_shows_both']} times, "
@@ -503,7 +515,7 @@ def test_each_source_names_how_it_was_made():
     """The metrics a README figure rests on name their command (and the weights where a model was measured)."""
     visual_source = [RESULTS / f"visual_source_{s}_heldout{kind}.json" for s in VISUAL_SOURCES for kind in ("", "_own_stroke")]
     for path in (OFFICIAL, LOCALIZATION, OFFICIAL_OWN_STROKE, CONTINUED, BATCH16, HELDOUT, FIND_RECIPE, FIND_RECIPE_ENGINE, *EMBEDDED_REFERENCES.values(),
-                 CONTINUED_REFERENCES, JITTER, *(path for views in DEMO_SCENES.values() for path in views.values()),
+                 CONTINUED_REFERENCES, JITTER, CONTINUED_JITTER, *(path for views in DEMO_SCENES.values() for path in views.values()),
                  RESULTS / "visual_source_own_heldout_reference_image.json", *visual_source):
         meta = load(path)["meta"]
         assert meta["command"].startswith("python -m training.") and len(meta["checkpoint_sha256"]) == 64, path
