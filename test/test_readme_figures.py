@@ -32,9 +32,8 @@ from decimal import ROUND_HALF_UP, Decimal
 from pathlib import Path
 from typing import Any
 
-from find_core.engine import TrainConfig
-
 from find_core.checkpoint import weights_digest
+from find_core.engine import TrainConfig
 
 
 REPO = Path(__file__).resolve().parents[1]
@@ -77,7 +76,7 @@ DEMO_SCENES = {who: {view: RESULTS / f"{stem}{suffix}.json" for view, suffix in 
 # the FIND recipe continued with official.scale_jitter (training/configs/scale_jitter.yaml)
 JITTER = RESULTS / "find_recipe_jitter_heldout.json"
 JITTER_LOG = RESULTS / "scale_jitter_train_log.csv"
-JITTER_WEIGHTS = REPO / "training" / "checkpoints" / "find-recipe-jitter"
+JITTER_CHECKPOINT = REPO / "training" / "checkpoints" / "find-recipe-jitter"
 CONTINUED_JITTER = RESULTS / "scale_jitter_continued_heldout.json"   # 600 more steps (weights not committed)
 CONTINUED_JITTER_LOG = RESULTS / "scale_jitter_continued_train_log.csv"
 
@@ -249,7 +248,7 @@ def claims() -> list[tuple[str, str]]:
         "checkpoint_sha256"] for size, m in recipe_field.items())
     demo = {who: {view: load(path) for view, path in views.items()} for who, views in DEMO_SCENES.items()}
     digests = {"embedded": weights_digest(WEIGHTS.parent), "recipe": recipe["meta"]["checkpoint_sha256"],
-               "jitter": weights_digest(JITTER_WEIGHTS)}
+               "jitter": weights_digest(JITTER_CHECKPOINT)}
     for who, views in demo.items():   # "over 20 scenes at 256 px", each file its checkpoint and its view
         for view, m in views.items():
             assert (m["meta"]["checkpoint_sha256"], m["reference_view"]) == (digests[who], view), DEMO_SCENES[who][view]

@@ -6,8 +6,8 @@ import argparse
 import json
 import shlex
 import sys
-from pathlib import Path
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 
