@@ -3,9 +3,10 @@
 1. **Scene** — render (or reuse) the synthetic posed RGB-D video (:mod:`find_core.data.scene_video`)
    into ``<out>/scene``: colour, depth, poses, instance masks and ``scene.json`` ground truth.
 2. **Instruction** — pick two objects that the camera sees together in some frames but not in all,
-   and build an *interleaved* instruction: the phrase of one as text, a crop of the other (from a
-   frame without the first, with its mask, as FIND-Bench does) as a base64 PNG visual entity
-   (``instruction.json``, ``reference_crop.png``).
+   and build an *interleaved* instruction: the phrase of one as text, a picture of the other (from a
+   frame without the first, with its mask, as FIND-Bench references an object of another image) as a
+   base64 PNG visual entity: the whole frame, or its tight crop with ``--reference-view crop``
+   (``instruction.json``, ``reference.png``).
 3. **Nodes** — start ``find_replay`` (namespace ``/camera``) and ``find_perception`` (the embedded
    default model) as separate processes in a ROS domain of their own (``ROS_DOMAIN_ID`` from this
    process id unless ``--domain-id``), each with its shipped params file plus the demo's overrides;
@@ -56,7 +57,7 @@ from find_core.loading import ModelLoadError, ModelSource, build_pipeline, resol
 from find_core.messages import pose_matrix, stamp_seconds
 
 from .demo_field import fuse_and_locate
-from .demo_scene import DemoError, Referents, build_instruction, choose_referents, prepare_scene
+from .demo_scene import REFERENCE_VIEWS, DemoError, Referents, build_instruction, choose_referents, prepare_scene
 from .demo_score import NodeRun, frame_hash, screen, summarize
 from .image_conversion import depth_to_meters, image_to_labels, image_to_rgb
 from .process_harness import PACKAGE_ROOT, HarnessError, NodeProcess, Probe, stop_all
@@ -67,8 +68,9 @@ CAMERA_NS = "/camera"
 PERCEPTION = "/find_perception"
 INSTRUCTION_TOPIC = "/instruction"
 OUTPUT_FILES = ("results.jsonl", "summary.json", "overlay.png", "masks.png", "localized_frame.png", "instruction.json",
-                "reference_crop.png", "field.ply", "field_map.npz", "field_answer.json")
+                "reference.png", "field.ply", "field_map.npz", "field_answer.json")
 OUTPUT_DIRS = ("recording", "logs")
+RENAMED_OUTPUT_FILES = ("reference_crop.png",)   # reference.png before the picture could be a whole frame
 # what scripts/demo.sh wrote into demo_out/ before it ran this demo (the library demo, now in demo_out/library)
 OLD_OUTPUT_FILES = ("scene.png", "grounding_overlay.png", "interleave_overlay.png", "panoptic_overlay.png",
                     "interleave_masks.png", "results.json")
@@ -89,6 +91,7 @@ class DemoConfig:
     checkpoint: str = ""
     device: str = "auto"
     input_size: int | None = None      # inference letterbox side; see inference_size()
+    reference_view: str = "image"      # the visual entity's picture: "image" (whole frame + mask) or "crop" (tight)
     threads: int = 0                   # torch threads per process; 0 = 1 on <= 2 cores, else 2
     domain_id: int | None = None       # default: derived from this process id
     perception_params: dict[str, Any] = field(default_factory=dict)  # extra find_perception parameters
@@ -106,6 +109,8 @@ class DemoConfig:
         problem = input_size_problem(self.inference_size())
         if problem:
             raise ValueError(problem)
+        if self.reference_view not in REFERENCE_VIEWS:
+            raise ValueError(f"reference_view must be one of {REFERENCE_VIEWS}, got {self.reference_view!r}")
         if self.domain_id is not None and not 0 <= self.domain_id <= 101:
             raise ValueError(f"ROS domain ids usable on every machine are 0..101, got {self.domain_id}")
 
@@ -297,7 +302,7 @@ def write_answer(listener: Probe, result: dict, out: Path) -> dict[str, np.ndarr
 def clean_outputs(out: Path) -> None:
     """Remove what an earlier run wrote (only our own files), so nothing stale survives."""
     library_demo_was_here = (out / "interleave_overlay.png").is_file()
-    for name in OUTPUT_FILES + (OLD_OUTPUT_FILES if library_demo_was_here else ()):
+    for name in OUTPUT_FILES + RENAMED_OUTPUT_FILES + (OLD_OUTPUT_FILES if library_demo_was_here else ()):
         (out / name).unlink(missing_ok=True)
     for path in out.glob("mask_*.png"):
         path.unlink()
@@ -336,8 +341,9 @@ def run(config: DemoConfig) -> dict:
     reader = prepare_scene(config.scene_dir, seed=config.seed, frames=config.frames, width=config.width,
                            height=config.height, fps=config.rate)
     referents = choose_referents(reader)
-    instruction, crop = build_instruction(reader, referents, f"demo-{os.getpid()}-{int(time.time())}")
-    PILImage.fromarray(crop).save(out / "reference_crop.png")
+    instruction, picture = build_instruction(reader, referents, f"demo-{os.getpid()}-{int(time.time())}",
+                                             config.reference_view)
+    PILImage.fromarray(picture).save(out / "reference.png")
     (out / "instruction.json").write_text(instruction.to_json() + "\n")
 
     listener = open_listener(config.domain)
@@ -358,7 +364,7 @@ def run(config: DemoConfig) -> dict:
     finally:
         listener.close()
     summary = summarize(reader, referents, instruction, node_run, answer, recorded, model.description,
-                        seed=config.seed, domain=config.domain)
+                        seed=config.seed, domain=config.domain, reference_view=config.reference_view)
     summary["seconds_nodes"] = round(time.perf_counter() - started, 1)
     (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     field = field_step(config, reader, referents, model) if config.run_field else None
@@ -401,13 +407,15 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--param", type=parse_param, action="append", default=[], metavar="NAME=VALUE",
                    help="extra find_perception parameter (repeatable)")
     p.add_argument("--start-timeout", type=float, default=DemoConfig.start_timeout)
+    p.add_argument("--reference-view", choices=REFERENCE_VIEWS, default=DemoConfig.reference_view,
+                   help="the visual entity as the whole frame with the object's mask or its tight crop")
     p.add_argument("--no-field", action="store_true", help="skip the 3D field step")
     a = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="[demo] %(message)s")
     try:
         config = DemoConfig(out=a.out, scene=a.scene, seed=a.seed, frames=a.frames, width=a.width, height=a.height,
                             rate=a.rate, model=a.model, checkpoint=a.checkpoint, device=a.device,
-                            input_size=a.input_size, threads=a.threads,
+                            input_size=a.input_size, reference_view=a.reference_view, threads=a.threads,
                             domain_id=a.domain_id, perception_params=dict(a.param),
                             start_timeout=a.start_timeout, run_field=not a.no_field)
     except ValueError as err:

@@ -1,6 +1,6 @@
 """The node demo's scene and instruction (:mod:`find_ros.demo` steps 1 and 2): the synthetic posed
 RGB-D video rendered or reused, the two objects the instruction names, and the interleaved
-instruction itself (text phrase of one, an inline crop of the other)."""
+instruction itself (text phrase of one, an inline picture of the other: its crop or its whole frame)."""
 from __future__ import annotations
 
 import logging
@@ -15,6 +15,9 @@ from find_core.data.scene_video import render_scene_video
 from find_core.instructions import Entity, Instruction, VisualReference
 
 log = logging.getLogger("find_ros.demo")
+
+# how a visual entity pictures its object: its tight crop, or the whole frame with the object's mask
+REFERENCE_VIEWS = ("crop", "image")
 
 
 class DemoError(RuntimeError):
@@ -42,8 +45,8 @@ class Referents:
     """The two objects the instruction names, and where the picture of the visual one comes from."""
 
     text: dict                  # scene.json object named by its phrase
-    visual: dict                # scene.json object shown as a crop
-    crop_frame: int             # scene frame the crop is cut from
+    visual: dict                # scene.json object shown as a picture
+    picture_frame: int          # scene frame the picture comes from
     both_seen: np.ndarray       # per scene frame: are both objects visible in it
 
 
@@ -59,7 +62,7 @@ def min_visible_area(camera: Camera) -> float:
 
 
 def choose_referents(reader: FramesReader) -> Referents:
-    """Two objects seen together in about half the frames (so picking the frame matters); the crop
+    """Two objects seen together in about half the frames (so picking the frame matters); the picture
     comes from the frame showing the visual object largest *without* the text object, if any."""
     objects = reader.scene["objects"]
     if len(objects) < 2:
@@ -82,20 +85,25 @@ def choose_referents(reader: FramesReader) -> Referents:
         raise DemoError(f"no frame of {reader.dir} shows two objects together; render more frames")
     without = seen[:, b] & ~seen[:, a]
     pool = np.flatnonzero(without) if without.any() else np.flatnonzero(seen[:, b])
-    crop_frame = int(pool[np.argmax(areas[pool, b])])
-    return Referents(objects[a], objects[b], crop_frame, seen[:, a] & seen[:, b])
+    picture_frame = int(pool[np.argmax(areas[pool, b])])
+    return Referents(objects[a], objects[b], picture_frame, seen[:, a] & seen[:, b])
 
 
-def build_instruction(reader: FramesReader, referents: Referents, instruction_id: str
+def build_instruction(reader: FramesReader, referents: Referents, instruction_id: str, reference_view: str = "image"
                       ) -> tuple[Instruction, np.ndarray]:
-    """'The <text phrase> is next to the <image>.' — the visual entity an inline crop (+ mask) of the
-    other object, the way FIND-Bench entries reference an object of another image."""
-    record = reader[referents.crop_frame]
-    crop, crop_mask = segment_crop(record.rgb, record.masks == referents.visual["id"])
+    """'The <text phrase> is next to the <image>.' — the visual entity a picture of the other object
+    from another frame with its mask: the whole frame (``reference_view="image"``, the demo's: as FIND-Bench's
+    interleave retrieval gives a reference and the embedded checkpoint trained) or the segment's tight crop (``"crop"``). Returns the
+    instruction and the picture."""
+    if reference_view not in REFERENCE_VIEWS:
+        raise ValueError(f"reference_view must be one of {REFERENCE_VIEWS}, got {reference_view!r}")
+    record = reader[referents.picture_frame]
+    mask = record.masks == referents.visual["id"]
+    picture, picture_mask = segment_crop(record.rgb, mask) if reference_view == "crop" else (record.rgb, mask)
     words = referents.text["phrase"].removeprefix("the ")
     text = f"The {words} is next to the <image>."
     start = text.index(words)
     entities = (Entity(start, start + len(words), "text"),
                 Entity(text.index("<image>"), text.index("<image>") + len("<image>"), "visual",
-                       VisualReference(image=crop, mask=crop_mask)))
-    return Instruction(text, entities, id=instruction_id), crop
+                       VisualReference(image=picture, mask=picture_mask)))
+    return Instruction(text, entities, id=instruction_id), picture

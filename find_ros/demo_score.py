@@ -31,7 +31,7 @@ def frame_hash(rgb: np.ndarray) -> str:
 
 def summarize(reader: FramesReader, referents: Referents, instruction: Instruction, run: NodeRun,
               answer: dict[str, np.ndarray], recorded: list[tuple[float, str]], model: str, *, seed: int,
-              domain: int) -> dict:
+              domain: int, reference_view: str = "crop") -> dict:
     """The chosen frame and every entity's mask against the ground truth of that frame. Scene frames
     are recognised by their pixels: the replay re-stamps them with its clock."""
     result, localization = run.result, run.result["localization"]
@@ -72,7 +72,7 @@ def summarize(reader: FramesReader, referents: Referents, instruction: Instructi
         "ros_domain_id": domain,
         "instruction": {"id": instruction.id, "text": instruction.text, "text_entity": referents.text["phrase"],
                         "visual_entity": {"object": referents.visual["phrase"],
-                                          "crop_from_frame": referents.crop_frame}},
+                                          "picture": reference_view, "from_frame": referents.picture_frame}},
         "frames": {"published": run.published, "buffered": len(buffered),
                    "buffered_showing_both": sum(1 for i in buffered if i is not None and both[i]),
                    "scene_frames_showing_both": int(both.sum())},
@@ -110,8 +110,9 @@ def screen(summary: dict, field: dict | None, out: Path) -> str:
     lines += [
         f"scene: {summary['scene']['frames']} frames {summary['scene']['width']}x{summary['scene']['height']}, "
         f"{summary['scene']['objects']} objects; ROS_DOMAIN_ID {summary['ros_domain_id']}",
-        f"instruction: {ins['text']!r}  (text: {ins['text_entity']!r}; image: crop of "
-        f"{ins['visual_entity']['object']!r} from frame {ins['visual_entity']['crop_from_frame']})",
+        f"instruction: {ins['text']!r}  (text: {ins['text_entity']!r}; image: "
+        f"{'crop' if ins['visual_entity']['picture'] == 'crop' else 'whole frame'} of "
+        f"{ins['visual_entity']['object']!r} from frame {ins['visual_entity']['from_frame']})",
         f"frames: {frames['published']} published, {frames['buffered']} buffered, "
         f"{frames['buffered_showing_both']} of them show both objects",
         f"chosen frame: #{chosen['scene_index']} (stamp {chosen['stamp']:.3f}, published: {yes(chosen['published'])}); "

@@ -116,7 +116,7 @@ def test_referents_are_seen_together_and_the_instruction_carries_the_crop(tmp_pa
     both = [bool((r.masks == referents.text["id"]).any() and (r.masks == referents.visual["id"]).any())
             for r in reader]
     assert any(both) and all(b for b, seen in zip(both, referents.both_seen) if seen)   # seen together somewhere
-    crop_frame = reader[referents.crop_frame].masks
+    crop_frame = reader[referents.picture_frame].masks
     assert (crop_frame == referents.visual["id"]).any()
     instruction, crop = build_instruction(reader, referents, "t-1")
     parsed = parse_instruction(instruction.to_json())            # what the node receives
@@ -124,9 +124,9 @@ def test_referents_are_seen_together_and_the_instruction_carries_the_crop(tmp_pa
     assert parsed.phrase(0) == referents.text["phrase"].removeprefix("the ")
     assert parsed.phrase(1) == "<image>"
     reference = parsed.entities[1].reference
-    truth = reader[referents.crop_frame].masks == referents.visual["id"]
+    truth = reader[referents.picture_frame].masks == referents.visual["id"]
     ys, xs = np.nonzero(truth)
-    np.testing.assert_array_equal(reference.image, reader[referents.crop_frame].rgb[ys.min():ys.max() + 1,
+    np.testing.assert_array_equal(reference.image, reader[referents.picture_frame].rgb[ys.min():ys.max() + 1,
                                                                                     xs.min():xs.max() + 1])
     np.testing.assert_array_equal(reference.mask, truth[ys.min():ys.max() + 1, xs.min():xs.max() + 1])
     np.testing.assert_array_equal(crop, reference.image)
@@ -139,9 +139,9 @@ def test_referents_are_seen_together_and_the_instruction_carries_the_crop(tmp_pa
 @pytest.mark.slow
 def test_node_demo_end_to_end(tmp_path):
     out = tmp_path / "demo_out"
-    done = run_demo(out)
+    done = run_demo(out, "--reference-view", "image")   # the default, as test_shipped_demo runs it
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-5000:]
-    assert "FIND node demo" in done.stdout and "chosen frame" in done.stdout
+    assert "FIND node demo" in done.stdout and "chosen frame" in done.stdout and "image: whole frame of" in done.stdout
     assert_children_gone(out)
 
     summary = json.loads((out / "summary.json").read_text())
@@ -182,7 +182,8 @@ def test_node_demo_end_to_end(tmp_path):
         union = (mask | gt).sum()
         assert reported["iou"] == pytest.approx((mask & gt).sum() / union if union else 1.0, abs=1e-4)
     assert Image.open(out / "overlay.png").size == (96, 72)
-    assert Image.open(out / "reference_crop.png").mode == "RGB"
+    picture = Image.open(out / "reference.png")                 # the whole frame the object was pictured in
+    assert picture.mode == "RGB" and picture.size == (96, 72) and summary["instruction"]["visual_entity"]["picture"] == "image"
 
     # the 3D field: a centroid, and its distance to the true centre of the queried object
     centroid = np.asarray(answer["centroid"], dtype=float)
@@ -250,6 +251,8 @@ def test_param_and_config_validation():
         DemoConfig(input_size=100)
     with pytest.raises(ValueError, match="at least 64"):
         DemoConfig(perception_params={"input_size": 32})
+    with pytest.raises(ValueError, match="reference_view"):
+        DemoConfig(reference_view="box")
 
 
 def test_demo_input_size_reaches_the_node_and_the_field_step():

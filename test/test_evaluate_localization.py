@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 from training import evaluate_localization as ev
+from training.output import parse_seeds
 
 
 @pytest.mark.parametrize("seed", [7001, 7002, 7003])
@@ -46,7 +47,7 @@ def test_counts_add_up_on_any_model(tiny_pipeline):
 
 
 def test_seeds_parse_and_bad_arguments_are_clear_errors(tmp_path, capsys):
-    assert ev.parse_seeds("3-5,9") == [3, 4, 5, 9]
+    assert parse_seeds("3-5,9") == [3, 4, 5, 9]
     assert ev.main(["--seeds", "x"]) == 2 and "error:" in capsys.readouterr().err
     assert ev.main(["--checkpoint", str(tmp_path / "none"), "--seeds", "1"]) == 2
     assert str(tmp_path / "none") in capsys.readouterr().err
@@ -59,4 +60,4 @@ def test_the_committed_result_names_the_embedded_weights():
                       "localization_embedded.json").read_text())
     assert doc["meta"]["checkpoint_sha256"] == weights_digest(EMBEDDED_CHECKPOINT), (
         "the embedded checkpoint changed: rerun " + doc["meta"]["command"])
-    assert doc["sequences"] == len(doc["outcomes"]) == len(ev.parse_seeds(doc["meta"]["seeds"]))
+    assert doc["sequences"] == len(doc["outcomes"]) == len(parse_seeds(doc["meta"]["seeds"]))

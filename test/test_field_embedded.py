@@ -26,7 +26,8 @@ from find_core.checkpoint import weights_digest
 from find_core.embedded import EMBEDDED_CHECKPOINT, EMBEDDED_SCENE_INPUT_SIZE
 from find_core.field import load_abstention
 from training import evaluate_field
-from training.evaluate_field import ObjectResult, parse_seeds, scene_results
+from training.evaluate_field import ObjectResult, scene_results
+from training.output import parse_seeds
 
 RESULTS = Path(__file__).resolve().parents[1] / "training" / "results" / "field_abstention_heldout.json"
 SCENES = (3, 4)

@@ -47,7 +47,7 @@ from find_core.data.synthetic_shapes import COLOURS, SIZES, THINGS
 from find_core.embedded import EMBEDDED_CHECKPOINT
 from find_core.field import (Abstention, FeatureFusion, FusionConfig, FusionStats, fit_threshold, load_abstention,
                              locate, query_from_pipeline, save_abstention)
-from training.output import emit_json
+from training.output import emit_json, parse_seeds
 
 if TYPE_CHECKING:  # the pipeline pulls in torch; the CLI imports it when it runs
     from find_core.pipeline import FindPipeline
@@ -200,18 +200,6 @@ def evaluate_move(pipeline: FindPipeline, seeds: list[int], frames: int, voxel_s
                                    voxel_size))
     return {"scenes": len(results), "radius": radius, **summarise(results), "results": results,
             "meta": {"seeds": seeds, "frames_per_pass": frames, "voxel_size": voxel_size, **meta}}
-
-
-def parse_seeds(text: str) -> list[int]:
-    """"3-22" or "3,4,9" (or a mix) → a list of seeds."""
-    seeds: list[int] = []
-    for part in text.split(","):
-        first, _, last = part.strip().partition("-")
-        start, stop = int(first), int(last or first)
-        if stop < start:
-            raise ValueError(f"empty seed range '{part}'")
-        seeds.extend(range(start, stop + 1))
-    return seeds
 
 
 def main(argv: list[str] | None = None) -> int:

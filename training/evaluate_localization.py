@@ -15,14 +15,13 @@ from __future__ import annotations
 import argparse
 import sys
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 
 from find_core.data.synthetic_shapes import SceneObject, sample_scene
 from find_core.metrics.interactive import mask_iou
 
-from .output import emit_json
+from .output import add_measurement_arguments, run_measurement
 
 FRAMES = 4
 SIZE = 128                      # the synthetic training scenes' size
@@ -79,43 +78,11 @@ def evaluate(pipeline, seeds: list[int]) -> dict:
     }
 
 
-def parse_seeds(text: str) -> list[int]:
-    """'7001-7040' or '1,5,9' (ranges inclusive)."""
-    seeds: list[int] = []
-    for part in text.split(","):
-        low, _, high = part.strip().partition("-")
-        seeds += list(range(int(low), int(high) + 1)) if high else [int(low)]
-    if not seeds:
-        raise ValueError(f"no seeds in {text!r}")
-    return seeds
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m training.evaluate_localization", description=__doc__.splitlines()[0])
-    parser.add_argument("--checkpoint", type=Path, help="checkpoint folder (default: the embedded checkpoint)")
-    parser.add_argument("--seeds", default=DEFAULT_SEEDS, help=f"sequence seeds (default {DEFAULT_SEEDS})")
-    parser.add_argument("--input-size", type=int, help="letterbox side for inference (default: the model's)")
-    parser.add_argument("--device", default="cpu")
-    parser.add_argument("--out", type=Path, help="also write the JSON here")
+    add_measurement_arguments(parser, DEFAULT_SEEDS)
     args = parser.parse_args(argv)
-    from find_core.checkpoint import CheckpointError, weights_digest
-    from find_core.embedded import EMBEDDED_CHECKPOINT
-    from find_core.loading import ModelLoadError, load_pipeline
-    checkpoint = args.checkpoint or EMBEDDED_CHECKPOINT
-    try:
-        seeds = parse_seeds(args.seeds)
-        pipeline = load_pipeline(None, str(checkpoint), device=args.device, input_size=args.input_size)
-        digest = weights_digest(checkpoint)
-    except (ValueError, ModelLoadError, CheckpointError) as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
-    metrics = evaluate(pipeline, seeds)
-    metrics["meta"] = {"checkpoint": str(args.checkpoint or "embedded"), "checkpoint_sha256": digest,
-                       "input_size": pipeline.input_size, "seeds": args.seeds, "device": args.device,
-                       "command": " ".join(["python -m training.evaluate_localization",
-                                            *(argv if argv is not None else sys.argv[1:])])}
-    emit_json(metrics, args.out)
-    return 0
+    return run_measurement("training.evaluate_localization", args, argv, evaluate)
 
 
 if __name__ == "__main__":

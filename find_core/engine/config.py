@@ -197,6 +197,10 @@ class OfficialRecipeConfig:
     # (training/configs/retrieval_visual_source.yaml measures it)
     retrieval_visual_source: str | None = None
     max_entities: int = 6               # the mapper keeps an entry's first 6 entities
+    # large-scale jitter [min, max] (find_core/engine/scale_jitter.py; upstream's INPUT.MIN_SCALE /
+    # MAX_SCALE, 0.1 / 2.0 of a 1024 px square; None: each image letterboxed whole, as the committed
+    # runs before training/configs/scale_jitter.yaml trained)
+    scale_jitter: list[float] | None = None
     spatial_max_iter: int = 1           # SPATIAL.MAX_ITER: 0..n gradient-free rounds add a corrective click
     conditional_attention: bool = True  # DYNAMICS.CONDITIONAL_ATTENTION in training forwards
     num_points: int = 12544             # loss / matching points per mask (fewer suit small mask maps)
@@ -219,6 +223,11 @@ class OfficialRecipeConfig:
                               f"got {self.retrieval_visual_source!r}")
         if self.num_points < 1:
             raise ConfigError(f"official.num_points must be >= 1, got {self.num_points}")
+        if self.scale_jitter is not None and not (
+                isinstance(self.scale_jitter, (list, tuple)) and len(self.scale_jitter) == 2
+                and all(isinstance(v, (int, float)) for v in self.scale_jitter)
+                and 0 < self.scale_jitter[0] <= self.scale_jitter[1]):
+            raise ConfigError(f"official.scale_jitter must be [min, max] with 0 < min <= max, got {self.scale_jitter!r}")
 
 
 @dataclass

@@ -12,7 +12,7 @@ draws the same things. All randomness of a sample comes from its seed (see `batc
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -26,6 +26,7 @@ from ..tasks.official import placeholder_text
 from ..tasks.interactive import positive_stroke
 from .batches import _stack
 from .config import DataConfig, InteractiveConfig, OfficialRecipeConfig
+from .scale_jitter import ScaleJitter
 
 
 @dataclass
@@ -119,11 +120,14 @@ class OfficialData:
     def batch(self, indices: list[int], seeds: list[int]) -> OfficialBatch:
         ids = [self._ids[i] for i in indices]
         samples = [self.panoptic.sample(image_id) for image_id in ids]
-        images, boxes = letterbox([s.image for s in samples], self.input_size)
-        segments = [[seg for seg in s.segments if not seg.iscrowd] for s in samples]
-        drawn = [self._sample(s.image_id, segs, box, np.random.default_rng(seed))
-                 for s, segs, box, seed in zip(samples, segments, boxes, seeds)]
-        pixels = [s.image for s in samples]
+        jitters = [self._jitter(s.image.shape[:2], seed) for s, seed in zip(samples, seeds)]
+        pixels = [j.image(s.image) if j else s.image for s, j in zip(samples, jitters)]
+        images, boxes = letterbox(pixels, self.input_size)
+        segments = [[replace(seg, mask=j.mask(seg.mask)) if j else seg for seg in s.segments if not seg.iscrowd]
+                    for s, j in zip(samples, jitters)]
+        segments = [[seg for seg in segs if seg.mask.any()] for segs in segments]   # what the window still shows
+        drawn = [self._sample(s.image_id, segs, box, np.random.default_rng(seed), jitter)
+                 for s, segs, box, seed, jitter in zip(samples, segments, boxes, seeds, jitters)]
         # their own draws, so "own" runs draw what they always drew
         if self.recipe.visual_source != "own":
             for b, (sample, seed) in enumerate(zip(drawn, seeds)):
@@ -135,6 +139,13 @@ class OfficialData:
                     b, sample.entry, pixels, segments, boxes, self.recipe.retrieval_visual_source,
                     np.random.default_rng([seed, 2]))
         return OfficialBatch(images, drawn, list(seeds), self.class_names)
+
+    def _jitter(self, original: tuple[int, int], seed: int) -> ScaleJitter | None:
+        """This sample's draw of official.scale_jitter (its own stream: runs without it draw as before)."""
+        if self.recipe.scale_jitter is None:
+            return None
+        low, high = (float(v) for v in self.recipe.scale_jitter)
+        return ScaleJitter.draw(original, self.input_size, low, high, np.random.default_rng([seed, 3]))
 
     def _visual_elsewhere(self, b: int, entry: Entry, pixels: list[np.ndarray], segments: list[list[Segment]],
                           boxes: list[Letterbox], source: str, rng: np.random.Generator) -> tuple[torch.Tensor, list[int]]:
@@ -164,7 +175,8 @@ class OfficialData:
         return strokes, sources
 
     # ---- one image ----------------------------------------------------------------------------------
-    def _sample(self, image_id: int, segments: list[Segment], box: Letterbox, rng: np.random.Generator) -> OfficialSample:
+    def _sample(self, image_id: int, segments: list[Segment], box: Letterbox, rng: np.random.Generator,
+                jitter: ScaleJitter | None = None) -> OfficialSample:
         masks = _stack([seg.mask for seg in segments], box)
         labels = torch.tensor([self._class_index[seg.category_id] for seg in segments], dtype=torch.long)
         strokes, stroke_targets = self._strokes(segments, box, rng)
@@ -173,7 +185,7 @@ class OfficialData:
         return OfficialSample(
             image_id=image_id, labels=labels, masks=masks,
             class_index=class_index, class_text=self.class_texts[class_index],
-            grounding=self._grounding(image_id, segments, masks, box, rng),
+            grounding=self._grounding(image_id, segments, masks, box, rng, jitter),
             strokes=strokes, stroke_targets=stroke_targets,
             caption=captions[int(rng.integers(len(captions)))],
             entry=self._entry(image_id, segments, box, rng))
@@ -192,13 +204,18 @@ class OfficialData:
                 _stack([segments[k].mask for k in chosen], box))
 
     def _grounding(self, image_id: int, segments: list[Segment], masks: torch.Tensor, box: Letterbox,
-                   rng: np.random.Generator) -> Grounding:
+                   rng: np.random.Generator, jitter: ScaleJitter | None = None) -> Grounding:
         count = int(rng.integers(1, self.recipe.max_grounding))          # randint(1, MAX_LEN - 1)
-        refs = self.refs.get(image_id, [])
-        if refs and self.referring is not None:
+        refs = self.refs.get(image_id, []) if self.referring is not None else []
+        shown = None
+        if jitter is not None:   # the phrases whose object the window still shows
+            pairs = [(ref, jitter.mask(self.referring.mask(ref.ann_id))) for ref in refs]
+            refs, shown = [ref for ref, mask in pairs if mask.any()], [mask for _, mask in pairs if mask.any()]
+        if refs:
             order = rng.permutation(len(refs))[:count]
             texts = [refs[k].sentences[int(rng.integers(len(refs[k].sentences)))].lower() for k in order]
-            return Grounding(texts, _stack([self.referring.mask(refs[k].ann_id) for k in order], box), "text")
+            chosen = [shown[k] if shown is not None else self.referring.mask(refs[k].ann_id) for k in order]
+            return Grounding(texts, _stack(chosen, box), "text")
         names = [self.class_texts[int(label)] for label in
                  [self._class_index[seg.category_id] for seg in segments]]
         unique = sorted(set(names))

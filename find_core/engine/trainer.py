@@ -184,6 +184,9 @@ class Trainer:
         if run.cache_features:
             if not model.config.vision.frozen:
                 raise ConfigError("train.cache_features needs model.vision.frozen (cached features must not change)")
+            if self.official and config.official.scale_jitter is not None:
+                raise ConfigError("train.cache_features with official.scale_jitter: every jittered image is new, so "
+                                  "the cache would only grow; turn one of them off")
             cache = FeatureCache(model, run.feature_cache_dir)
         self.criterion = None if self.official else Criterion(config.loss, cache)
         self.optimizer = build_optimizer(self.model, config.optim)
