@@ -78,6 +78,21 @@ def test_a_jittered_batch_keeps_every_target_on_its_object(synthetic_data):
     assert [s.caption for s in after.samples] == [s.caption for s in before.samples]
 
 
+def test_scale_jitter_prob_jitters_that_share_of_the_images(synthetic_data):
+    root = synthetic_data(0)
+    recipes = {p: OfficialRecipeConfig(batch_size=2, scale_jitter=[0.5, 1.5], scale_jitter_prob=p) for p in (0.0, 0.5, 1.0)}
+    plain = OfficialData(root, "train", 64, DataConfig(), InteractiveConfig(), OfficialRecipeConfig(batch_size=2))
+    data = {p: OfficialData(root, "train", 64, DataConfig(), InteractiveConfig(), r) for p, r in recipes.items()}
+    seeds = list(range(100, 140))
+    indices = [k % len(plain) for k in range(len(seeds))]
+    before = plain.batch(indices, seeds).images
+    same = {p: [torch.equal(a, b) for a, b in zip(d.batch(indices, seeds).images, before)] for p, d in data.items()}
+    assert all(same[0.0]) and not any(same[1.0])
+    assert 10 <= sum(same[0.5]) <= 30                  # about half of 40, binomial
+    with pytest.raises(ConfigError, match="scale_jitter_prob"):
+        OfficialRecipeConfig(scale_jitter=[0.5, 1.5], scale_jitter_prob=1.5)
+
+
 def test_the_feature_cache_is_refused_with_jitter(synthetic_data, tmp_path):
     """Every jittered image is new: cached features would never be read again, only written."""
     from find_core.engine import TrainConfig, Trainer

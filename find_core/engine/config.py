@@ -201,6 +201,9 @@ class OfficialRecipeConfig:
     # MAX_SCALE, 0.1 / 2.0 of a 1024 px square; None: each image letterboxed whole, as the committed
     # runs before training/configs/scale_jitter.yaml trained)
     scale_jitter: list[float] | None = None
+    # the share of training images that scale_jitter draws for (the rest letterboxed whole, as the
+    # held-out set and upstream's evaluation see them); upstream jitters every image (1.0)
+    scale_jitter_prob: float = 1.0
     spatial_max_iter: int = 1           # SPATIAL.MAX_ITER: 0..n gradient-free rounds add a corrective click
     conditional_attention: bool = True  # DYNAMICS.CONDITIONAL_ATTENTION in training forwards
     num_points: int = 12544             # loss / matching points per mask (fewer suit small mask maps)
@@ -228,6 +231,8 @@ class OfficialRecipeConfig:
                 and all(isinstance(v, (int, float)) for v in self.scale_jitter)
                 and 0 < self.scale_jitter[0] <= self.scale_jitter[1]):
             raise ConfigError(f"official.scale_jitter must be [min, max] with 0 < min <= max, got {self.scale_jitter!r}")
+        if not 0.0 <= self.scale_jitter_prob <= 1.0:
+            raise ConfigError(f"official.scale_jitter_prob must lie in [0, 1], got {self.scale_jitter_prob}")
 
 
 @dataclass

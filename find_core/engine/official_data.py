@@ -141,8 +141,10 @@ class OfficialData:
         return OfficialBatch(images, drawn, list(seeds), self.class_names)
 
     def _jitter(self, original: tuple[int, int], seed: int) -> ScaleJitter | None:
-        """This sample's draw of official.scale_jitter (its own stream: runs without it draw as before)."""
+        """This sample's draw of official.scale_jitter (its own streams: runs without it draw as before)."""
         if self.recipe.scale_jitter is None:
+            return None
+        if self.recipe.scale_jitter_prob < 1.0 and np.random.default_rng([seed, 4]).random() >= self.recipe.scale_jitter_prob:
             return None
         low, high = (float(v) for v in self.recipe.scale_jitter)
         return ScaleJitter.draw(original, self.input_size, low, high, np.random.default_rng([seed, 3]))
