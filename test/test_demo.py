@@ -118,7 +118,7 @@ def test_referents_are_seen_together_and_the_instruction_carries_the_crop(tmp_pa
     assert any(both) and all(b for b, seen in zip(both, referents.both_seen) if seen)   # seen together somewhere
     crop_frame = reader[referents.picture_frame].masks
     assert (crop_frame == referents.visual["id"]).any()
-    instruction, crop = build_instruction(reader, referents, "t-1")
+    instruction, crop = build_instruction(reader, referents, "t-1", reference_view="crop")
     parsed = parse_instruction(instruction.to_json())            # what the node receives
     assert parsed.id == "t-1" and [e.kind for e in parsed.entities] == ["text", "visual"]
     assert parsed.phrase(0) == referents.text["phrase"].removeprefix("the ")
