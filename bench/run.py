@@ -82,6 +82,10 @@ def main(argv: list[str] | None = None) -> int:
     out = args.out or (REPO / "bench" / "out" / "quick" if args.quick else
                        REPO / "bench" if names == BENCHMARKS or args.update else REPO / "bench" / "out" / "partial")
     if args.update:
+        failed = [s.key for s in sections if s.error]
+        if failed:   # an update replaces committed figures: never with "not measured"
+            print(f"[bench] {', '.join(failed)} failed: {out} left as it was", flush=True)
+            return 1
         sections, header = merge(out / "results.json", sections, header, BENCHMARKS)
     md, js = write(sections, header, out)
     print(f"[bench] wrote {md} and {js} in {header['seconds'] / 60:.1f} min", flush=True)
