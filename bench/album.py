@@ -15,7 +15,7 @@ import tracemalloc
 
 import numpy as np
 
-from .common import BenchConfig, Section, Table, device_label, ms, ratio, scene_frame, sig, synthetic_pipeline, time_call
+from .common import BenchConfig, Section, Table, device_label, ms, ratio, scene_frame, sig, embedded_pipeline, time_call
 
 TOP_K = 10
 
@@ -56,7 +56,7 @@ def top_k(scores: np.ndarray) -> np.ndarray:
 def run(config: BenchConfig) -> Section:
     section = Section("album", "Album search: interleave retrieval over cached embeddings",
                       __doc__.split("\n\n", 1)[1].strip())
-    pipe, label = synthetic_pipeline(config.device)
+    pipe, label = embedded_pipeline(config.device)
     device = device_label(str(pipe.device))
     entry = instruction()
     repeats = config.pick(10, 3)

@@ -230,17 +230,17 @@ def frame_sizes(config: BenchConfig) -> list[tuple[int, int]]:
     return [(240, 320)] if config.quick else [(240, 320), (360, 480), (480, 640)]
 
 
-def synthetic_pipeline(device: str = "auto"):
-    """The ``synthetic`` preset: the embedded checkpoint (find_core/checkpoints/find-synthetic) when the
-    checkout has it, else random weights of that preset. Returns (pipeline, label)."""
+def embedded_pipeline(device: str = "auto"):
+    """The embedded checkpoint (find_core/checkpoints/find-synthetic, with its own config) when the
+    checkout has it, else random weights of the ``synthetic`` preset. Returns (pipeline, label)."""
     import torch
     from find_core.embedded import EMBEDDED_CHECKPOINT, has_embedded_checkpoint
     from find_core.loading import load_pipeline
     trained = has_embedded_checkpoint()
     torch.manual_seed(0)  # random weights, when there is no checkpoint: the same every run
     pipeline = load_pipeline("synthetic", EMBEDDED_CHECKPOINT if trained else None, device=device)
-    return pipeline, ("synthetic (embedded checkpoint find-synthetic)" if trained else
-                      "synthetic (random weights: no embedded checkpoint)")
+    return pipeline, (f"embedded checkpoint find-synthetic ({pipeline.model.config.name})" if trained else
+                      "synthetic preset (random weights: no embedded checkpoint)")
 
 
 # FocalNet-T (microsoft/focalnet-tiny: embed 96, depths 2-2-6-2, focal level 2, window 3) and a small

@@ -1,7 +1,7 @@
 """Figure 1: model latency per task, and the FIND interface against the encoders it sits on.
 
 Per task (FindPipeline calls, end to end: letterbox, encoders, interface, decoding to the frame's
-resolution) at 320, 480 and 640 px wide frames, for the ``synthetic`` preset and for a paper-sized
+resolution) at 320, 480 and 640 px wide frames, for the embedded checkpoint and for a paper-sized
 model with random weights (``bench.common.paper_config``: FocalNet-T and a 16×512 LLaMA). The baseline of every task figure is
 the vision-encoder forward (``FindModel.encode_images``: backbone + pixel decoder) of the same model
 in the same run. Frame size changes only pre- and post-processing: every frame is letterboxed to the
@@ -13,12 +13,12 @@ node does) and grounds the instruction in the best one; filling that buffer is t
 (``embed_images``, per frame).
 
 The interface figure times the parts separately on the letterboxed input: vision backbone, pixel
-decoder, language model, and ``model.run_interface`` (generic and grounding) on precomputed
+decoder, language model, and the interface alone (generic and grounding, ``interface_calls``) on precomputed
 features. FIND's claim is that the interface is light next to the foundation models.
 
 The input-size figure prices ``FindPipeline(input_size=...)``: ``embed_pixels`` of one 320×240
-frame letterboxed to larger sides than the synthetic model's own 128 (the demo and the 3D field use
-256, where the demo camera's objects reach the training scale), against the model's own size.
+frame letterboxed to half and twice the embedded model's own side (twice: where the demo camera's
+objects reach the training scale, the 3D field's 512 row in the README), against the model's own size.
 """
 from __future__ import annotations
 
@@ -30,7 +30,7 @@ import numpy as np
 import torch
 
 from .common import (BenchConfig, Section, Table, device_label, frame_sizes, ms, paper_pipeline, ratio,
-                     scene_frame, sig, synthetic_pipeline, time_call)
+                     scene_frame, sig, embedded_pipeline, time_call)
 
 CLASSES = ["person", "chair", "table", "cup", "bottle", "plant"]
 PHRASE = "the red cup next to the plant"
@@ -64,23 +64,35 @@ def task_calls(pipe, frame: np.ndarray, buffer: list[np.ndarray], buffer_embeddi
 def component_times(pipe, frame: np.ndarray, repeats: int, min_seconds: float) -> dict[str, float]:
     """Median seconds of each part of the model on one letterboxed frame."""
     from find_core.preprocess import letterbox
-    from find_core.tasks import generic, grounding
     model = pipe.model
     tensor, _ = letterbox([frame], model.config.vision.input_size)
     tensor = tensor.to(model.device)
     normalized = model.vision.normalize(tensor)
     pyramid = model.vision(normalized)
     features = model.encode_images(tensor)
-    phrases = grounding.samples(model, [[PHRASE]])
     calls = {
         "vision_backbone": lambda: model.vision(normalized),
         "pixel_decoder": lambda: model.pixel_decoder(pyramid),
         "encode_images": lambda: model.encode_images(tensor),
         "language_model": lambda: model.encode_texts([PHRASE]),
-        "interface_generic": lambda: model.run_interface(features, [generic.SampleInputs()], generic.TASK),
-        "interface_grounding": lambda: model.run_interface(features, phrases, grounding.TASK),
+        **interface_calls(model, features),
     }
     return {name: time_call(fn, repeats, min_seconds=min_seconds).median for name, fn in calls.items()}
+
+
+def interface_calls(model, features) -> dict[str, Any]:
+    """The interface alone on precomputed image features (and class / phrase embeddings): generic
+    segmentation and grounding, through the task code of the model's interface architecture."""
+    if model.config.interface.architecture == "official":
+        from find_core.tasks import official
+        classes = official.class_embeddings(model, CLASSES)
+        tokens = official.projected_tokens(model, [PHRASE])
+        return {"interface_generic": lambda: official.image_outputs(model, features, classes),
+                "interface_grounding": lambda: official.ground_tokens(model, features, tokens)}
+    from find_core.tasks import generic, grounding
+    phrases = grounding.samples(model, [[PHRASE]])
+    return {"interface_generic": lambda: model.run_interface(features, [generic.SampleInputs()], generic.TASK),
+            "interface_grounding": lambda: model.run_interface(features, phrases, grounding.TASK)}
 
 
 def input_size_times(pipe, config: BenchConfig, repeats: int) -> dict[int, float]:
@@ -88,7 +100,7 @@ def input_size_times(pipe, config: BenchConfig, repeats: int) -> dict[int, float
     from find_core.pipeline import FindPipeline
     frame = scene_frame(0, 240, 320)
     own = pipe.model.config.vision.input_size
-    sizes = [own] + [s for s in config.pick((192, 256, 320), (256,)) if s != own]
+    sizes = [own] + list(config.pick((own // 2, 2 * own), (2 * own,)))
     return {size: time_call(lambda p=FindPipeline(pipe.model, str(pipe.device), input_size=size): p.embed_pixels(frame),
                             repeats, min_seconds=config.pick(2.0, 0.5)).median for size in sizes}
 
@@ -133,7 +145,7 @@ def measure(pipe, label: str, config: BenchConfig, repeats: int, buffer_size: in
 def run(config: BenchConfig) -> Section:
     section = Section("models", "Model latency per task; interface vs encoders", __doc__.split("\n\n", 1)[1].strip())
     runs = []
-    pipe, label = synthetic_pipeline(config.device)
+    pipe, label = embedded_pipeline(config.device)
     runs.append(measure(pipe, label, config, config.pick(5, 2), config.pick(32, 8), config.pick(32, 8)))
     by_size = input_size_times(pipe, config, config.pick(5, 2))
     device = device_label(str(pipe.device))
@@ -169,7 +181,7 @@ def run(config: BenchConfig) -> Section:
                            ms(c["interface_generic"]), ms(c["interface_grounding"]),
                            ratio(c["interface_generic"], c["encode_images"]),
                            ratio(c["interface_generic"], c["vision_backbone"])])
-    table.notes.append("interface = model.run_interface on precomputed features (all layers and heads); "
+    table.notes.append("interface = interface_calls on precomputed features (all layers and heads); "
                        "encode_images = backbone + pixel decoder.")
     section.tables.append(table)
 

@@ -27,7 +27,7 @@ from PIL import Image as PILImage
 from find_ros.process_harness import NodeProcess, Probe, next_domain
 
 from .common import (BenchConfig, Section, Table, device_label, ms, percentile, ratio, scene_frame, sig,
-                     synthetic_pipeline, time_call)
+                     embedded_pipeline, time_call)
 
 CLASSES = ["person", "chair", "table", "cup", "bottle", "plant"]
 RATE = 30.0
@@ -126,7 +126,7 @@ def run(config: BenchConfig) -> Section:
     count = config.pick(300, 90)                        # 10 s / 3 s of 30 Hz replay
     folder = config.work_dir / "node"
     frames = write_frames(folder / "frames", count, height, width)
-    pipe, label = synthetic_pipeline(config.device)
+    pipe, label = embedded_pipeline(config.device)
     checkpoint = save_checkpoint(pipe.model, folder / "checkpoint")
     device = device_label(str(pipe.device))
     direct_s = direct(pipe, frames[:config.pick(20, 5)])

@@ -34,7 +34,7 @@ import numpy as np
 from find_core.messages import stamp_seconds
 from find_ros.process_harness import NodeProcess, Probe, next_domain, reliable
 
-from .common import BenchConfig, Section, Table, ms, percentile, scene_frame, sig, synthetic_pipeline, time_call
+from .common import BenchConfig, Section, Table, ms, percentile, scene_frame, sig, embedded_pipeline, time_call
 
 PAYLOAD, ACK = "/bench/payload", "/bench/ack"
 WARMUP_MESSAGES = 2                                # per variant, not timed
@@ -185,7 +185,7 @@ def run(config: BenchConfig) -> Section:
     section = Section("transport", "Embedding transport: ~/embeddings per reduction vs the node's per-frame work",
                       __doc__.split("\n\n", 1)[1].strip())
     count = config.pick(30, 8)
-    pipe, model_label = synthetic_pipeline(config.device)
+    pipe, model_label = embedded_pipeline(config.device)
     frames = [scene_frame(i, 480, 640) for i in range(config.pick(6, 2))]
     grids, stride, per_frame = model_grids(pipe, frames, SEGMENT_CLASSES, config.pick(10, 3))
     texts = pipe.embed_text(QUALITY_CLASSES)

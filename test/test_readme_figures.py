@@ -454,14 +454,14 @@ def claims() -> list[tuple[str, str]]:
                             "right frames"),
         (BENCH.name, f"(CPU: {b.doc['device']['cpu_cores']} Xeon cores, {b.doc['device']['torch_threads']} torch "
                      "thread; no GPU was available)"),
-        (BENCH.name, "whose own figures come with the bench's next run): " + ", ".join(
+        (BENCH.name, "640×480 frames, the embedded checkpoint): " + ", ".join(
             f"{name} {r(b.cell('models', 0, '640x480', column))} ms" for name, column in (
                 ("segment", "segment"), ("ground", "ground"), ("interactive", "interactive"),
                 ("interleave ground", "interleave_ground"), ("per-pixel embeddings", "embed_pixels")))
          + f"; localize over a {models[0]['buffer_size']}-frame buffer {r(b.cell('models', 0, '640x480', 'localize'))}"
            " ms"),
-        (BENCH.name, f"costs {r(b.cell('models', 3, '256²', '×'), 1)}× per embedding"),
-        (BENCH.name, f"The interface costs {b.cell('models', 2, 'synthetic', 'interface / encode_images')} the "
+        (BENCH.name, f"costs {r(b.cell('models', 3, '512²', '×'), 1)}× per embedding"),
+        (BENCH.name, f"The interface costs {b.cell('models', 2, 'embedded', 'interface / encode_images')} the "
                      f"vision encoder forward here and {b.cell('models', 2, 'paper', 'interface / encode_images')} "
                      "for a paper-sized model"),
         (BENCH.name, f"1024 px: {r(models[1]['components_s']['interface_generic'], 1)} s vs "
