@@ -15,7 +15,7 @@ import tracemalloc
 
 import numpy as np
 
-from .common import BenchConfig, Section, Table, device_label, ms, ratio, scene_frame, sig, embedded_pipeline, time_call
+from .common import BenchConfig, Section, Table, device_label, embedded_pipeline, ms, ratio, scene_frame, sig, time_call
 
 TOP_K = 10
 

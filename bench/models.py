@@ -29,8 +29,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from .common import (BenchConfig, Section, Table, device_label, frame_sizes, ms, paper_pipeline, ratio,
-                     scene_frame, sig, embedded_pipeline, time_call)
+from .common import (BenchConfig, Section, Table, device_label, embedded_pipeline, frame_sizes, ms, paper_pipeline,
+                     ratio, scene_frame, sig, time_call)
 
 CLASSES = ["person", "chair", "table", "cup", "bottle", "plant"]
 PHRASE = "the red cup next to the plant"
@@ -83,7 +83,7 @@ def component_times(pipe, frame: np.ndarray, repeats: int, min_seconds: float) -
 def interface_calls(model, features) -> dict[str, Any]:
     """The interface alone on precomputed image features (and class / phrase embeddings): generic
     segmentation and grounding, through the task code of the model's interface architecture."""
-    if model.config.interface.architecture == "official":
+    if model.official:
         from find_core.tasks import official
         classes = official.class_embeddings(model, CLASSES)
         tokens = official.projected_tokens(model, [PHRASE])

@@ -26,8 +26,8 @@ from PIL import Image as PILImage
 
 from find_ros.process_harness import NodeProcess, Probe, next_domain
 
-from .common import (BenchConfig, Section, Table, device_label, ms, percentile, ratio, scene_frame, sig,
-                     embedded_pipeline, time_call)
+from .common import (BenchConfig, Section, Table, device_label, embedded_pipeline, ms, percentile, ratio,
+                     scene_frame, sig, time_call)
 
 CLASSES = ["person", "chair", "table", "cup", "bottle", "plant"]
 RATE = 30.0

@@ -34,7 +34,7 @@ import numpy as np
 from find_core.messages import stamp_seconds
 from find_ros.process_harness import NodeProcess, Probe, next_domain, reliable
 
-from .common import BenchConfig, Section, Table, ms, percentile, scene_frame, sig, embedded_pipeline, time_call
+from .common import BenchConfig, Section, Table, embedded_pipeline, ms, percentile, scene_frame, sig, time_call
 
 PAYLOAD, ACK = "/bench/payload", "/bench/ack"
 WARMUP_MESSAGES = 2                                # per variant, not timed
