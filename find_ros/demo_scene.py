@@ -89,12 +89,13 @@ def choose_referents(reader: FramesReader) -> Referents:
     return Referents(objects[a], objects[b], picture_frame, seen[:, a] & seen[:, b])
 
 
-def build_instruction(reader: FramesReader, referents: Referents, instruction_id: str, reference_view: str = "image"
+def build_instruction(reader: FramesReader, referents: Referents, instruction_id: str, reference_view: str
                       ) -> tuple[Instruction, np.ndarray]:
     """'The <text phrase> is next to the <image>.' — the visual entity a picture of the other object
-    from another frame with its mask: the whole frame (``reference_view="image"``, the demo's: as FIND-Bench's
-    interleave retrieval gives a reference and the embedded checkpoint trained) or the segment's tight crop (``"crop"``). Returns the
-    instruction and the picture."""
+    from another frame with its mask: the whole frame (``reference_view="image"``, as FIND-Bench's
+    interleave retrieval gives a reference) or the segment's tight crop (``"crop"``); the demo's is
+    ``DemoConfig.reference_view``.
+    Returns the instruction and the picture."""
     if reference_view not in REFERENCE_VIEWS:
         raise ValueError(f"reference_view must be one of {REFERENCE_VIEWS}, got {reference_view!r}")
     record = reader[referents.picture_frame]

@@ -31,7 +31,7 @@ def frame_hash(rgb: np.ndarray) -> str:
 
 def summarize(reader: FramesReader, referents: Referents, instruction: Instruction, run: NodeRun,
               answer: dict[str, np.ndarray], recorded: list[tuple[float, str]], model: str, *, seed: int,
-              domain: int, reference_view: str = "crop") -> dict:
+              domain: int, reference_view: str) -> dict:
     """The chosen frame and every entity's mask against the ground truth of that frame. Scene frames
     are recognised by their pixels: the replay re-stamps them with its clock."""
     result, localization = run.result, run.result["localization"]

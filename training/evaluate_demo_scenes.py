@@ -7,8 +7,8 @@ frame that shows both objects the demo's interleaved instruction names, and do i
 Each seed renders the demo's posed scene (``find_core.data.scene_video``, the demo's frame count and
 size; seed 0 is ``scripts/demo.sh``'s own scene) and builds the demo's instruction with its code
 (``find_ros.demo_scene``): "The <phrase of one object> is next to the <image>.", the picture being the
-other object from a frame without the first, as its tight crop (the demo's) or the whole frame with
-the object's mask (``--reference-view image``, FIND-Bench's retrieval protocol). All frames are
+other object from a frame without the first, as the whole frame with the object's mask (the
+demo's default, FIND-Bench's retrieval protocol) or its tight crop (``--reference-view crop``). All frames are
 localized at once, in this process (at the demo's input size unless ``--input-size``): what the node
 gets when it buffers every frame, without its
 frame dropping. One scene says little (the node demo's summary is one of these); this is the figure
