@@ -206,10 +206,11 @@ def test_field_table_equals_its_evaluations():
         assert m["objects"] == 101, path.name
 
 
-def minutes(log: Path) -> float:
-    """A training log's step time in minutes."""
+def steps_and_minutes(log: Path) -> tuple[str, float]:
+    """A training log's last step and its step time in minutes."""
     with log.open() as f:
-        return sum(float(row["seconds"]) for row in csv.DictReader(f)) / 60
+        rows = list(csv.DictReader(f))
+    return rows[-1]["step"], sum(float(row["seconds"]) for row in rows) / 60
 
 
 # issue 16's held-out targets: metric → (its value in a training.evaluate JSON, the target)
@@ -258,9 +259,8 @@ def claims() -> list[tuple[str, str]]:
     batch16_engine = load(RESULTS / "synthetic_official_batch16_heldout_engine.json")["interleave_retrieval"]
     for path in (OFFICIAL_LOG, RESULTS / "visual_source_own_train_log.csv", CONTINUED_LOG, BATCH16_LOG,
                  RETRIEVAL_SOURCE_LOG, *FIND_RECIPE_LOGS, JITTER_LOG, CONTINUED_JITTER_LOG, HALF_JITTER_LOG):
-        with path.open() as f:
-            rows = list(csv.DictReader(f))
-        logs[path.name] = f"{rows[-1]['step']} steps in {r(sum(float(x['seconds']) for x in rows) / 60, 1)} min"
+        steps, minutes = steps_and_minutes(path)
+        logs[path.name] = f"{steps} steps in {r(minutes, 1)} min"
 
     def grounding(m: dict) -> str:
         return f"{r(m['interleave_grounding']['ciou'], 1)} (visual entities {r(m['interleave_grounding']['visual']['ciou'], 1)})"
@@ -377,7 +377,7 @@ def claims() -> list[tuple[str, str]]:
          if heldout["generic"]["images"] == 144 else "<image count changed>"),
         ("heldout_metrics.json", f"held-out 2D PQ on things {r(heldout['generic']['pq_things'], 1)}"),
         ("heldout_metrics.json + field_abstention_heldout.json + find_recipe_phase*_train_log.csv", targets_sentence(
-            heldout, absent, sum(minutes(path) for path in FIND_RECIPE_LOGS))),
+            heldout, absent, sum(steps_and_minutes(path)[1] for path in FIND_RECIPE_LOGS))),
         ("model.safetensors", f"(`find_core/checkpoints/find-synthetic`, {r(WEIGHTS.stat().st_size / 1e6)} MB)"),
         ("find_recipe_phase*_train_log.csv", "`synthetic_official.yaml`, {}, then `visual_source/own.yaml`, {}, then "
                                              "`synthetic_official_continued.yaml`, {}, then `retrieval_visual_source.yaml`, "
