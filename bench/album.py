@@ -1,13 +1,14 @@
 """Figure 5: interleave retrieval over an album of cached image embeddings.
 
-``FindPipeline.interleave_retrieve(instruction, image_embeddings=gallery)`` plus a top-10 selection,
-for galleries of 10³, 10⁴, 10⁵ cached embeddings (``embed_images`` of 8 real frames, each copy with
-small noise and re-normalised, so the numbers look like a real album) with the ``synthetic`` preset.
-The instruction is interleaved: a text entity and an inline picture ("the mug like <image> on the
-table"). The per-query cost is the instruction embedding (constant: language model + reference
-picture through the vision side + interface) plus the gallery part (one matrix–vector product and the
-top-k), which should grow linearly with the gallery. Baseline: the smallest gallery. Memory: the
-gallery array and the peak of numpy allocations during one query (tracemalloc).
+``FindPipeline.interleave_retrieve(instruction, gallery=album)`` plus a top-10 selection, for albums
+of 10³, 10⁴, 10⁵ cached galleries (``FindPipeline.gallery`` of 8 real frames, each copy's image
+embedding with small noise and re-normalised, so the numbers look like a real album) with the
+embedded checkpoint. The instruction is interleaved: a text entity and an inline picture ("the mug
+like <image> on the table"). The per-query cost is the instruction embedding (constant: language
+model + reference picture through the vision side + interface) plus the gallery part (the ranking's
+products with the album and the top-k; the official decoder's ranking also matches every entity with
+every image's object queries), which should grow linearly with the album. Baseline: the smallest
+album. Memory: the album's arrays and the peak of numpy allocations during one query (tracemalloc).
 """
 from __future__ import annotations
 
@@ -28,24 +29,46 @@ def instruction():
                               Entity(24, 33, "text")))
 
 
-def gallery(pipe, size: int, seed: int) -> np.ndarray:
+def album(pipe, size: int, seed: int):
+    """`size` galleries drawn from 8 real frames', each image embedding with its own noise."""
+    from find_core.pipeline import FrameGallery
     rng = np.random.default_rng(seed)
-    real = pipe.embed_images([scene_frame(i, 240, 320) for i in range(8)])
-    rows = real[rng.integers(0, len(real), size)] + rng.normal(0, 0.05, (size, real.shape[1])).astype(np.float32)
-    return (rows / np.linalg.norm(rows, axis=1, keepdims=True)).astype(np.float32)
+    real = pipe.gallery([scene_frame(i, 240, 320) for i in range(8)])
+    drawn = real.select(rng.integers(0, len(real), size))
+    rows = drawn.images + rng.normal(0, 0.05, drawn.images.shape).astype(np.float32)
+    return FrameGallery((rows / np.linalg.norm(rows, axis=1, keepdims=True)).astype(np.float32), drawn.objects)
 
 
-def query(pipe, entry, images: np.ndarray) -> np.ndarray:
+def album_mb(kept) -> float:
+    return (kept.images.nbytes + (0 if kept.objects is None else kept.objects.nbytes)) / 1e6
+
+
+def query(pipe, entry, kept) -> np.ndarray:
     """One album search as a caller writes it: the pipeline's scores, then the top-k, best first."""
-    return top_k(pipe.interleave_retrieve(entry, image_embeddings=images).similarity[0])
+    return top_k(pipe.interleave_retrieve(entry, gallery=kept).similarity[0])
 
 
-def gallery_part(pipe, embedding: np.ndarray, images: np.ndarray) -> np.ndarray:
-    """The same search with the instruction already embedded: the pipeline's own scoring
-    (``FindPipeline._scores``, what interleave_retrieve calls) and the top-k."""
+def embedded_entry(pipe, entry):
+    """The instruction's embeddings, what the gallery part starts from (`gallery_part`)."""
     import torch
+    from find_core.tasks import official
     with torch.inference_mode():
-        return top_k(pipe._scores(embedding[None], images)[0])
+        if pipe.model.official:
+            return official.entry_embeddings(pipe.model, entry)
+        return pipe.embed_instruction(entry)
+
+
+def gallery_part(pipe, embedded, kept) -> np.ndarray:
+    """The same search with the instruction already embedded: the pipeline's own scoring (what
+    interleave_retrieve calls: `official.interleave_scores`, else `FindPipeline._scores`) and the top-k."""
+    import torch
+    from find_core.tasks import official
+    with torch.inference_mode():
+        if pipe.model.official:
+            entry, entities = embedded
+            scores = official.interleave_scores(entry.float(), entities.float(), *pipe._gallery_tensors(kept))
+            return top_k(scores.cpu().numpy())
+        return top_k(pipe._scores(embedded[None], kept.images)[0])
 
 
 def top_k(scores: np.ndarray) -> np.ndarray:
@@ -60,18 +83,18 @@ def run(config: BenchConfig) -> Section:
     device = device_label(str(pipe.device))
     entry = instruction()
     repeats = config.pick(10, 3)
-    embed_only = time_call(lambda: pipe.embed_instruction(entry), repeats, min_seconds=config.pick(2.0, 0.5)).median
-    embedding = pipe.embed_instruction(entry)
+    embed_only = time_call(lambda: embedded_entry(pipe, entry), repeats, min_seconds=config.pick(2.0, 0.5)).median
+    embedded = embedded_entry(pipe, entry)
     rows = []
     for size in config.pick([10**3, 10**4, 10**5], [10**3, 10**4]):
-        images = gallery(pipe, size, size)
-        total = time_call(lambda: query(pipe, entry, images), repeats, min_seconds=config.pick(2.0, 0.5)).median
-        part = time_call(lambda: gallery_part(pipe, embedding, images), repeats, min_seconds=config.pick(1.0, 0.3)).median
+        kept = album(pipe, size, size)
+        total = time_call(lambda: query(pipe, entry, kept), repeats, min_seconds=config.pick(2.0, 0.5)).median
+        part = time_call(lambda: gallery_part(pipe, embedded, kept), repeats, min_seconds=config.pick(1.0, 0.3)).median
         tracemalloc.start()
-        query(pipe, entry, images)
+        query(pipe, entry, kept)
         peak = tracemalloc.get_traced_memory()[1] / 1e6
         tracemalloc.stop()
-        rows.append({"gallery": size, "dims": int(images.shape[1]), "gallery_mb": images.nbytes / 1e6,
+        rows.append({"gallery": size, "dims": int(kept.images.shape[1]), "gallery_mb": album_mb(kept),
                      "query_s": total, "gallery_part_s": part, "query_peak_mb": peak})
         print(f"  [album] {size:,} images: {ms(total)} ms per query, gallery part {ms(part)} ms", flush=True)
     section.data = {"device": device, "model": label, "instruction_embedding_s": embed_only, "galleries": rows}

@@ -8,9 +8,9 @@ in the same run. Frame size changes only pre- and post-processing: every frame i
 model's ``input_size``. The quick run uses 320 px frames only and an input of 256 (not 1024) for the
 paper-sized model.
 
-``localize`` ranks a buffer of frames whose embeddings were computed when they arrived (as the ROS
-node does) and grounds the instruction in the best one; filling that buffer is timed separately
-(``embed_images``, per frame).
+``localize`` ranks a buffer of frames whose ranking part (``FindPipeline.gallery``) was computed when
+they arrived (as the ROS node does) and grounds the instruction in the best one; filling that buffer
+is timed separately (``gallery``, per frame).
 
 The interface figure times the parts separately on the letterboxed input: vision backbone, pixel
 decoder, language model, and the interface alone (generic and grounding, ``interface_calls``) on precomputed
@@ -45,7 +45,7 @@ def interleaved(frame: np.ndarray):
     return Instruction(text, (Entity(5, 12, "visual", VisualReference(image=crop)), Entity(18, 27, "text")))
 
 
-def task_calls(pipe, frame: np.ndarray, buffer: list[np.ndarray], buffer_embeddings: np.ndarray) -> dict[str, Any]:
+def task_calls(pipe, frame: np.ndarray, buffer: list[np.ndarray], buffer_gallery) -> dict[str, Any]:
     from find_core.prompts import SpatialPrompt
     h, w = frame.shape[:2]
     instruction = interleaved(frame)
@@ -56,7 +56,7 @@ def task_calls(pipe, frame: np.ndarray, buffer: list[np.ndarray], buffer_embeddi
                                                         [SpatialPrompt.from_box(w * 0.5, h * 0.5, w * 0.8, h * 0.9)]]),
         "interleave_ground": lambda: pipe.interleave_ground(frame, instruction),
         "embed_pixels": lambda: pipe.embed_pixels(frame),
-        "localize": lambda: pipe.localize(buffer, instruction, frame_embeddings=buffer_embeddings),
+        "localize": lambda: pipe.localize(buffer, instruction, gallery=buffer_gallery),
     }
 
 
@@ -128,14 +128,14 @@ def measure(pipe, label: str, config: BenchConfig, repeats: int, buffer_size: in
     min_seconds = config.pick(2.0, 0.5)
     out["components_s"] = component_times(pipe, first[0], repeats, min_seconds)
     start = time.perf_counter()
-    embeddings = pipe.embed_images(first)
+    gallery = pipe.gallery(first)
     out["buffer_fill_per_frame_s"] = (time.perf_counter() - start) / distinct
-    embeddings = np.resize(embeddings, (buffer_size, embeddings.shape[1]))
+    gallery = gallery.select(np.arange(buffer_size) % distinct)
     for n, (height, width) in enumerate(frame_sizes(config)):
         buffer = [scene_frame(i % distinct, height, width) for i in range(buffer_size)]
         size_key = f"{width}x{height}"
         row = {task: time_call(call, repeats, warmup=1 if n == 0 else 0, min_seconds=min_seconds).as_dict()
-               for task, call in task_calls(pipe, buffer[-1], buffer, embeddings).items()}
+               for task, call in task_calls(pipe, buffer[-1], buffer, gallery).items()}
         out["tasks"][size_key] = row
         print(f"  [models] {label} {size_key}: " + ", ".join(f"{t} {ms(v['median_s'])} ms" for t, v in row.items()),
               flush=True)
@@ -165,9 +165,9 @@ def run(config: BenchConfig) -> Section:
         for size, row in r["tasks"].items():
             table.rows.append([size, *[f"{ms(row[t]['median_s'])} ({ratio(row[t]['median_s'], encoder)})" for t in tasks]])
         table.notes.append(f"baseline ×enc: encode_images (vision backbone + pixel decoder) = {ms(encoder)} ms at input "
-                           f"{r['input_size']}²; localize ranks {r['buffer_size']} buffered frame embeddings "
+                           f"{r['input_size']}²; localize ranks {r['buffer_size']} buffered frame galleries "
                            f"(from {r['buffer_distinct_frames']} distinct frames) and grounds in the best; filling the "
-                           f"buffer cost {ms(r['buffer_fill_per_frame_s'])} ms per frame (embed_images, batches of 8).")
+                           f"buffer cost {ms(r['buffer_fill_per_frame_s'])} ms per frame (gallery, batches of 8).")
         section.tables.append(table)
 
     table = Table(f"Interface vs encoders (one frame, input letterboxed) on {device}",

@@ -53,6 +53,36 @@ class EncodedImage:
     image_outputs: PredictionSet | dict[str, torch.Tensor] | None = None
 
 
+@dataclass(frozen=True)
+class FrameGallery:
+    """What ranking images against an instruction reads of each image, which does not depend on the
+    instruction (`FindPipeline.gallery`): kept per frame, a live buffer or an album is ranked without
+    encoding its images again. The normalised image embeddings [N, C], and for the official decoder,
+    whose ranking also matches each entity with the image's best object query, the object queries'
+    semantic outputs [N, Q, C]."""
+
+    images: np.ndarray
+    objects: np.ndarray | None = None
+
+    def __post_init__(self) -> None:
+        if self.images.ndim != 2 or (self.objects is not None and (self.objects.ndim != 3
+                                                                   or len(self.objects) != len(self.images))):
+            raise ValueError(f"a gallery is images [N, C] with objects [N, Q, C] or None, got {self.images.shape} "
+                             f"and {None if self.objects is None else self.objects.shape}")
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def select(self, rows: np.ndarray | Sequence[int]) -> "FrameGallery":
+        return FrameGallery(self.images[rows], None if self.objects is None else self.objects[rows])
+
+    @classmethod
+    def concat(cls, parts: Sequence["FrameGallery"]) -> "FrameGallery":
+        objects = [p.objects for p in parts]
+        return cls(np.concatenate([p.images for p in parts]),
+                   None if any(o is None for o in objects) else np.concatenate(objects))
+
+
 class FindPipeline:
     """``input_size``: the side frames are letterboxed to (None or 0: the model's training size,
     ``vision.input_size``). A model recognises objects at about the pixel size it was trained on, so
@@ -268,14 +298,21 @@ class FindPipeline:
                 embeddings = generic.class_embeddings(self.model, [ClassPrompt(text=t) for t in texts])
         return F.normalize(embeddings.float(), dim=-1).cpu().numpy()
 
-    @torch.inference_mode()
     def embed_images(self, images: Sequence[np.ndarray | EncodedImage]) -> np.ndarray:
         """[N, C] normalised image-level embeddings (the image query), for retrieval and frame buffers."""
+        return self.gallery(images).images
+
+    @torch.inference_mode()
+    def gallery(self, images: Sequence[np.ndarray | EncodedImage]) -> FrameGallery:
+        """What `interleave_retrieve` and `localize` read of each image, to keep per frame."""
         with self._autocast():
             features, _ = self._encode(images)
             outputs = self._image_only(images, features)
-            embeddings = outputs["pred_retrievals"][:, 0] if self.model.official else outputs.image_semantic
-        return F.normalize(embeddings.float(), dim=-1).cpu().numpy()
+            if self.model.official:
+                embeddings, objects = outputs["pred_retrievals"][:, 0], outputs["pred_captions"].float().cpu().numpy()
+            else:
+                embeddings, objects = outputs.image_semantic, None
+        return FrameGallery(F.normalize(embeddings.float(), dim=-1).cpu().numpy(), objects)
 
     @torch.inference_mode()
     def embed_instruction(self, instruction: Instruction | str,
@@ -310,21 +347,18 @@ class FindPipeline:
 
     @torch.inference_mode()
     def interleave_retrieve(self, instruction: Instruction | str, images: Sequence[np.ndarray] | None = None,
-                            image_embeddings: np.ndarray | None = None,
+                            gallery: FrameGallery | None = None,
                             frames: Mapping[float, np.ndarray] | None = None) -> RetrievalResult:
-        """Rank images (or precomputed embed_images rows) against an interleaved instruction.
+        """Rank images (or their `gallery`, kept from an earlier call) against an interleaved instruction.
 
         The official decoder ranks as its evaluation does, by cos(entry, image) + 0.5 x how well each
-        entity matches the image's best object query, so it needs the images themselves."""
-        if (images is None) == (image_embeddings is None):
-            raise ValueError("give either images or image_embeddings")
+        entity matches the image's best object query, so its gallery carries the object queries."""
+        if (images is None) == (gallery is None):
+            raise ValueError("give either images or their gallery")
+        gallery = self.gallery(images) if images is not None else gallery
         if self.model.official:
-            if images is None:
-                raise ValueError("the official interleave ranking needs the images (their object queries), "
-                                 "not only their embeddings")
-            return RetrievalResult(self._official_interleave_scores(instruction, images, frames)[None])
-        gallery = self.embed_images(images) if images is not None else np.asarray(image_embeddings, dtype=np.float32)
-        return RetrievalResult(self._scores(self.embed_instruction(instruction, frames)[None], gallery))
+            return RetrievalResult(self.official_interleave_scores(instruction, gallery, frames)[None])
+        return RetrievalResult(self._scores(self.embed_instruction(instruction, frames)[None], gallery.images))
 
     @torch.inference_mode()
     def interleave_ground(self, image: np.ndarray | EncodedImage, instruction: Instruction | str,
@@ -347,70 +381,76 @@ class FindPipeline:
 
     @torch.inference_mode()
     def localize(self, frames: Sequence[np.ndarray], instruction: Instruction | str,
-                 frame_embeddings: np.ndarray | None = None,
+                 gallery: FrameGallery | None = None,
                  stamps: Sequence[float] | None = None) -> LocalizationResult:
         """Rank `frames` against the instruction, then ground its entities in the best one.
-        `frame_embeddings` (embed_images of the same frames) skips re-encoding a live buffer;
-        `stamps` lets visual entities refer to buffered frames by stamp."""
+        `gallery` (`gallery` of the same frames, kept as they arrived) ranks a live buffer without
+        encoding it again, so only the best frame is encoded; `stamps` lets visual entities refer to
+        buffered frames by stamp."""
         if not frames:
             raise ValueError("localize needs at least one frame")
+        if gallery is not None and len(gallery) != len(frames):
+            raise ValueError(f"the gallery has {len(gallery)} rows for {len(frames)} frames")
         instruction = instruction if isinstance(instruction, Instruction) else parse_instruction(instruction)
         lookup = dict(zip(stamps, frames)) if stamps is not None else None
-        if self.model.official:  # its ranking reads each frame's object queries: encode the frames
-            return self._official_localize(frames, instruction, lookup)
-        ranking = self.interleave_retrieve(instruction, None if frame_embeddings is not None else frames,
-                                           frame_embeddings, lookup)
-        scores = ranking.similarity[0]
+        if gallery is None:   # encode the frames once, for the ranking and the grounding
+            frames = self._encode_each(frames)
+            gallery = self.gallery(frames)
+        if self.model.official:
+            return self._official_localize(frames, instruction, lookup, gallery)
+        scores = self.interleave_retrieve(instruction, gallery=gallery, frames=lookup).similarity[0]
         best = int(np.argmax(scores))
         return LocalizationResult(scores, best, self.interleave_ground(frames[best], instruction, lookup))
 
-    def _official_localize(self, frames: Sequence[np.ndarray], instruction: Instruction,
-                           lookup: Mapping[float, np.ndarray] | None) -> LocalizationResult:
-        """`localize` on the official decoder with the frames encoded once and the entry (its tokens and
-        its visual entities' passes) prepared once for both the ranking and the grounding."""
+    @torch.inference_mode()
+    def _encode_each(self, images: Sequence[np.ndarray]) -> list[EncodedImage]:
+        """`encode` of each image, in batches."""
+        with self._autocast():
+            features, boxes = self._encode(images)
+        return [EncodedImage(tuple(image.shape), box, features.select(slice(i, i + 1)))
+                for i, (image, box) in enumerate(zip(images, boxes))]
+
+    def _official_localize(self, frames: Sequence[np.ndarray | EncodedImage], instruction: Instruction,
+                           lookup: Mapping[float, np.ndarray] | None, gallery: FrameGallery) -> LocalizationResult:
+        """`localize` on the official decoder with the entry (its tokens and its visual entities' passes)
+        prepared once for both the ranking and the grounding."""
         labels = [e.label or instruction.phrase(i) for i, e in enumerate(instruction.entities)]
         with self._autocast():
             entry = official.prepare_entry(self.model, instruction, lookup)
-            features, boxes = self._encode(frames)
-            outputs = self._image_only(frames, features)
             embedding, entities = official.embed_entry(self.model, entry)
             scores = official.interleave_scores(embedding.float(), entities.float(),
-                                                outputs["pred_retrievals"][:, 0].float(),
-                                                outputs["pred_captions"].float()).cpu().numpy()
+                                                *self._gallery_tensors(gallery)).cpu().numpy()
             best = int(np.argmax(scores))
-            masks, probabilities = official.ground_entry(self.model, features.select(slice(best, best + 1)), entry)
-            grounding = GroundingResult(_segments(masks, probabilities, boxes[best], labels,
+            features, boxes = self._encode([frames[best]])
+            masks, probabilities = official.ground_entry(self.model, features, entry)
+            grounding = GroundingResult(_segments(masks, probabilities, boxes[0], labels,
                                                   [e.kind for e in instruction.entities]))
         return LocalizationResult(scores, best, grounding)
 
-    def _official_interleave_scores(self, instruction: Instruction | str, images: Sequence[np.ndarray],
-                                    frames: Mapping[float, np.ndarray] | None) -> np.ndarray:
-        return self.official_interleave_scores(instruction, self.official_gallery(images), frames)
+    def _gallery_tensors(self, gallery: FrameGallery) -> tuple[torch.Tensor, torch.Tensor]:
+        """The official ranking's gallery on the model's device (it needs the object queries)."""
+        if gallery.objects is None:
+            raise ValueError("the official interleave ranking reads each image's object queries: give a "
+                             "gallery made by FindPipeline.gallery with this model, not bare image embeddings")
+        return (torch.from_numpy(gallery.images).to(self.model.device),
+                torch.from_numpy(gallery.objects).to(self.model.device))
 
-    @torch.inference_mode()
-    def official_gallery(self, images: Sequence[np.ndarray | EncodedImage]) -> tuple[torch.Tensor, torch.Tensor]:
-        """What the official interleave ranking reads of each image (official decoder): the image
-        embeddings [N, C] and the object queries' semantic outputs [N, Q, C]."""
-        with self._autocast():
-            features, _ = self._encode(images)
-            outputs = self._image_only(images, features)
-        return outputs["pred_retrievals"][:, 0].float(), outputs["pred_captions"].float()
-
-    def official_interleave_scores(self, instruction: Instruction | str, gallery: tuple[torch.Tensor, torch.Tensor],
+    def official_interleave_scores(self, instruction: Instruction | str, gallery: FrameGallery,
                                    frames: Mapping[float, np.ndarray] | None = None) -> np.ndarray:
-        """[N] official ranking scores of an `official_gallery` against an instruction."""
+        """[N] official ranking scores of a `gallery` against an instruction."""
         return official.rank(self.official_interleave_terms(instruction, gallery, frames))
 
     @torch.inference_mode()
-    def official_interleave_terms(self, instruction: Instruction | str, gallery: tuple[torch.Tensor, torch.Tensor],
+    def official_interleave_terms(self, instruction: Instruction | str, gallery: FrameGallery,
                                   frames: Mapping[float, np.ndarray] | None = None) -> np.ndarray:
         """[2, N] the official ranking's two terms (`official.interleave_score_terms`): entry-image and
-        entity-object, for an `official_gallery` against an instruction."""
+        entity-object, for a `gallery` against an instruction."""
         instruction = instruction if isinstance(instruction, Instruction) else parse_instruction(instruction)
         with self._autocast():
             entry, entities = official.entry_embeddings(self.model, instruction, frames)
-            terms = official.interleave_score_terms(entry.float(), entities.float(), *gallery)
+            terms = official.interleave_score_terms(entry.float(), entities.float(), *self._gallery_tensors(gallery))
         return terms.cpu().numpy()
+
 
 def _segments(masks: torch.Tensor, scores: torch.Tensor, box: Letterbox, labels: list[str],
               kinds: list[str] | None = None) -> list[Segment]:

@@ -1,8 +1,9 @@
-"""A ring buffer of the last N frames with their image-level embeddings (no rclpy here).
+"""A ring buffer of the last N frames with what ranking reads of them (no rclpy here).
 
-Why: localizing an instruction means ranking recent frames. Embedding each frame once, as it
-arrives, makes an instruction cost one text encoding and an [N, C] dot product instead of N image
-encodings. Frames are kept at processing resolution together with what the node needs to answer
+Why: localizing an instruction means ranking recent frames. Keeping each frame's ranking part
+(`FindPipeline.gallery`: its image embedding, and for the official decoder its object queries) as it
+arrives makes an instruction cost one instruction encoding and a product with the buffer instead of
+N image encodings. Frames are kept at processing resolution together with what the node needs to answer
 for them later: the original header (stamp, frame_id), the camera image size, and an optional
 registered depth image with intrinsics.
 """
@@ -16,6 +17,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from find_core.instructions import FRAME_STAMP_TOLERANCE
+from find_core.pipeline import FrameGallery
 
 
 @dataclass(frozen=True)
@@ -45,12 +47,15 @@ class BufferedFrame:
     embedding: np.ndarray       # [C] float32, L2-normalised image embedding
     source_size: tuple[int, int]  # (height, width) of the camera image
     depth: DepthFrame | None = None
+    objects: np.ndarray | None = None   # [Q, C] object queries' semantic outputs (official decoder)
 
     def __post_init__(self) -> None:
         if self.rgb.ndim != 3 or self.rgb.shape[2] != 3 or self.rgb.dtype != np.uint8:
             raise ValueError(f"rgb must be H x W x 3 uint8, got {self.rgb.dtype} {self.rgb.shape}")
         if self.embedding.ndim != 1:
             raise ValueError(f"embedding must be 1-D, got shape {self.embedding.shape}")
+        if self.objects is not None and (self.objects.ndim != 2 or self.objects.shape[1] != len(self.embedding)):
+            raise ValueError(f"objects must be [Q, {len(self.embedding)}], got shape {self.objects.shape}")
 
     @property
     def size(self) -> tuple[int, int]:
@@ -79,9 +84,13 @@ class FrameBuffer:
             cleared = False
             if self._frames:
                 newest = self._frames[-1]
-                if frame.embedding.shape != newest.embedding.shape:
-                    raise ValueError(f"embedding shape {frame.embedding.shape} differs from the buffer's "
-                                     f"{newest.embedding.shape}")
+                if frame.embedding.shape != newest.embedding.shape or (
+                        None if frame.objects is None else frame.objects.shape) != (
+                        None if newest.objects is None else newest.objects.shape):
+                    raise ValueError(f"embedding shape {frame.embedding.shape} (objects "
+                                     f"{None if frame.objects is None else frame.objects.shape}) differs from the "
+                                     f"buffer's {newest.embedding.shape} ("
+                                     f"{None if newest.objects is None else newest.objects.shape})")
                 if frame.stamp < newest.stamp:
                     self._frames.clear()
                     cleared = True
@@ -95,12 +104,13 @@ class FrameBuffer:
         with self._lock:
             return list(self._frames)
 
-    def embeddings(self, frames: list[BufferedFrame] | None = None) -> np.ndarray:
-        """[N, C] image embeddings of ``frames`` (default: the whole buffer), oldest first."""
+    def gallery(self, frames: list[BufferedFrame] | None = None) -> FrameGallery:
+        """What ranking reads of ``frames`` (default: the whole buffer), oldest first."""
         frames = self.snapshot() if frames is None else frames
         if not frames:
             raise ValueError("the frame buffer is empty")
-        return np.stack([f.embedding for f in frames]).astype(np.float32, copy=False)
+        objects = None if frames[0].objects is None else np.stack([f.objects for f in frames])
+        return FrameGallery(np.stack([f.embedding for f in frames]).astype(np.float32, copy=False), objects)
 
     def find(self, stamp: float, tolerance: float = FRAME_STAMP_TOLERANCE) -> BufferedFrame | None:
         """The buffered frame nearest to ``stamp`` if within ``tolerance`` seconds."""

@@ -6,10 +6,10 @@ A thin adapter from topics to :class:`find_core.pipeline.FindPipeline` (see docs
   a one-slot mailbox; a worker thread always takes the *newest* frame. A frame replaced before the
   worker got to it counts as ``frames_dropped``; a gap in a publisher's sequence numbers (a frame DDS
   never delivered) as ``frames_missed``.
-* Each processed frame is encoded once (``FindPipeline.encode``): its image embedding for the ring
-  buffer, its masks and its per-pixel embeddings all come from that one vision pass.
-* Each processed frame is embedded once (``embed_images``) into a ring buffer, so an instruction
-  ranks the buffer with one text encoding (``localize`` with ``frame_embeddings``).
+* Each processed frame is encoded once (``FindPipeline.encode``): its ranking part for the ring
+  buffer (``FindPipeline.gallery``), its masks and its per-pixel embeddings all come from that one
+  vision pass. An instruction ranks the buffer with one instruction encoding and encodes only the
+  best frame again to ground it (``localize`` with ``gallery``).
 * Bad input of any kind becomes an ``error`` result on ``~/results`` and a log line; the node keeps
   serving.
 * 3D positions come only from the depth under an entity's own mask (its interior, see
@@ -246,13 +246,14 @@ class FindPerceptionNode(Node):
         watch.mark("decode")
         try:
             encoded = self.pipeline.encode(rgb)   # one vision pass serves every output of this frame
-            embedding = self.pipeline.embed_images([encoded])[0]
+            gallery = self.pipeline.gallery([encoded])   # what ranking reads of it, kept in the buffer
         except Exception as err:
             self._model_error(err)
             return
         watch.mark("embed_image")
-        frame = BufferedFrame(seconds, stamp.sec, stamp.nanosec, msg.header.frame_id, rgb, embedding,
-                              (int(source_size[0]), int(source_size[1])), self._pair_depth(seconds, msg.header.frame_id)[0])
+        frame = BufferedFrame(seconds, stamp.sec, stamp.nanosec, msg.header.frame_id, rgb, gallery.images[0],
+                              (int(source_size[0]), int(source_size[1])), self._pair_depth(seconds, msg.header.frame_id)[0],
+                              None if gallery.objects is None else gallery.objects[0])
         watch.mark("depth")
         if self._buffer.push(frame):
             self._log.warning(f"frame stamp {seconds:.3f} is older than the newest buffered frame: time jumped "
@@ -332,7 +333,7 @@ class FindPerceptionNode(Node):
         watch.mark("parse")
         try:
             located = self.pipeline.localize([f.rgb for f in frames], resolved,
-                                             frame_embeddings=self._buffer.embeddings(frames))
+                                             gallery=self._buffer.gallery(frames))
         except Exception as err:
             self._model_error(err, instruction)
             return

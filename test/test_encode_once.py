@@ -1,5 +1,6 @@
 """FindPipeline.encode: one vision pass per frame for any number of calls, the same answers as calls on
-the array; the official localize prepares its entry once and encodes the frames once."""
+the array; the official localize prepares its entry once and encodes the frames once; a kept gallery
+(FindPipeline.gallery) spares localize every frame but the best."""
 from __future__ import annotations
 
 import json
@@ -11,7 +12,7 @@ import torch
 from find_core.config import ModelConfig
 from find_core.instructions import Entity, Instruction, VisualReference
 from find_core.model import FindModel
-from find_core.pipeline import EncodedImage, FindPipeline
+from find_core.pipeline import EncodedImage, FindPipeline, FrameGallery
 from find_core.presets import preset_path
 from find_core.prompts import SpatialPrompt
 
@@ -35,14 +36,16 @@ def image() -> np.ndarray:
 
 
 class CountingEncoder:
-    """Counts the vision passes of a pipeline's model."""
+    """Counts the vision passes of a pipeline's model, and the images they encode."""
 
     def __init__(self, pipe: FindPipeline, monkeypatch):
         self.calls = 0
+        self.images = 0
         original = pipe.model.encode_images
 
         def counted(*args, **kwargs):
             self.calls += 1
+            self.images += len(args[0])
             return original(*args, **kwargs)
         monkeypatch.setattr(pipe.model, "encode_images", counted)
 
@@ -100,3 +103,34 @@ def test_official_localize_matches_ranking_then_grounding(image, monkeypatch):
         assert np.array_equal(ours.mask, theirs.mask) and ours.score == pytest.approx(theirs.score, abs=1e-5)
     assert counter.calls == 2                       # the three frames in one batch, the reference crop once
     json.dumps(result.frame_scores.tolist())
+
+
+def test_localize_on_a_kept_gallery_matches_and_encodes_only_the_best_frame(pipe, image, monkeypatch):
+    """What the node does: each frame's gallery kept as it arrived, then localize ranks the buffer
+    from it and encodes only the best frame (and the reference picture) to ground the entities."""
+    frames = [np.roll(image, shift, axis=1) for shift in (0, 20, 40)]
+    crop = image[10:30, 20:40].copy()
+    instruction = Instruction("the red square like this one", (
+        Entity(0, 14, "text"),
+        Entity(20, 28, "visual", VisualReference(image=crop, mask=np.ones(crop.shape[:2], bool)))))
+    kept = FrameGallery.concat([pipe.gallery([frame]) for frame in frames])    # one at a time, as they arrive
+    assert (kept.objects is not None) == pipe.model.official
+    counter = CountingEncoder(pipe, monkeypatch)
+    torch.manual_seed(3)
+    full = pipe.localize(frames, instruction)
+    encoded_without = counter.images
+    counter.images = 0
+    torch.manual_seed(3)
+    result = pipe.localize(frames, instruction, gallery=kept)
+    assert encoded_without - counter.images == len(frames) - 1            # only the best frame is encoded again
+    if pipe.model.official:
+        assert counter.images == 2                                        # the best frame + the reference crop
+    np.testing.assert_allclose(result.frame_scores, full.frame_scores, rtol=1e-5, atol=1e-5)
+    assert result.best_index == full.best_index
+    for ours, theirs in zip(result.grounding.segments, full.grounding.segments, strict=True):
+        assert np.array_equal(ours.mask, theirs.mask) and ours.score == pytest.approx(theirs.score, abs=1e-5)
+    with pytest.raises(ValueError, match="3 frames"):
+        pipe.localize(frames, instruction, gallery=kept.select([0, 1]))
+    if pipe.model.official:   # its ranking needs the object queries, not bare image embeddings
+        with pytest.raises(ValueError, match="object queries"):
+            pipe.localize(frames, instruction, gallery=FrameGallery(kept.images))

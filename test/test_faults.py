@@ -361,9 +361,9 @@ def test_frame_path_model_exceptions_are_error_results_and_the_node_keeps_servin
         node.wait_result(lambda d: d["type"] == "localization", "the standing instruction")
 
         # 1. embedding the frame for the buffer fails (e.g. CUDA out of memory): error, frame not buffered
-        pipeline.embed_images = raise_once(pipeline.embed_images, RuntimeError("CUDA out of memory (injected)"))
+        pipeline.gallery = raise_once(pipeline.gallery, RuntimeError("CUDA out of memory (injected)"))
         node.send_frame(101.0, make_frame(1))
-        doc = node.wait_result(lambda d: d["type"] == "error", "the embed_images model_error")
+        doc = node.wait_result(lambda d: d["type"] == "error", "the gallery model_error")
         assert doc["error"]["code"] == "model_error" and "CUDA out of memory (injected)" in doc["error"]["message"]
         node.send_frame(102.0, make_frame(2))
         doc = node.wait_result(frame_stamp_is(102.0), "the next frame's grounding")

@@ -1,4 +1,4 @@
-"""FrameBuffer: the ring of recent frames + image embeddings an instruction is localized in."""
+"""FrameBuffer: the ring of recent frames + what ranking reads of them, an instruction is localized in."""
 from __future__ import annotations
 
 import threading
@@ -9,12 +9,13 @@ import pytest
 from find_ros.frame_buffer import BufferedFrame, DepthFrame, FrameBuffer
 
 
-def frame(stamp: float, dims: int = 4, fill: int = 0) -> BufferedFrame:
+def frame(stamp: float, dims: int = 4, fill: int = 0, queries: int | None = None) -> BufferedFrame:
     embedding = np.zeros(dims, np.float32)
     embedding[int(stamp * 10) % dims] = 1.0
+    objects = None if queries is None else np.full((queries, dims), stamp, np.float32)
     sec = int(stamp)
     return BufferedFrame(stamp, sec, round((stamp - sec) * 1e9), "cam", np.full((6, 8, 3), fill, np.uint8),
-                         embedding, (12, 16))
+                         embedding, (12, 16), objects=objects)
 
 
 def test_keeps_newest_capacity_frames_oldest_first():
@@ -24,11 +25,26 @@ def test_keeps_newest_capacity_frames_oldest_first():
     assert len(buffer) == 3
     assert [f.stamp for f in buffer.snapshot()] == pytest.approx([10.2, 10.3, 10.4])
     assert buffer.latest().stamp == pytest.approx(10.4)
-    embeddings = buffer.embeddings()
-    assert embeddings.shape == (3, 4) and embeddings.dtype == np.float32
+    gallery = buffer.gallery()
+    assert gallery.images.shape == (3, 4) and gallery.images.dtype == np.float32 and gallery.objects is None
     # rows follow the snapshot order: row i is frame i's own embedding
-    for row, f in zip(embeddings, buffer.snapshot()):
+    for row, f in zip(gallery.images, buffer.snapshot()):
         np.testing.assert_array_equal(row, f.embedding)
+
+
+def test_gallery_carries_each_frames_object_queries():
+    """The official decoder's ranking reads each frame's object queries too: kept per frame, stacked in order."""
+    buffer = FrameBuffer(2)
+    for stamp in (1.0, 2.0, 3.0):
+        buffer.push(frame(stamp, queries=5))
+    gallery = buffer.gallery()
+    assert gallery.objects.shape == (2, 5, 4)
+    assert gallery.objects[:, 0, 0].tolist() == [2.0, 3.0]
+    with pytest.raises(ValueError, match="objects"):          # a frame without them in a buffer with them
+        buffer.push(frame(4.0))
+    with pytest.raises(ValueError, match="objects must be"):
+        BufferedFrame(1.0, 1, 0, "", np.zeros((4, 4, 3), np.uint8), np.zeros(3, np.float32), (4, 4),
+                      objects=np.zeros((5, 4), np.float32))
 
 
 def test_snapshot_is_not_changed_by_later_pushes():
@@ -38,7 +54,7 @@ def test_snapshot_is_not_changed_by_later_pushes():
     buffer.push(frame(2.0))
     buffer.push(frame(3.0))
     assert [f.stamp for f in snap] == [1.0]
-    assert buffer.embeddings(snap).shape == (1, 4)
+    assert len(buffer.gallery(snap)) == 1
 
 
 def test_find_by_stamp_within_tolerance():
@@ -70,7 +86,7 @@ def test_refuses_bad_input():
     with pytest.raises(ValueError, match="embedding shape"):
         buffer.push(frame(2.0, dims=5))
     with pytest.raises(ValueError, match="empty"):
-        FrameBuffer(2).embeddings()
+        FrameBuffer(2).gallery()
     with pytest.raises(ValueError, match="uint8"):
         BufferedFrame(1.0, 1, 0, "", np.zeros((4, 4, 3), np.float32), np.zeros(3, np.float32), (4, 4))
     with pytest.raises(ValueError, match="float32"):
@@ -90,7 +106,7 @@ def test_concurrent_push_and_read_stay_consistent():
             stamps = [f.stamp for f in snap]
             if stamps != sorted(stamps) or len(snap) > 8:
                 errors.append(f"bad snapshot {stamps}")
-            if snap and buffer.embeddings(snap).shape[0] != len(snap):
+            if snap and len(buffer.gallery(snap)) != len(snap):
                 errors.append("embedding rows differ from snapshot")
 
     thread = threading.Thread(target=reader)

@@ -427,7 +427,7 @@ def test_evaluation_runs_every_task_on_the_official_decoder(data_root, tmp_path,
         assert {k: result["interleave_retrieval"][k] for k in expected} == pytest.approx(expected), view
         assert result["interleave_retrieval"]["entries"] == len(entries)
         # each term of the official ranking alone, and the ranking made of them
-        official_gallery = pipe.official_gallery(images)
+        official_gallery = pipe.gallery(images)
         terms = np.stack([pipe.official_interleave_terms(entity_instruction(entries[i], f"entry-{i}"), official_gallery)
                           for i in range(len(entries))], axis=1)
         np.testing.assert_allclose(official.rank(terms), np.array(rows), atol=1e-3)   # large references: points drawn anew

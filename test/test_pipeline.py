@@ -100,7 +100,7 @@ def test_retrieve_and_interleave_retrieve(tiny_pipeline, scene_image):
     assert result.ranking.shape == (3, 2)
     instruction = Instruction("find <img>", (Entity(5, 10, "visual", VisualReference(image=scene_image[:24, :24].copy())),))
     by_images = tiny_pipeline.interleave_retrieve(instruction, images=images)
-    by_embeddings = tiny_pipeline.interleave_retrieve(instruction, image_embeddings=tiny_pipeline.embed_images(images))
+    by_embeddings = tiny_pipeline.interleave_retrieve(instruction, gallery=tiny_pipeline.gallery(images))
     np.testing.assert_allclose(by_images.similarity, by_embeddings.similarity, rtol=1e-4, atol=1e-4)
 
 

@@ -25,7 +25,7 @@ from ..instructions import Entity, Instruction, VisualReference
 from ..interface.inputs import ImageFeatures
 from ..metrics import (GroundingEvaluator, InteractiveEvaluator, MaskAPEvaluator, PanopticEvaluator, PanopticSegment,
                        SemanticEvaluator, image_text_retrieval, interleave_retrieval, mask_iou, next_click)
-from ..pipeline import PRECISIONS, FindPipeline
+from ..pipeline import PRECISIONS, FindPipeline, FrameGallery
 from ..preprocess import letterbox
 from ..prompts import ClassPrompt, SpatialPrompt
 from ..tasks import generic, interactive, official
@@ -309,16 +309,13 @@ class _Runner:
         data = self._entities()
         gallery = load_retrieval_gallery(self._entity_files()[1])
         position = {image_id: k for k, image_id in enumerate(gallery)}
-        chunks = []
-        for start in range(0, len(gallery), CHUNK):
-            images = [data.panoptic.load_image(image_id) for image_id in gallery[start:start + CHUNK]]
-            chunks.append(self.pipe.official_gallery(images) if self.model.official else self.pipe.embed_images(images))
+        kept = FrameGallery.concat([self.pipe.gallery([data.panoptic.load_image(image_id) for image_id in
+                                                       gallery[start:start + CHUNK]])
+                                    for start in range(0, len(gallery), CHUNK)])
         if self.model.official:   # the official ranking: entry-image and entity-object similarities
-            official_gallery = (torch.cat([c[0] for c in chunks]), torch.cat([c[1] for c in chunks]))
-            score = lambda instruction: self.pipe.official_interleave_terms(instruction, official_gallery)  # noqa: E731
+            score = lambda instruction: self.pipe.official_interleave_terms(instruction, kept)  # noqa: E731
         else:
-            embeddings = np.concatenate(chunks)
-            score = lambda instruction: (self.pipe.embed_instruction(instruction) @ embeddings.T)[None]  # noqa: E731
+            score = lambda instruction: (self.pipe.embed_instruction(instruction) @ kept.images.T)[None]  # noqa: E731
         rows, targets = [], []
         for i in _limit(len(data), self.config):
             sample = data[i]
