@@ -104,6 +104,7 @@ class FindPipeline:
         self.batch_size = batch_size
         self.input_size = input_size or model.config.vision.input_size
         self._class_cache: tuple[tuple, torch.Tensor] | None = None
+        self._blank_features: ImageFeatures | None = None
 
     # ---- construction -------------------------------------------------------------------------
     @classmethod
@@ -227,6 +228,13 @@ class FindPipeline:
                                   instance_topk=self.model.config.interface.num_object_queries)
         return generic.decode(mode, logits, masks, list(prompts), 0.5 if object_threshold is None else object_threshold)
 
+    def _blank(self) -> ImageFeatures:
+        """The official entry's blank-image features: they depend on the weights alone, so (like the
+        class embeddings) they are computed once per pipeline."""
+        if self._blank_features is None:
+            self._blank_features = official.blank_image_features(self.model)
+        return self._blank_features
+
     def _class_embeddings(self, prompts: list[ClassPrompt]) -> torch.Tensor:
         """Class embeddings do not depend on the image: cache them for a repeated text class list."""
         key = tuple(p.text for p in prompts) if all(p.example is None for p in prompts) else None
@@ -321,7 +329,7 @@ class FindPipeline:
         instruction = instruction if isinstance(instruction, Instruction) else parse_instruction(instruction)
         with self._autocast():
             if self.model.official:  # the entry part of the official ranking (see interleave_retrieve)
-                embedding = official.entry_embeddings(self.model, instruction, frames)[0]
+                embedding = official.entry_embeddings(self.model, instruction, frames, self._blank())[0]
             else:
                 embedding = interleave_retrieval.entry_embeddings(self.model, [instruction], frames)[0]
         return F.normalize(embedding.float(), dim=-1).cpu().numpy()
@@ -417,7 +425,7 @@ class FindPipeline:
         labels = [e.label or instruction.phrase(i) for i, e in enumerate(instruction.entities)]
         with self._autocast():
             entry = official.prepare_entry(self.model, instruction, lookup)
-            embedding, entities = official.embed_entry(self.model, entry)
+            embedding, entities = official.embed_entry(self.model, entry, blank=self._blank())
             scores = official.interleave_scores(embedding.float(), entities.float(),
                                                 *self._gallery_tensors(gallery)).cpu().numpy()
             best = int(np.argmax(scores))
@@ -447,7 +455,7 @@ class FindPipeline:
         entity-object, for a `gallery` against an instruction."""
         instruction = instruction if isinstance(instruction, Instruction) else parse_instruction(instruction)
         with self._autocast():
-            entry, entities = official.entry_embeddings(self.model, instruction, frames)
+            entry, entities = official.entry_embeddings(self.model, instruction, frames, self._blank())
             terms = official.interleave_score_terms(entry.float(), entities.float(), *self._gallery_tensors(gallery))
         return terms.cpu().numpy()
 

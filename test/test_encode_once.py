@@ -134,3 +134,21 @@ def test_localize_on_a_kept_gallery_matches_and_encodes_only_the_best_frame(pipe
     if pipe.model.official:   # its ranking needs the object queries, not bare image embeddings
         with pytest.raises(ValueError, match="object queries"):
             pipe.localize(frames, instruction, gallery=FrameGallery(kept.images))
+
+
+def test_the_official_blank_image_pass_runs_once_per_pipeline(image, monkeypatch):
+    """A text entity's phrase query reads a blank 640 px image's features (upstream's inference_text):
+    they depend on the weights alone, so the pipeline computes them once, with the same embeddings."""
+    from find_core.tasks import official
+    pipe = pipeline_of("tiny-official")
+    instruction = Instruction("the red square", (Entity(0, 14, "text"),))
+    with torch.inference_mode():
+        expected = official.entry_embeddings(pipe.model, instruction)[0]
+    calls = []
+    original = official.blank_image_features
+    monkeypatch.setattr(official, "blank_image_features", lambda *a, **k: calls.append(1) or original(*a, **k))
+    first = pipe.embed_instruction(instruction)
+    pipe.localize([image, image[::-1].copy()], instruction)
+    assert pipe.embed_instruction(instruction) == pytest.approx(first, abs=1e-6)
+    assert len(calls) == 1
+    np.testing.assert_allclose(first, torch.nn.functional.normalize(expected.float(), dim=-1).numpy(), atol=1e-5)

@@ -264,12 +264,12 @@ def ground_entry(model: FindModel, features: ImageFeatures, entry: Entry) -> tup
     return final["pred_imasks"][0, best], logits.softmax(dim=0).gather(0, best[None])[0]
 
 
-def entry_embeddings(model: FindModel, instruction: Instruction,
-                     frames: Mapping[float, np.ndarray] | None = None) -> tuple[Tensor, Tensor]:
+def entry_embeddings(model: FindModel, instruction: Instruction, frames: Mapping[float, np.ndarray] | None = None,
+                     blank: ImageFeatures | None = None) -> tuple[Tensor, Tensor]:
     """What the official interleave ranking compares with each image (`evaluate_retrieval_interleave`):
     the entry embedding [C] (`pred_interleave_image`, which never reads the image) and one embedding
     per entity [E, C] — a text entity's phrase query, a visual entity's best proposal on its reference."""
-    return embed_entry(model, prepare_entry(model, instruction, frames))
+    return embed_entry(model, prepare_entry(model, instruction, frames), blank=blank)
 
 
 def blank_image_features(model: FindModel, size: int = BLANK_IMAGE_SIZE) -> ImageFeatures:
@@ -280,10 +280,14 @@ def blank_image_features(model: FindModel, size: int = BLANK_IMAGE_SIZE) -> Imag
     return ImageFeatures(mask_features, levels)
 
 
-def embed_entry(model: FindModel, entry: Entry, blank_size: int = BLANK_IMAGE_SIZE) -> tuple[Tensor, Tensor]:
+def embed_entry(model: FindModel, entry: Entry, blank_size: int = BLANK_IMAGE_SIZE,
+                blank: ImageFeatures | None = None) -> tuple[Tensor, Tensor]:
+    """`entry_embeddings` of a prepared entry; `blank`: `blank_image_features` kept by the caller (they
+    depend on the weights alone; a vision pass at 640 px otherwise runs for every entry with text)."""
     embedding = run(model, zero_features(model), "interleave", interleave=entry.prompt).final["pred_interleave_image"][0, 0]
     entities = []
-    blank = blank_image_features(model, blank_size) if any(a is None for a in entry.alone) else None
+    if blank is None and any(a is None for a in entry.alone):
+        blank = blank_image_features(model, blank_size)
     for index, visual in enumerate(entry.alone):
         if visual is None:
             phrase = grounding_prompt([entry.tokens[entry.entity_to_tokens[index]]])
