@@ -15,9 +15,10 @@ A query is plain text, an instruction (JSON schema v1) or a raw embedding (:func
      "objects": [{"rank": 1, "centroid": [x, y, z], "box_min": [..], "box_max": [..],
                   "score": ..,              # mean relevancy of its voxels
                   "peak": .., "voxels": n,
-                  "last_seen": 12.3 | null}],  # best first; stamp (s) of the newest frame that saw it
+                  "last_seen": 12.3 | null,    # stamp (s) of the newest frame that saw it
+                  "similarity": ..}],          # best first; mean (1 + cos) / 2 of its voxels with the query
      "found": true | false | null,          # answers: does the best object name a place ("not here": false)
-     "decision": {"best_score": .. | null,  # the best object's score (null: no object at all)
+     "decision": {"best_score": .. | null,  # the best object's similarity (null: no object at all)
                   "reason": "found" | "no_cluster" | "below_threshold",
                   "threshold": .. | null} | null,   # the calibrated 'not here' threshold (null: none)
      "files": {"map": "/path/map.npz", "ply": "/path/map.ply"} | null,   # "saved" only

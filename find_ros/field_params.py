@@ -76,7 +76,8 @@ class QueryParams(_Validated):
                              maximum=1.0)
     min_voxels: int = option(5, "Smaller clusters are not objects.", minimum=1)
     top_k: int = option(5, "Most objects in an answer.", minimum=1, maximum=1000)
-    not_here_threshold: float = option(-1.0, "Score the best object needs for 'found: true'; -1 = the model's "
+    not_here_threshold: float = option(-1.0, "Similarity ((1 + cos) / 2 with the query, mean over its voxels) the "
+                                             "best object needs for 'found: true'; -1 = the model's "
                                              "calibrated threshold (field_abstention.json beside its checkpoint, "
                                              "from python -m training.evaluate_field --calibrate), none if it "
                                              "has none; 0 = always found when there is an object.",

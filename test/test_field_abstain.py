@@ -11,9 +11,10 @@ from find_core.field import Abstention, FieldObject, decide, fit_threshold, load
 from find_core.field.abstain import BELOW_THRESHOLD, FOUND, NO_CLUSTER, abstention_path, model_abstention
 
 
-def obj(score: float) -> FieldObject:
+def obj(similarity: float) -> FieldObject:
+    """An object whose relevancy saturates, as every candidate's does: only its similarity differs."""
     zero = np.zeros(3)
-    return FieldObject(zero, zero, zero, score, score, 10)
+    return FieldObject(zero, zero, zero, 0.999, 0.999, 10, similarity=similarity)
 
 
 def test_decide_names_the_reason():
@@ -22,17 +23,22 @@ def test_decide_names_the_reason():
                                                            "reason": BELOW_THRESHOLD, "threshold": 0.8}
     assert decide([obj(0.85)], 0.8).found and decide([obj(0.85)], 0.8).reason == FOUND
     assert decide([obj(0.51)], None).found            # no calibration: the best object counts
+    zero = np.zeros(3)
+    with pytest.raises(ValueError, match="similarity"):  # objects found without it cannot be decided on
+        decide([FieldObject(zero, zero, zero, 0.9, 0.9, 10)], 0.8)
 
 
-def test_fit_threshold_separates_good_answers_from_absent_phrases():
-    present = [(0.95, True), (0.93, True), (0.9, True), (0.97, False), (None, False)]
-    absent = [0.7, 0.8, 0.85, None]
-    t = fit_threshold(present, absent)
-    assert 0.85 < t <= 0.9                              # every right answer kept, every absent phrase refused
-    # overlapping scores: the threshold trades them (Youden's J), never below 0.5
-    t = fit_threshold([(0.9, True), (0.8, True)], [0.85, 0.6])
-    assert t in (pytest.approx(0.875), pytest.approx(0.7))
-    assert fit_threshold([], []) == 0.5 or fit_threshold([], []) == 1.0
+def test_fit_threshold_answers_at_most_the_share_of_absent_phrases():
+    absent = [0.62, 0.7, 0.8, 0.85, None, 0.55, 0.6, 0.5, 0.66, 0.58]      # 10 phrases, one without a cluster
+    t = fit_threshold(absent, 0.10)                       # one of ten may be answered: 0.85 passes, 0.8 not
+    assert 0.8 < t <= 0.85 and t == pytest.approx(0.825)
+    assert sum(s is not None and s >= t for s in absent) == 1
+    t = fit_threshold(absent, 0.0)                        # none: just above the best absent score
+    assert 0.85 < t < 0.851
+    assert fit_threshold(absent, 0.25) == pytest.approx(0.75)      # two may pass: between 0.8 and 0.7
+    assert fit_threshold([None, None], 0.0) == 0.0        # no absent phrase found a cluster: every object counts
+    with pytest.raises(ValueError):
+        fit_threshold(absent, 1.0)
 
 
 def test_the_file_beside_a_checkpoint_is_used_only_for_its_weights(tmp_path):
@@ -48,6 +54,9 @@ def test_the_file_beside_a_checkpoint_is_used_only_for_its_weights(tmp_path):
     assert stale is None and "other weights" in note and "--calibrate" in note
     path.write_text(json.dumps({"threshold": 3}))
     assert load_abstention(folder, None)[0] is None
+    path.write_text(json.dumps({"threshold": 0.99, "weights_digest": "a" * 64}))   # fitted on the relevancy
+    old, note = load_abstention(folder, "a" * 64)
+    assert old is None and "relevancy" in note and "--calibrate" in note
     with pytest.raises(ValueError):
         Abstention(1.5)
     assert model_abstention("tiny-test", None)[0] is None        # a preset without weights: no threshold

@@ -88,9 +88,16 @@ def test_cli_prints_a_summary_that_adds_up(capsys, tmp_path):
     assert all((r["nearest"] == r["phrase"]) == (r["kind"] in ("within", "off_centre")) for r in present
                if r["kind"] != "not_found")
     threshold = printed["threshold"]
-    assert all(r["found"] == (r["score"] is not None and r["score"] >= threshold) for r in printed["results"])
+    assert all(r["found"] == (r["similarity"] is not None and r["similarity"] >= threshold) for r in printed["results"])
     assert printed["found_within"] == sum(r["found"] and r["kind"] == "within" for r in present)
     assert printed["absent_answered"] == sum(r["found"] for r in absent)
+    # the same fit on the relevancy, reported beside the rule (what deciding on it would give)
+    by_relevancy = printed["by_relevancy"]
+    assert by_relevancy["threshold"] == saved["fitted"]["relevancy_threshold"]
+    assert by_relevancy["absent_answered"] == sum(r["score"] is not None and r["score"] >= by_relevancy["threshold"]
+                                                  for r in absent)
+    assert by_relevancy["found_within"] == sum(r["kind"] == "within" and r["score"] >= by_relevancy["threshold"]
+                                               for r in present)
     assert all(r["shares"] in ("none", "colour", "shape", "both") and r["phrase"] not in
                {p["phrase"] for p in present} for r in absent)
     # the next run uses the file beside the checkpoint; weights it was not fitted on make it unused

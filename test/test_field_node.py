@@ -164,7 +164,8 @@ def check_answer(doc: dict) -> None:
         assert doc["error"]["code"] in ANSWER_ERROR_CODES and doc["error"]["message"]
     for rank, obj in enumerate(doc["objects"], 1):
         assert obj["rank"] == rank and set(obj) == {"rank", "centroid", "box_min", "box_max", "score", "peak", "voxels",
-                                                    "last_seen"}
+                                                    "last_seen", "similarity"}
+        assert 0 <= obj["similarity"] <= 1
         assert all(lo <= c <= hi for lo, c, hi in zip(obj["box_min"], obj["centroid"], obj["box_max"]))
         assert 0.0 <= obj["score"] <= obj["peak"] <= 1.0 and obj["voxels"] >= 1
     if doc["type"] == "answer":

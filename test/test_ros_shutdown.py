@@ -33,7 +33,8 @@ from find_ros.process_harness import START_TIMEOUT, NodeProcess, Probe, next_dom
 from test_ros_nodes import depth_image, header, make_frame
 
 FORBIDDEN = ("Traceback", "Exception in thread", "context is invalid", "Failed to publish", "internal error")
-SLOW_INPUT = 1024   # letterbox side that makes the tiny model take seconds per frame (and for its warm-up)
+SLOW_INPUT = 1024   # letterbox side that makes the tiny model's warm-up last seconds
+BUSY_INPUT = 2048   # and one frame last about a second (at 1024 it took 0.2 s: done before the status showed it)
 
 
 @dataclass
@@ -166,7 +167,7 @@ def test_perception_stops_cleanly_in_every_state(tmp_path: Path):
              ("SIGINT during start-up: stopped before serving",)),
         Case("idle", "find_ros.perception_node", base, signal.SIGTERM, after_line("listening on"),
              ("stopping on SIGTERM while idle", "worker stopped")),
-        Case("busy", "find_ros.perception_node", slow, signal.SIGINT, busy_with_a_frame,
+        Case("busy", "find_ros.perception_node", {**slow, "input_size": BUSY_INPUT}, signal.SIGINT, busy_with_a_frame,
              ("stopping on SIGINT while busy (a frame)", "worker stopped after finishing a frame")),
         Case("streaming", "find_ros.perception_node", {**base, "mode": "segment", "classes": ["a", "b"]},
              signal.SIGTERM, streaming_from_replay(tmp_path / "stream"), ("stopping on SIGTERM while", "worker stopped")),

@@ -35,6 +35,7 @@ import argparse
 import shlex
 import sys
 import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -47,6 +48,7 @@ from find_core.data.synthetic_shapes import COLOURS, SIZES, THINGS
 from find_core.embedded import EMBEDDED_CHECKPOINT
 from find_core.field import (Abstention, FeatureFusion, FusionConfig, FusionStats, fit_threshold, load_abstention,
                              locate, query_from_pipeline, save_abstention)
+from find_core.field.abstain import MAX_ABSENT_SHARE
 from training.output import emit_json, parse_seeds
 
 if TYPE_CHECKING:  # the pipeline pulls in torch; the CLI imports it when it runs
@@ -64,6 +66,7 @@ class ObjectResult:
     score: float | None = None   # the top object's score (mean relevancy), None: no cluster
     present: bool = True         # False: the phrase of an object the scene does not hold
     shares: str | None = None    # absent phrases: "colour", "shape", "both" (separately) or "none"
+    similarity: float | None = None   # the top object's similarity, what "not here" decides on
 
     def kind(self, radius: float) -> str:
         if not self.present:
@@ -112,7 +115,7 @@ def scene_results(pipeline: FindPipeline, folder: Path, seed: int, voxel_size: f
         distances = {other: float(np.linalg.norm(found[0].centroid - c)) for other, c in centres.items()}
         error = distances[phrase] if present else float("inf")
         results.append(ObjectResult(seed, phrase, error, min(distances, key=distances.get), found[0].score,
-                                    present, shares))
+                                    present, shares, found[0].similarity))
     return results, stats
 
 
@@ -132,26 +135,29 @@ def run_scenes(pipeline: FindPipeline, seeds: list[int], frames: int, voxel_size
 
 
 def calibrate(pipeline: FindPipeline, seeds: list[int], frames: int = 24, voxel_size: float = 0.02,
-              radius: float = 0.10, digest: str | None = None) -> Abstention:
-    """Fit the "not here" threshold on the scenes of ``seeds`` (:func:`fit_threshold`)."""
+              radius: float = 0.10, digest: str | None = None, max_absent_share: float = MAX_ABSENT_SHARE
+              ) -> Abstention:
+    """Fit the "not here" threshold on the scenes of ``seeds`` (:func:`fit_threshold`); the same fit
+    on the relevancy score is kept in ``fitted`` (``relevancy_threshold``), to measure the choice."""
     results, _ = run_scenes(pipeline, seeds, frames, voxel_size, absent=True)
-    present = [(r.score, r.error < radius) for r in results if r.present]
-    absent = [r.score for r in results if not r.present]
-    threshold = fit_threshold(present, absent)
+    threshold = fit_threshold([r.similarity for r in results if not r.present], max_absent_share)
+    by_relevancy = fit_threshold([r.score for r in results if not r.present], max_absent_share)
+    shares = summary(results, radius, threshold)
     return Abstention(threshold, digest, {
         "seeds": seeds, "frames": frames, "voxel_size": voxel_size, "radius": radius,
-        "input_size": getattr(pipeline, "input_size", None), "present": len(present), "absent": len(absent),
-        "share_found_within": round(sum(s is not None and hit and s >= threshold for s, hit in present)
-                                    / max(len(present), 1), 4),
-        "share_absent_answered": round(sum(s is not None and s >= threshold for s in absent) / max(len(absent), 1), 4)})
+        "input_size": getattr(pipeline, "input_size", None), "present": shares["objects"],
+        "absent": shares["absent_phrases"], "max_absent_share": max_absent_share,
+        "share_found_within": shares["share_found_within"], "share_absent_answered": shares["share_absent_answered"],
+        "relevancy_threshold": by_relevancy})
 
 
-def summary(results: list[ObjectResult], radius: float, threshold: float | None) -> dict:
-    """Counts of the kinds, and with the abstention threshold the two headline shares."""
+def summary(results: list[ObjectResult], radius: float, threshold: float | None,
+            score: Callable[[ObjectResult], float | None] = lambda r: r.similarity) -> dict:
+    """Counts of the kinds, and with the abstention threshold (on ``score``) the two headline shares."""
     present = [r for r in results if r.present]
     absent = [r for r in results if not r.present]
     kinds = [r.kind(radius) for r in present]
-    placed = [decide_score(r.score, threshold) for r in results]
+    placed = [decide_score(score(r), threshold) for r in results]
     found_within = sum(p and r.error < radius for p, r in zip(placed, results) if r.present)
     answered = sum(p for p, r in zip(placed, results) if not r.present)
     return {"objects": len(present), "radius": radius,
@@ -163,24 +169,31 @@ def summary(results: list[ObjectResult], radius: float, threshold: float | None)
 
 
 def decide_score(score: float | None, threshold: float | None) -> bool:
-    """Whether an answer with this top score names a place (the rule of :func:`find_core.field.decide`)."""
-    return score is not None and (threshold is None or score >= threshold)
+    """Whether an answer with this top similarity names a place (the rule of :func:`find_core.field.decide`)."""
+    return bool(score is not None and (threshold is None or score >= threshold))
 
 
 def evaluate_field(pipeline: FindPipeline, seeds: list[int], frames: int = 24, voxel_size: float = 0.02,
-                   radius: float = 0.10, threshold: float | None = None, absent: bool = True) -> dict:
-    """Results over the scenes of ``seeds`` and their summary (``threshold``: the abstention's)."""
+                   radius: float = 0.10, threshold: float | None = None, absent: bool = True,
+                   relevancy_threshold: float | None = None) -> dict:
+    """Results over the scenes of ``seeds`` and their summary (``threshold``: the abstention's, on the
+    similarity); with ``relevancy_threshold`` (fitted the same way on the relevancy score) also what
+    deciding on the relevancy would give (``by_relevancy``)."""
     results, fused = run_scenes(pipeline, seeds, frames, voxel_size, absent)
     rows = []
     for r in results:
         row = {"seed": r.seed, "phrase": r.phrase, "kind": r.kind(radius), "nearest": r.nearest,
                "error": round(r.error, 4) if np.isfinite(r.error) else None,
                "score": None if r.score is None else round(r.score, 4),
-               "found": decide_score(r.score, threshold)}
+               "similarity": None if r.similarity is None else round(r.similarity, 4),
+               "found": decide_score(r.similarity, threshold)}
         if not r.present:
             row["shares"] = r.shares
         rows.append(row)
-    return {**summary(results, radius, threshold), "frames_fused": fused, "results": rows,
+    extra = {} if relevancy_threshold is None else {"by_relevancy": {
+        k: v for k, v in summary(results, radius, relevancy_threshold, lambda r: r.score).items()
+        if k in ("threshold", "found_within", "share_found_within", "absent_answered", "share_absent_answered")}}
+    return {**summary(results, radius, threshold), **extra, "frames_fused": fused, "results": rows,
             "meta": {"seeds": seeds, "frames": frames, "voxel_size": voxel_size}}
 
 
@@ -217,6 +230,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--calibrate", action="store_true",
                         help="fit the 'not here' threshold on --calibrate-seeds and write it beside the checkpoint")
     parser.add_argument("--calibrate-seeds", default=CALIBRATION_SEEDS, help="scenes the threshold is fitted on")
+    parser.add_argument("--max-absent-share", type=float, default=MAX_ABSENT_SHARE,
+                        help="calibration: the largest share of absent phrases the threshold may answer")
     parser.add_argument("--no-absent", action="store_true", help="skip the absent phrases (present objects only)")
     parser.add_argument("--move", action="store_true", help="the moved-object evaluation (training.field_move)")
     parser.add_argument("--out", type=Path, help="also write the JSON here")
@@ -241,13 +256,15 @@ def main(argv: list[str] | None = None) -> int:
         emit_json(evaluate_move(pipeline, seeds, args.frames, args.voxel_size, args.radius, meta), args.out)
         return 0
     if args.calibrate:
-        abstention = calibrate(pipeline, calibration_seeds, args.frames, args.voxel_size, args.radius, digest)
+        abstention = calibrate(pipeline, calibration_seeds, args.frames, args.voxel_size, args.radius, digest,
+                               args.max_absent_share)
         note = f"fitted now, written to {save_abstention(abstention, args.checkpoint)}"
     else:
         abstention, note = load_abstention(args.checkpoint, digest)
     threshold = None if abstention is None else abstention.threshold
     metrics = evaluate_field(pipeline, seeds, args.frames, args.voxel_size, args.radius, threshold,
-                             absent=not args.no_absent)
+                             absent=not args.no_absent,
+                             relevancy_threshold=None if abstention is None else abstention.fitted.get("relevancy_threshold"))
     metrics["abstention"] = None if abstention is None else {"threshold": abstention.threshold, "source": note,
                                                              "fitted": abstention.fitted}
     metrics["meta"].update(meta)

@@ -10,7 +10,7 @@ embeddings get them from the FIND model (``--preset`` / ``--checkpoint``; the em
 nodes' default, when neither is given: :mod:`.frames_model`), and ``--recompute`` ignores stored
 ones. The map remembers the preset and checkpoint, so ``query`` reloads the same model unless told
 otherwise. ``query`` prints JSON: the query, its negatives, the top objects (centroid, box, score,
-last seen) and whether the best one is a place (``found``; false with the best score and the reason
+last seen) and whether the best one is a place (``found``; false with the best similarity and the reason
 below the model's calibrated threshold, :mod:`.abstain`); ``--out`` writes the voxels coloured by
 relevancy.
 ``from-nerf`` turns a trained nerfstudio ``find-field`` run into the same map format.

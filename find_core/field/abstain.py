@@ -1,16 +1,21 @@
-"""Saying "not here": a calibrated threshold on the best object's score, fitted per model.
+"""Saying "not here": a calibrated threshold on the best object's similarity to the query, fitted per model.
 
 :func:`~find_core.field.objects.locate` always returns the best cluster it can form, even for an
 object that was never in the scene (its adaptive cut is relative to the map's best voxel). Whether
-that best cluster *is* the thing asked for is a separate decision, made here on its score (mean
-relevancy of its voxels): at or above the model's threshold the answer is found, below it (or with
-no cluster at all) the answer is ``found: false`` with the best score and the reason.
+that best cluster *is* the thing asked for is a separate decision, made here on its similarity (the
+mean over its voxels of (1 + cos(feature, query)) / 2, :func:`~find_core.field.query.query_scores`):
+at or above the model's threshold the answer is found, below it (or with no cluster at all) the
+answer is ``found: false`` with the best similarity and the reason. Not on its relevancy: that
+saturates near 1 for whatever is most like the query, present or not; fitted the same way, it finds
+fewer present objects for the same share of absent phrases answered
+(``training/results/field_abstention_heldout.json``, ``by_relevancy``).
 
 The threshold is a property of the model's embedding space, so it is fitted on rendered scenes by
-``python -m training.evaluate_field --calibrate`` (present objects' phrases vs phrases of objects absent
-from the scene, :func:`fit_threshold`) and stored beside the checkpoint as ``field_abstention.json``
-with the weights' digest (:func:`save_abstention`); :func:`load_abstention` refuses a file whose digest
-names other weights (a replaced checkpoint must be calibrated again).
+``python -m training.evaluate_field --calibrate`` (the lowest threshold at which at most a given share
+of phrases of objects absent from the scene get a place, :func:`fit_threshold`) and stored beside the
+checkpoint as ``field_abstention.json`` with the weights' digest and the score it thresholds
+(:func:`save_abstention`); :func:`load_abstention` refuses a file whose digest names other weights (a
+replaced checkpoint must be calibrated again) or that thresholds another score.
 """
 from __future__ import annotations
 
@@ -26,15 +31,18 @@ from .objects import FieldObject
 
 ABSTENTION_FILE = "field_abstention.json"
 FOUND, NO_CLUSTER, BELOW_THRESHOLD = "found", "no_cluster", "below_threshold"
+SCORE = "similarity"          # what the threshold applies to (FieldObject.similarity)
+MAX_ABSENT_SHARE = 0.10       # calibration: at most this share of absent phrases answered (issue 19's bound)
 
 
 @dataclass
 class Abstention:
-    """The threshold on the best object's score and where it came from."""
+    """The threshold on the best object's similarity and where it came from."""
 
     threshold: float
     weights_digest: str | None = None
     fitted: dict[str, Any] = field(default_factory=dict)    # seeds, counts, rates on the fitting scenes
+    score: str = SCORE
 
     def __post_init__(self) -> None:
         if not 0.0 <= float(self.threshold) <= 1.0:
@@ -43,10 +51,10 @@ class Abstention:
 
 @dataclass
 class Decision:
-    """Whether an answer names a place, with the best score and why."""
+    """Whether an answer names a place, with the best similarity and why."""
 
     found: bool
-    best_score: float | None     # the top object's score (None: no cluster)
+    best_score: float | None     # the top object's similarity (None: no cluster)
     reason: str                  # FOUND, NO_CLUSTER or BELOW_THRESHOLD
     threshold: float | None
 
@@ -56,33 +64,33 @@ class Decision:
 
 
 def decide(objects: Sequence[FieldObject], threshold: float | None) -> Decision:
-    """Found when there is a best object and (given a threshold) its score reaches it."""
+    """Found when there is a best object and (given a threshold) its similarity reaches it."""
     if not objects:
         return Decision(False, None, NO_CLUSTER, threshold)
-    best = float(objects[0].score)
+    if objects[0].similarity is None:
+        raise ValueError("the objects carry no similarity to the query: find them with locate / locate_live")
+    best = float(objects[0].similarity)
     if threshold is not None and best < threshold:
         return Decision(False, best, BELOW_THRESHOLD, threshold)
     return Decision(True, best, FOUND, threshold)
 
 
-def fit_threshold(present: Sequence[tuple[float | None, bool]], absent: Sequence[float | None]) -> float:
-    """The threshold that best separates good answers from answers to absent phrases.
+def fit_threshold(absent: Sequence[float | None], max_absent_share: float = MAX_ABSENT_SHARE) -> float:
+    """The lowest threshold at which at most ``max_absent_share`` of the absent phrases are answered
+    with a place; every present object above it is then found, so no lower threshold keeps that bound.
 
-    ``present``: (best score, whether the answer lay within the radius) per present object's phrase;
-    ``absent``: best score per absent phrase (None: no cluster). Maximises Youden's J, the share of
-    present objects found right minus the share of absent phrases answered with a place; ties go to
-    the higher threshold (fewer false places). Candidates are midpoints between observed scores."""
-    good = np.array([s for s, hit in present if s is not None and hit], np.float64)
-    bad = np.array([s for s in absent if s is not None], np.float64)
-    n_present, n_absent = max(len(present), 1), max(len(absent), 1)
-    scores = np.unique(np.concatenate([good, bad, [0.5, 1.0]]))
-    candidates = np.concatenate([[0.5], (scores[:-1] + scores[1:]) / 2, [1.0]])
-    best_t, best_j = 0.5, -np.inf
-    for t in candidates:
-        j = (good >= t).sum() / n_present - (bad >= t).sum() / n_absent
-        if j > best_j + 1e-12 or (abs(j - best_j) <= 1e-12 and t > best_t):
-            best_t, best_j = float(t), j
-    return round(best_t, 6)
+    ``absent``: the best similarity per absent phrase (None: no cluster). The threshold lies halfway
+    between the highest score it must refuse and the next one up."""
+    if not 0.0 <= max_absent_share < 1.0:
+        raise ValueError(f"max_absent_share must lie in [0, 1), got {max_absent_share}")
+    scores = np.sort(np.array([s for s in absent if s is not None], np.float64))[::-1]   # best first
+    allowed = int(np.floor(max_absent_share * len(absent) + 1e-9))
+    if len(scores) <= allowed:
+        return 0.0
+    refused = float(scores[allowed])                    # the best score that must fall below the threshold
+    above = scores[:allowed][scores[:allowed] > refused]
+    upper = float(above.min()) if len(above) else min(refused + 2e-6, 1.0)
+    return round((refused + upper) / 2, 6)
 
 
 def abstention_path(checkpoint: str | Path) -> Path:
@@ -108,9 +116,13 @@ def load_abstention(checkpoint: str | Path | None, digest: str | None) -> tuple[
                      "(python -m training.evaluate_field --calibrate writes it)"
     try:
         doc = json.loads(path.read_text())
-        abstention = Abstention(float(doc["threshold"]), doc.get("weights_digest"), dict(doc.get("fitted") or {}))
+        abstention = Abstention(float(doc["threshold"]), doc.get("weights_digest"), dict(doc.get("fitted") or {}),
+                                doc.get("score", "relevancy"))
     except (ValueError, KeyError, TypeError) as err:
         return None, f"{path} is not a valid abstention file ({err}): not used"
+    if abstention.score != SCORE:
+        return None, f"{path} thresholds the {abstention.score} score, answers decide on the {SCORE}: not used; " \
+                     "run python -m training.evaluate_field --calibrate"
     if digest is not None and abstention.weights_digest not in (None, digest):
         return None, f"{path} was fitted on other weights ({abstention.weights_digest[:12]}, these are " \
                      f"{digest[:12]}): not used; run python -m training.evaluate_field --calibrate"

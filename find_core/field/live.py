@@ -24,7 +24,7 @@ import torch
 
 from .io import voxel_centres
 from .objects import FieldObject, ObjectConfig, find_voxel_objects
-from .query import FieldQuery, relevancy
+from .query import FieldQuery, query_scores
 
 
 @dataclass
@@ -73,11 +73,11 @@ class LiveAnswer:
 def locate_live(view: LiveView, query: FieldQuery, config: ObjectConfig | None = None) -> LiveAnswer:
     """:func:`~find_core.field.objects.locate` on a live view, without copying its features."""
     config = config or ObjectConfig()
-    scores = relevancy(view.features, query, norms=view.norms)
+    scores, similarity = query_scores(view.features, query, norms=view.norms)
     keys, seen = view.keys, view.last_seen
     live = view.weights > 0
     if not live.all():
         rows = np.flatnonzero(live)                 # indices: a boolean index of N×3 keys costs 10×
-        scores, keys, seen = scores[rows], keys.take(rows, axis=0), seen[rows]
-    objects = find_voxel_objects(keys, scores, view.voxel_size, config, seen)
+        scores, keys, seen, similarity = scores[rows], keys.take(rows, axis=0), seen[rows], similarity[rows]
+    objects = find_voxel_objects(keys, scores, view.voxel_size, config, seen, similarity)
     return LiveAnswer(keys, scores, objects, view.voxel_size)

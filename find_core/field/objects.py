@@ -7,7 +7,9 @@ next lattice distance is 2), which :func:`lattice_labels` computes from the inte
 up each key's neighbours in the sorted keys — no spatial index (bench/field_query.py times it
 against Open3D's DBSCAN on the same candidates); arbitrary points (:func:`find_objects`) go through
 Open3D's DBSCAN. Each cluster of at least ``min_voxels`` points becomes a :class:`FieldObject`
-with a relevancy-weighted centroid, an axis-aligned box and a score (its mean relevancy), best first.
+with a relevancy-weighted centroid, an axis-aligned box and a score (its mean relevancy), best first,
+and when the caller gives each point's similarity to the query (``query_scores``) the mean of those:
+what "not here" decides on (:mod:`find_core.field.abstain`).
 
 The default threshold adapts to the query: LERF relevancy 0.5 means "no preference", so a point is
 kept when it lies in the top ``relative`` part of the range between 0.5 and the best point's value
@@ -50,6 +52,7 @@ class FieldObject:
     peak: float             # best relevancy in it
     voxels: int
     last_seen: float | None = None   # seconds: the newest "last seen" of its voxels (None: unknown)
+    similarity: float | None = None  # mean (1 + cos) / 2 of its voxels with the query (None: not computed)
 
     def to_json(self) -> dict:
         seen = None if self.last_seen is None or not np.isfinite(self.last_seen) else round(float(self.last_seen), 3)
@@ -57,7 +60,8 @@ class FieldObject:
                 "box_min": [round(float(v), 4) for v in self.box_min],
                 "box_max": [round(float(v), 4) for v in self.box_max],
                 "score": round(self.score, 4), "peak": round(self.peak, 4), "voxels": self.voxels,
-                "last_seen": seen}
+                "last_seen": seen,
+                "similarity": None if self.similarity is None else round(float(self.similarity), 4)}
 
 
 def cut_off(relevancy: np.ndarray, config: ObjectConfig) -> float:
@@ -97,9 +101,11 @@ def find_objects(points: np.ndarray, relevancy: np.ndarray, voxel_size: float,
 
 
 def find_voxel_objects(keys: np.ndarray, relevancy: np.ndarray, voxel_size: float,
-                       config: ObjectConfig | None = None, last_seen: np.ndarray | None = None) -> list[FieldObject]:
+                       config: ObjectConfig | None = None, last_seen: np.ndarray | None = None,
+                       similarity: np.ndarray | None = None) -> list[FieldObject]:
     """:func:`find_objects` for voxels given by their N×3 integer ``keys`` (centres at key × voxel
-    size): the same objects, clustered on the lattice (:func:`lattice_labels`)."""
+    size): the same objects, clustered on the lattice (:func:`lattice_labels`); with N ``similarity``
+    values each object carries their mean."""
     config = config or ObjectConfig()
     keys = np.asarray(keys)
     relevancy = _checked(keys, relevancy, voxel_size)
@@ -108,7 +114,7 @@ def find_voxel_objects(keys: np.ndarray, relevancy: np.ndarray, voxel_size: floa
         return []
     keys = keys.take(keep, axis=0)
     return _objects(voxel_centres(keys, voxel_size), relevancy[keep], lattice_labels(keys, config.eps_voxels),
-                    _kept(last_seen, keep), config)
+                    _kept(last_seen, keep), config, _kept(similarity, keep))
 
 
 def lattice_labels(keys: np.ndarray, eps_voxels: float) -> np.ndarray:
@@ -160,7 +166,7 @@ def _kept(last_seen: np.ndarray | None, keep: np.ndarray) -> np.ndarray | None:
 
 
 def _objects(points: np.ndarray, relevancy: np.ndarray, labels: np.ndarray, last_seen: np.ndarray | None,
-             config: ObjectConfig) -> list[FieldObject]:
+             config: ObjectConfig, similarity: np.ndarray | None = None) -> list[FieldObject]:
     """The clusters (``labels``, -1: noise) of at least ``min_voxels`` points as FieldObjects, best
     first. One pass over the points sorted by label (a loop over clusters would cost
     clusters × points when a noisy map leaves thousands of specks)."""
@@ -176,18 +182,21 @@ def _objects(points: np.ndarray, relevancy: np.ndarray, labels: np.ndarray, last
                                np.maximum.reduceat(r, starts))
     lows, highs = np.minimum.reduceat(p, starts), np.maximum.reduceat(p, starts)
     newest = None if last_seen is None else np.fmax.reduceat(last_seen[order], starts)   # fmax: NaN = never seen
+    alike = None if similarity is None else np.add.reduceat(np.asarray(similarity, np.float64)[order], starts) / sizes
     objects = []
     for i in np.flatnonzero(sizes >= config.min_voxels):
         seen = None if newest is None or not np.isfinite(newest[i]) else float(newest[i])
         objects.append(FieldObject(weighted[i] / totals[i], lows[i], highs[i], float(totals[i] / sizes[i]),
-                                   float(peaks[i]), int(sizes[i]), seen))
+                                   float(peaks[i]), int(sizes[i]), seen, None if alike is None else float(alike[i])))
     objects.sort(key=lambda o: (-o.score, -o.voxels))
     return objects[: config.top_k]
 
 
 def locate(fmap, query, config: ObjectConfig | None = None) -> tuple[np.ndarray, list[FieldObject]]:
-    """Relevancy of every voxel of a VoxelFeatureMap for a FieldQuery, and the top objects."""
-    from .query import relevancy as score
+    """Relevancy of every voxel of a VoxelFeatureMap for a FieldQuery, and the top objects (with
+    their similarity to the query)."""
+    from .query import query_scores
 
-    rel = score(fmap.features, query)
-    return rel, find_voxel_objects(fmap.keys, rel, fmap.voxel_size, config, getattr(fmap, "last_seen", None))
+    rel, similarity = query_scores(fmap.features, query)
+    return rel, find_voxel_objects(fmap.keys, rel, fmap.voxel_size, config, getattr(fmap, "last_seen", None),
+                                   similarity)

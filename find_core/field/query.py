@@ -73,7 +73,18 @@ class FieldQuery:
 
 def relevancy(features: np.ndarray | torch.Tensor, query: FieldQuery, chunk: int = 1 << 20,
               norms: np.ndarray | None = None) -> np.ndarray:
-    """N relevancy values in [0, 1] for N×D features (zero rows score 0.5).
+    """N relevancy values in [0, 1] for N×D features (zero rows score 0.5); see `query_scores`."""
+    return query_scores(features, query, chunk, norms, similarity=False)[0]
+
+
+def query_scores(features: np.ndarray | torch.Tensor, query: FieldQuery, chunk: int = 1 << 20,
+                 norms: np.ndarray | None = None, similarity: bool = True) -> tuple[np.ndarray, np.ndarray | None]:
+    """N relevancy values in [0, 1] for N×D features (zero rows score 0.5), and with ``similarity``
+    each feature's cosine with the query mapped to [0, 1], (1 + cos) / 2 (zero rows: 0.5).
+
+    Relevancy ranks voxels against the negatives; it saturates near 1 for whatever is most like the
+    query, so it cannot tell an object from a look-alike of an absent one. The plain similarity does
+    not saturate: "not here" decides on it (:mod:`find_core.field.abstain`).
 
     Computed without a normalised copy of the features: min_k sigmoid(x_k) = sigmoid(min_k x_k), so
     relevancy(f) = sigmoid(min_k f·(q − n_k) / (T‖f‖)) — one product with the K columns
@@ -92,20 +103,28 @@ def relevancy(features: np.ndarray | torch.Tensor, query: FieldQuery, chunk: int
         if norms.shape != (len(features),):
             raise ValueError(f"norms must hold one value per feature row ({len(features)}), got shape {norms.shape}")
     row_norms = None if norms is None else _shared(norms)
-    gaps = (query.positive[None] - query.negatives).T / np.float32(query.temperature)             # D×K
-    gaps = torch.from_numpy(np.ascontiguousarray(gaps, np.float32)).to(rows.dtype)
+    columns = (query.positive[None] - query.negatives).T / np.float32(query.temperature)          # D×K
+    k = columns.shape[1]
+    if similarity:
+        columns = np.concatenate([columns, query.positive[:, None]], axis=1)                     # D×(K+1)
+    columns = torch.from_numpy(np.ascontiguousarray(columns, np.float32)).to(rows.dtype)
     out = torch.empty(len(rows), dtype=torch.float32)
+    cosine = torch.empty(len(rows), dtype=torch.float32) if similarity else None
     for start in range(0, len(rows), chunk):
         f, o = rows[start:start + chunk], out[start:start + chunk]
-        product = f @ gaps                                                       # n×K: f·(q − n_k) / T
-        if product.dtype == torch.float32:
+        product = f @ columns                                    # n×K: f·(q − n_k) / T (then f·q)
+        if product.dtype == torch.float32 and not similarity:
             torch.amin(product, dim=1, out=o)
         else:
-            o.copy_(product.amin(dim=1))
-        o.div_(torch.linalg.vector_norm(f, dim=1, dtype=torch.float32) if row_norms is None
-               else row_norms[start:start + chunk])
+            o.copy_(product[:, :k].amin(dim=1))
+        n = (torch.linalg.vector_norm(f, dim=1, dtype=torch.float32) if row_norms is None
+             else row_norms[start:start + chunk])
+        o.div_(n)
         torch.sigmoid(o, out=o).nan_to_num_(0.5)                                 # zero rows: 0 / 0 → 0.5
-    return out.numpy()
+        if cosine is not None:
+            c = cosine[start:start + chunk]
+            c.copy_(product[:, k]).div_(n).nan_to_num_(0.0).add_(1.0).mul_(0.5)
+    return out.numpy(), None if cosine is None else cosine.numpy()
 
 
 def _shared(array: np.ndarray) -> torch.Tensor:
