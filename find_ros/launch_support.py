@@ -31,6 +31,8 @@ from typing import Any
 
 from find_core.embedded import EMBEDDED_SCENE_INPUT_SIZE
 
+from .dds_profile import dds_profile_env
+
 PACKAGE = "find_ros"
 TRUE, FALSE = ("true", "yes", "on", "1"), ("false", "no", "off", "0")
 
@@ -172,6 +174,7 @@ def node_kwargs(spec: NodeSpec, values: dict[str, str], share: str, extra: dict[
             "parameters": [config_path(share, spec, values.get("params_file", "")), params],
             "remappings": remappings,
             "arguments": ["--ros-args", "--log-level", values.get("log_level") or "info"],
+            "additional_env": dds_profile_env(os.path.join(share, "config")),
             "output": "screen", "emulate_tty": True}
 
 

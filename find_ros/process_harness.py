@@ -28,6 +28,8 @@ from typing import Any, TypeVar
 
 import yaml
 
+from .dds_profile import dds_profile_env
+
 log = logging.getLogger("find_ros.process_harness")
 T = TypeVar("T")
 
@@ -60,12 +62,14 @@ def next_domain() -> int:
 
 def node_env(domain: int, extra: dict[str, str] | None = None) -> dict[str, str]:
     """The environment of a node process in ``domain``: offline model hubs, unbuffered output, this
-    package importable; Fast DDS on this machine only unless the environment names others."""
+    package importable; Fast DDS on this machine only unless the environment names others, with the
+    project's profile (:mod:`find_ros.dds_profile`)."""
     env = dict(os.environ, ROS_DOMAIN_ID=str(domain), HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1",
                TOKENIZERS_PARALLELISM="false", PYTHONUNBUFFERED="1",
                PYTHONPATH=os.pathsep.join(p for p in (str(PACKAGE_ROOT), os.environ.get("PYTHONPATH", "")) if p))
     env.setdefault("RMW_IMPLEMENTATION", "rmw_fastrtps_cpp")
     env.setdefault("ROS_AUTOMATIC_DISCOVERY_RANGE", LOCAL_DISCOVERY)
+    env.update(dds_profile_env(PACKAGE_ROOT / "config"))
     env.update(extra or {})
     return env
 

@@ -10,4 +10,6 @@ root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 "$root/scripts/setup.sh"
 cd "$root"
 export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 TOKENIZERS_PARALLELISM=false
+# large DDS messages in shared memory (config/fastdds_large_messages.xml) unless a profile is named
+export FASTDDS_DEFAULT_PROFILES_FILE="${FASTDDS_DEFAULT_PROFILES_FILE:-$root/config/fastdds_large_messages.xml}"
 exec "$root/.venv/bin/python" -m find_ros.demo --out "$root/demo_out" "$@"

@@ -504,10 +504,6 @@ def claims() -> list[tuple[str, str]]:
         (BENCH.name, f"{r(b.cell('album', 0, '100,000', 'ms / query'))} ms per interleaved query over 10⁵ cached "
                      f"galleries, of which the gallery part is {r(b.cell('album', 0, '100,000', 'gallery part ms'))}"
                      " ms"),
-        (BENCH.name, f"a message of {b.cell('transport', 0, default, 'kB')} kB: at 64 wide "
-                     f"({b.cell('transport', 0, '16FC64', 'kB')} kB) it costs "
-                     f"{r(b.cell('transport', 0, '16FC64', 'total ms'), 2)} ms, but {b.cell('transport', 0, '16FC64', 'top-1')} "
-                     "of cells keep their class name"),
         (BENCH.name, f"give {b.cell('training', 0, '2', 'ratio')} the images/s of one"),
         (BENCH.name, f"{r(b.cell('field_nerf', 0, 'CPU defaults', 's / iteration'), 2)} s per iteration on "
                      f"{b.sections['field_nerf']['data']['cores']} cores (bench `field_nerf`, against "
