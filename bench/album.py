@@ -60,14 +60,13 @@ def embedded_entry(pipe, entry):
 
 def gallery_part(pipe, embedded, kept) -> np.ndarray:
     """The same search with the instruction already embedded: the pipeline's own scoring (what
-    interleave_retrieve calls: `official.interleave_scores`, else `FindPipeline._scores`) and the top-k."""
+    interleave_retrieve calls: `FindPipeline._official_terms`, else `FindPipeline._scores`) and the top-k."""
     import torch
     from find_core.tasks import official
     with torch.inference_mode():
         if pipe.model.official:
             entry, entities = embedded
-            scores = official.interleave_scores(entry.float(), entities.float(), *pipe._gallery_tensors(kept))
-            return top_k(scores.cpu().numpy())
+            return top_k(official.rank(pipe._official_terms(entry, entities, kept)).cpu().numpy())
         return top_k(pipe._scores(embedded[None], kept.images)[0])
 
 

@@ -59,7 +59,7 @@ class FrameGallery:
     instruction (`FindPipeline.gallery`): kept per frame, a live buffer or an album is ranked without
     encoding its images again. The normalised image embeddings [N, C], and for the official decoder,
     whose ranking also matches each entity with the image's best object query, the object queries'
-    semantic outputs [N, Q, C]."""
+    semantic outputs, normalised too [N, Q, C]."""
 
     images: np.ndarray
     objects: np.ndarray | None = None
@@ -316,8 +316,9 @@ class FindPipeline:
         with self._autocast():
             features, _ = self._encode(images)
             outputs = self._image_only(images, features)
-            if self.model.official:
-                embeddings, objects = outputs["pred_retrievals"][:, 0], outputs["pred_captions"].float().cpu().numpy()
+            if self.model.official:   # the ranking compares unit vectors: the objects are kept normalised
+                embeddings = outputs["pred_retrievals"][:, 0]
+                objects = official.unit(outputs["pred_captions"].float()).cpu().numpy()
             else:
                 embeddings, objects = outputs.image_semantic, None
         return FrameGallery(F.normalize(embeddings.float(), dim=-1).cpu().numpy(), objects)
@@ -426,8 +427,7 @@ class FindPipeline:
         with self._autocast():
             entry = official.prepare_entry(self.model, instruction, lookup)
             embedding, entities = official.embed_entry(self.model, entry, blank=self._blank())
-            scores = official.interleave_scores(embedding.float(), entities.float(),
-                                                *self._gallery_tensors(gallery)).cpu().numpy()
+            scores = official.rank(self._official_terms(embedding, entities, gallery)).cpu().numpy()
             best = int(np.argmax(scores))
             features, boxes = self._encode([frames[best]])
             masks, probabilities = official.ground_entry(self.model, features, entry)
@@ -435,13 +435,16 @@ class FindPipeline:
                                                   [e.kind for e in instruction.entities]))
         return LocalizationResult(scores, best, grounding)
 
-    def _gallery_tensors(self, gallery: FrameGallery) -> tuple[torch.Tensor, torch.Tensor]:
-        """The official ranking's gallery on the model's device (it needs the object queries)."""
+    def _official_terms(self, entry: torch.Tensor, entities: torch.Tensor, gallery: FrameGallery) -> torch.Tensor:
+        """[2, N] `official.interleave_score_terms` of an entry's embeddings against a kept gallery (its
+        rows are unit vectors already)."""
         if gallery.objects is None:
             raise ValueError("the official interleave ranking reads each image's object queries: give a "
                              "gallery made by FindPipeline.gallery with this model, not bare image embeddings")
-        return (torch.from_numpy(gallery.images).to(self.model.device),
-                torch.from_numpy(gallery.objects).to(self.model.device))
+        device = self.model.device
+        return official.unit_score_terms(official.unit(entry.float()), official.unit(entities.float()),
+                                         torch.from_numpy(gallery.images).to(device),
+                                         torch.from_numpy(gallery.objects).to(device))
 
     def official_interleave_scores(self, instruction: Instruction | str, gallery: FrameGallery,
                                    frames: Mapping[float, np.ndarray] | None = None) -> np.ndarray:
@@ -456,7 +459,7 @@ class FindPipeline:
         instruction = instruction if isinstance(instruction, Instruction) else parse_instruction(instruction)
         with self._autocast():
             entry, entities = official.entry_embeddings(self.model, instruction, frames, self._blank())
-            terms = official.interleave_score_terms(entry.float(), entities.float(), *self._gallery_tensors(gallery))
+            terms = self._official_terms(entry, entities, gallery)
         return terms.cpu().numpy()
 
 

@@ -152,3 +152,21 @@ def test_the_official_blank_image_pass_runs_once_per_pipeline(image, monkeypatch
     assert pipe.embed_instruction(instruction) == pytest.approx(first, abs=1e-6)
     assert len(calls) == 1
     np.testing.assert_allclose(first, torch.nn.functional.normalize(expected.float(), dim=-1).numpy(), atol=1e-5)
+
+
+def test_a_kept_gallery_ranks_as_the_official_terms_of_the_raw_outputs(image):
+    """The gallery keeps unit vectors so a ranking does not normalise every object query again: the
+    terms equal `official.interleave_score_terms` of the raw image outputs (the fixture-checked form)."""
+    from find_core.tasks import official
+    pipe = pipeline_of("tiny-official")
+    frames = [image, image[::-1].copy(), np.roll(image, 20, axis=1)]
+    instruction = Instruction("the red square near the edge", (Entity(0, 14, "text"), Entity(20, 28, "text")))
+    with torch.inference_mode():
+        features, _ = pipe._encode(frames)
+        outputs = official.image_outputs(pipe.model, features)
+        entry, entities = official.entry_embeddings(pipe.model, instruction)
+        expected = official.interleave_score_terms(entry, entities, outputs["pred_retrievals"][:, 0],
+                                                   outputs["pred_captions"]).numpy()
+    kept = pipe.gallery(frames)
+    np.testing.assert_allclose(np.linalg.norm(kept.objects, axis=-1), 1.0, atol=1e-5)
+    np.testing.assert_allclose(pipe.official_interleave_terms(instruction, kept), expected, atol=1e-5)

@@ -299,12 +299,22 @@ def embed_entry(model: FindModel, entry: Entry, blank_size: int = BLANK_IMAGE_SI
     return embedding, torch.stack(entities)
 
 
+def unit(x: Tensor) -> Tensor:
+    """``x`` at unit length along its last axis, as upstream's ranking normalises (no epsilon)."""
+    return x / x.norm(dim=-1, keepdim=True)
+
+
 def interleave_score_terms(entry: Tensor, entities: Tensor, images: Tensor, objects: Tensor) -> Tensor:
     """[2, N]: the official ranking's two terms for N images — cos(entry, image), and the mean over
     entities of the best cos(entity, object query) in that image. images [N, C], objects [N, Q, C]."""
-    unit = lambda x: x / x.norm(dim=-1, keepdim=True)  # noqa: E731 — upstream normalises without epsilon
-    entry_image = unit(images) @ unit(entry)
-    entity_object = (unit(objects) @ unit(entities).t()).max(dim=1)[0].mean(dim=-1)   # [N]
+    return unit_score_terms(unit(entry), unit(entities), unit(images), unit(objects))
+
+
+def unit_score_terms(entry: Tensor, entities: Tensor, images: Tensor, objects: Tensor) -> Tensor:
+    """`interleave_score_terms` of inputs already at unit length: a kept gallery (many images, each
+    with its object queries) is normalised once, not at every ranking."""
+    entry_image = images @ entry
+    entity_object = (objects @ entities.t()).max(dim=1)[0].mean(dim=-1)   # [N]
     return torch.stack([entry_image, entity_object])
 
 
