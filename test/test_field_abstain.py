@@ -37,6 +37,7 @@ def test_fit_threshold_answers_at_most_the_share_of_absent_phrases():
     assert 0.85 < t < 0.851
     assert fit_threshold(absent, 0.25) == pytest.approx(0.75)      # two may pass: between 0.8 and 0.7
     assert fit_threshold([None, None], 0.0) == 0.0        # no absent phrase found a cluster: every object counts
+    assert fit_threshold([0.7000004, 0.7000001], 0.5) > 0.7000001   # scores closer than the rounding
     with pytest.raises(ValueError):
         fit_threshold(absent, 1.0)
 

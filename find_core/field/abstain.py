@@ -89,8 +89,9 @@ def fit_threshold(absent: Sequence[float | None], max_absent_share: float = MAX_
         return 0.0
     refused = float(scores[allowed])                    # the best score that must fall below the threshold
     above = scores[:allowed][scores[:allowed] > refused]
-    upper = float(above.min()) if len(above) else min(refused + 2e-6, 1.0)
-    return round((refused + upper) / 2, 6)
+    upper = float(above.min()) if len(above) else refused + 2e-6
+    threshold = round((refused + upper) / 2, 6)
+    return threshold if threshold > refused else round(refused + 1e-6, 6)   # rounding must not let it pass
 
 
 def abstention_path(checkpoint: str | Path) -> Path:
