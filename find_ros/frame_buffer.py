@@ -47,7 +47,7 @@ class BufferedFrame:
     embedding: np.ndarray       # [C] float32, L2-normalised image embedding
     source_size: tuple[int, int]  # (height, width) of the camera image
     depth: DepthFrame | None = None
-    objects: np.ndarray | None = None   # [Q, C] object queries' semantic outputs (official decoder)
+    objects: np.ndarray | None = None   # [Q, C] unit object-query outputs (official decoder: FrameGallery)
 
     def __post_init__(self) -> None:
         if self.rgb.ndim != 3 or self.rgb.shape[2] != 3 or self.rgb.dtype != np.uint8:
@@ -56,6 +56,11 @@ class BufferedFrame:
             raise ValueError(f"embedding must be 1-D, got shape {self.embedding.shape}")
         if self.objects is not None and (self.objects.ndim != 2 or self.objects.shape[1] != len(self.embedding)):
             raise ValueError(f"objects must be [Q, {len(self.embedding)}], got shape {self.objects.shape}")
+
+    @property
+    def shapes(self) -> tuple[tuple[int, ...], tuple[int, ...] | None]:
+        """The shapes of what ranking reads of it: every frame of a buffer has the same."""
+        return self.embedding.shape, None if self.objects is None else self.objects.shape
 
     @property
     def size(self) -> tuple[int, int]:
@@ -84,13 +89,9 @@ class FrameBuffer:
             cleared = False
             if self._frames:
                 newest = self._frames[-1]
-                if frame.embedding.shape != newest.embedding.shape or (
-                        None if frame.objects is None else frame.objects.shape) != (
-                        None if newest.objects is None else newest.objects.shape):
-                    raise ValueError(f"embedding shape {frame.embedding.shape} (objects "
-                                     f"{None if frame.objects is None else frame.objects.shape}) differs from the "
-                                     f"buffer's {newest.embedding.shape} ("
-                                     f"{None if newest.objects is None else newest.objects.shape})")
+                if frame.shapes != newest.shapes:
+                    raise ValueError(f"embedding shape {frame.embedding.shape} (objects {frame.shapes[1]}) differs "
+                                     f"from the buffer's {newest.embedding.shape} (objects {newest.shapes[1]})")
                 if frame.stamp < newest.stamp:
                     self._frames.clear()
                     cleared = True
