@@ -14,8 +14,8 @@ from PIL import Image
 from find_core.data.frames import FrameRecord, FramesReader, FramesWriter
 from find_core.data.scene_video import render_scene_video
 from find_core.field import (CANONICAL_NEGATIVES, FeatureFusion, FieldQuery, FusionConfig, ObjectConfig, find_objects,
-                             find_voxel_objects, grid_from_geometry, load_map, locate, query_from_pipeline, query_scores,
-                             relevancy, save_map, write_relevancy_ply)
+                             find_voxel_objects, grid_from_geometry, load_map, locate, query_from_pipeline, relevancy,
+                             save_map, similarity, write_relevancy_ply)
 from find_core.field.__main__ import main as field_cli
 from find_core.field.objects import lattice_labels
 
@@ -249,13 +249,14 @@ def test_relevancy_matches_pairwise_softmax_min():
     np.testing.assert_allclose(relevancy(feats, q, chunk=7), expected, rtol=1e-5, atol=1e-6)
     norms = np.linalg.norm(feats, axis=1)                       # as a fusion table keeps them
     np.testing.assert_allclose(relevancy(feats, q, chunk=7, norms=norms), expected, rtol=1e-5, atol=1e-6)
-    # what "not here" decides on: each feature's cosine with the query, as (1 + cos) / 2; zero rows 0.5
+    # what "not here" decides on: a feature's cosine with the query, as (1 + cos) / 2; zero rows 0.5
     feats[3] = 0.0
-    rel, similarity = query_scores(feats, q, chunk=7, norms=np.linalg.norm(feats, axis=1))
+    rows = np.array([3, 7, 0, 7])
     cosine = (torch.nn.functional.normalize(torch.from_numpy(feats), dim=1) @ torch.from_numpy(q.positive)).numpy()
-    np.testing.assert_allclose(similarity, (1 + cosine) / 2, rtol=1e-5, atol=1e-6)
-    assert similarity[3] == 0.5 and rel[3] == 0.5
-    np.testing.assert_allclose(rel, relevancy(feats, q), rtol=1e-6, atol=1e-7)
+    for norms in (None, np.linalg.norm(feats, axis=1)):
+        alike = similarity(feats, q, rows, norms)
+        np.testing.assert_allclose(alike, (1 + cosine[rows]) / 2, rtol=1e-5, atol=1e-6)
+        assert alike[0] == 0.5
     with pytest.raises(ValueError, match="N×8"):
         relevancy(feats[:, :4], q)
     with pytest.raises(ValueError, match="one value per feature row"):
@@ -288,7 +289,10 @@ def test_find_objects_on_known_clusters():
     assert [o.to_json() for o in on_lattice] == [o.to_json() for o in found]
     # with each voxel's similarity, an object carries the mean over its own voxels
     similarity = np.concatenate([np.linspace(0.6, 0.8, 27), np.full(27, 0.3), [0.99], [0.1]])
-    alike = find_voxel_objects(keys, rel, voxel, ObjectConfig(threshold=0.6, min_voxels=2), similarity=similarity)
+    asked = []
+    alike = find_voxel_objects(keys, rel, voxel, ObjectConfig(threshold=0.6, min_voxels=2),
+                               similarity_of=lambda rows: asked.append(rows) or similarity[rows])
+    assert len(asked) == 1 and len(asked[0]) == 54 + 1              # the candidates only (the speck too)
     assert [o.similarity for o in alike] == [pytest.approx(0.7), pytest.approx(0.3)]
     assert found[0].similarity is None
 

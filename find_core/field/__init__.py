@@ -13,12 +13,12 @@ from .abstain import Abstention, Decision, decide, fit_threshold, load_abstentio
 from .fusion import FeatureFusion, FusionConfig, FusionStats, MapMismatch, grid_from_geometry
 from .io import TsdfBlocks, VoxelFeatureMap, load_map, save_map, write_color_ply, write_relevancy_ply
 from .objects import FieldObject, ObjectConfig, find_objects, find_voxel_objects, locate
-from .query import CANONICAL_NEGATIVES, Embedder, FieldQuery, query_from_pipeline, query_scores, relevancy
+from .query import CANONICAL_NEGATIVES, Embedder, FieldQuery, query_from_pipeline, relevancy, similarity
 
 __all__ = [
     "Abstention", "Decision", "decide", "fit_threshold", "load_abstention", "save_abstention",
     "FeatureFusion", "FusionConfig", "FusionStats", "MapMismatch", "grid_from_geometry",
     "TsdfBlocks", "VoxelFeatureMap", "load_map", "save_map", "write_color_ply", "write_relevancy_ply",
     "FieldObject", "ObjectConfig", "find_objects", "find_voxel_objects", "locate",
-    "CANONICAL_NEGATIVES", "Embedder", "FieldQuery", "query_from_pipeline", "query_scores", "relevancy",
+    "CANONICAL_NEGATIVES", "Embedder", "FieldQuery", "query_from_pipeline", "relevancy", "similarity",
 ]

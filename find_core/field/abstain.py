@@ -3,7 +3,7 @@
 :func:`~find_core.field.objects.locate` always returns the best cluster it can form, even for an
 object that was never in the scene (its adaptive cut is relative to the map's best voxel). Whether
 that best cluster *is* the thing asked for is a separate decision, made here on its similarity (the
-mean over its voxels of (1 + cos(feature, query)) / 2, :func:`~find_core.field.query.query_scores`):
+mean over its voxels of (1 + cos(feature, query)) / 2, :func:`~find_core.field.query.similarity`):
 at or above the model's threshold the answer is found, below it (or with no cluster at all) the
 answer is ``found: false`` with the best similarity and the reason. Not on its relevancy: that
 saturates near 1 for whatever is most like the query, present or not; fitted the same way, it finds

@@ -24,7 +24,7 @@ import torch
 
 from .io import voxel_centres
 from .objects import FieldObject, ObjectConfig, find_voxel_objects
-from .query import FieldQuery, query_scores
+from .query import FieldQuery, relevancy, similarity
 
 
 @dataclass
@@ -73,11 +73,15 @@ class LiveAnswer:
 def locate_live(view: LiveView, query: FieldQuery, config: ObjectConfig | None = None) -> LiveAnswer:
     """:func:`~find_core.field.objects.locate` on a live view, without copying its features."""
     config = config or ObjectConfig()
-    scores, similarity = query_scores(view.features, query, norms=view.norms)
+    scores = relevancy(view.features, query, norms=view.norms)
     keys, seen = view.keys, view.last_seen
     live = view.weights > 0
+    table_rows = None
     if not live.all():
-        rows = np.flatnonzero(live)                 # indices: a boolean index of N×3 keys costs 10×
-        scores, keys, seen, similarity = scores[rows], keys.take(rows, axis=0), seen[rows], similarity[rows]
-    objects = find_voxel_objects(keys, scores, view.voxel_size, config, seen, similarity)
+        table_rows = np.flatnonzero(live)           # indices: a boolean index of N×3 keys costs 10×
+        scores, keys, seen = scores[table_rows], keys.take(table_rows, axis=0), seen[table_rows]
+
+    def similarity_of(rows: np.ndarray) -> np.ndarray:
+        return similarity(view.features, query, rows if table_rows is None else table_rows[rows], view.norms)
+    objects = find_voxel_objects(keys, scores, view.voxel_size, config, seen, similarity_of)
     return LiveAnswer(keys, scores, objects, view.voxel_size)

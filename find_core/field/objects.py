@@ -8,8 +8,8 @@ up each key's neighbours in the sorted keys — no spatial index (bench/field_qu
 against Open3D's DBSCAN on the same candidates); arbitrary points (:func:`find_objects`) go through
 Open3D's DBSCAN. Each cluster of at least ``min_voxels`` points becomes a :class:`FieldObject`
 with a relevancy-weighted centroid, an axis-aligned box and a score (its mean relevancy), best first,
-and when the caller gives each point's similarity to the query (``query_scores``) the mean of those:
-what "not here" decides on (:mod:`find_core.field.abstain`).
+and when the caller says how to get a voxel's similarity to the query (``query.similarity``) the
+mean of its voxels': what "not here" decides on (:mod:`find_core.field.abstain`).
 
 The default threshold adapts to the query: LERF relevancy 0.5 means "no preference", so a point is
 kept when it lies in the top ``relative`` part of the range between 0.5 and the best point's value
@@ -17,6 +17,7 @@ kept when it lies in the top ``relative`` part of the range between 0.5 and the 
 """
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -102,10 +103,11 @@ def find_objects(points: np.ndarray, relevancy: np.ndarray, voxel_size: float,
 
 def find_voxel_objects(keys: np.ndarray, relevancy: np.ndarray, voxel_size: float,
                        config: ObjectConfig | None = None, last_seen: np.ndarray | None = None,
-                       similarity: np.ndarray | None = None) -> list[FieldObject]:
+                       similarity_of: Callable[[np.ndarray], np.ndarray] | None = None) -> list[FieldObject]:
     """:func:`find_objects` for voxels given by their N×3 integer ``keys`` (centres at key × voxel
-    size): the same objects, clustered on the lattice (:func:`lattice_labels`); with N ``similarity``
-    values each object carries their mean."""
+    size): the same objects, clustered on the lattice (:func:`lattice_labels`); with ``similarity_of``
+    (the similarity of the voxels at the row indices it is given, asked for the candidates only) each
+    object carries its voxels' mean."""
     config = config or ObjectConfig()
     keys = np.asarray(keys)
     relevancy = _checked(keys, relevancy, voxel_size)
@@ -114,7 +116,7 @@ def find_voxel_objects(keys: np.ndarray, relevancy: np.ndarray, voxel_size: floa
         return []
     keys = keys.take(keep, axis=0)
     return _objects(voxel_centres(keys, voxel_size), relevancy[keep], lattice_labels(keys, config.eps_voxels),
-                    _kept(last_seen, keep), config, _kept(similarity, keep))
+                    _kept(last_seen, keep), config, None if similarity_of is None else similarity_of(keep))
 
 
 def lattice_labels(keys: np.ndarray, eps_voxels: float) -> np.ndarray:
@@ -195,8 +197,8 @@ def _objects(points: np.ndarray, relevancy: np.ndarray, labels: np.ndarray, last
 def locate(fmap, query, config: ObjectConfig | None = None) -> tuple[np.ndarray, list[FieldObject]]:
     """Relevancy of every voxel of a VoxelFeatureMap for a FieldQuery, and the top objects (with
     their similarity to the query)."""
-    from .query import query_scores
+    from .query import relevancy, similarity
 
-    rel, similarity = query_scores(fmap.features, query)
+    rel = relevancy(fmap.features, query)
     return rel, find_voxel_objects(fmap.keys, rel, fmap.voxel_size, config, getattr(fmap, "last_seen", None),
-                                   similarity)
+                                   lambda rows: similarity(fmap.features, query, rows))

@@ -73,18 +73,7 @@ class FieldQuery:
 
 def relevancy(features: np.ndarray | torch.Tensor, query: FieldQuery, chunk: int = 1 << 20,
               norms: np.ndarray | None = None) -> np.ndarray:
-    """N relevancy values in [0, 1] for N×D features (zero rows score 0.5); see `query_scores`."""
-    return query_scores(features, query, chunk, norms, similarity=False)[0]
-
-
-def query_scores(features: np.ndarray | torch.Tensor, query: FieldQuery, chunk: int = 1 << 20,
-                 norms: np.ndarray | None = None, similarity: bool = True) -> tuple[np.ndarray, np.ndarray | None]:
-    """N relevancy values in [0, 1] for N×D features (zero rows score 0.5), and with ``similarity``
-    each feature's cosine with the query mapped to [0, 1], (1 + cos) / 2 (zero rows: 0.5).
-
-    Relevancy ranks voxels against the negatives; it saturates near 1 for whatever is most like the
-    query, so it cannot tell an object from a look-alike of an absent one. The plain similarity does
-    not saturate: "not here" decides on it (:mod:`find_core.field.abstain`).
+    """N relevancy values in [0, 1] for N×D features (zero rows score 0.5).
 
     Computed without a normalised copy of the features: min_k sigmoid(x_k) = sigmoid(min_k x_k), so
     relevancy(f) = sigmoid(min_k f·(q − n_k) / (T‖f‖)) — one product with the K columns
@@ -103,28 +92,38 @@ def query_scores(features: np.ndarray | torch.Tensor, query: FieldQuery, chunk: 
         if norms.shape != (len(features),):
             raise ValueError(f"norms must hold one value per feature row ({len(features)}), got shape {norms.shape}")
     row_norms = None if norms is None else _shared(norms)
-    columns = (query.positive[None] - query.negatives).T / np.float32(query.temperature)          # D×K
-    k = columns.shape[1]
-    if similarity:
-        columns = np.concatenate([columns, query.positive[:, None]], axis=1)                     # D×(K+1)
-    columns = torch.from_numpy(np.ascontiguousarray(columns, np.float32)).to(rows.dtype)
+    gaps = (query.positive[None] - query.negatives).T / np.float32(query.temperature)             # D×K
+    gaps = torch.from_numpy(np.ascontiguousarray(gaps, np.float32)).to(rows.dtype)
     out = torch.empty(len(rows), dtype=torch.float32)
-    cosine = torch.empty(len(rows), dtype=torch.float32) if similarity else None
     for start in range(0, len(rows), chunk):
         f, o = rows[start:start + chunk], out[start:start + chunk]
-        product = f @ columns                                    # n×K: f·(q − n_k) / T (then f·q)
-        if product.dtype == torch.float32 and not similarity:
+        product = f @ gaps                                                       # n×K: f·(q − n_k) / T
+        if product.dtype == torch.float32:
             torch.amin(product, dim=1, out=o)
         else:
-            o.copy_(product[:, :k].amin(dim=1))
-        n = (torch.linalg.vector_norm(f, dim=1, dtype=torch.float32) if row_norms is None
-             else row_norms[start:start + chunk])
-        o.div_(n)
+            o.copy_(product.amin(dim=1))
+        o.div_(torch.linalg.vector_norm(f, dim=1, dtype=torch.float32) if row_norms is None
+               else row_norms[start:start + chunk])
         torch.sigmoid(o, out=o).nan_to_num_(0.5)                                 # zero rows: 0 / 0 → 0.5
-        if cosine is not None:
-            c = cosine[start:start + chunk]
-            c.copy_(product[:, k]).div_(n).nan_to_num_(0.0).add_(1.0).mul_(0.5)
-    return out.numpy(), None if cosine is None else cosine.numpy()
+    return out.numpy()
+
+
+
+def similarity(features: np.ndarray | torch.Tensor, query: FieldQuery, rows: np.ndarray,
+               norms: np.ndarray | None = None) -> np.ndarray:
+    """(1 + cos(feature, query)) / 2 of the feature ``rows`` (indices; zero rows: 0.5).
+
+    Relevancy ranks voxels against the negatives; it saturates near 1 for whatever is most like the
+    query, so it cannot tell an object from a look-alike of an absent one. The plain similarity does
+    not saturate: "not here" decides on it (:mod:`find_core.field.abstain`). Only an answer's objects
+    need it, so it is computed for their rows, not the map's."""
+    table = features if isinstance(features, torch.Tensor) else _shared(np.asarray(features, np.float32))
+    index = torch.from_numpy(np.asarray(rows, np.int64))
+    f = table.index_select(0, index)
+    n = (torch.linalg.vector_norm(f, dim=1, dtype=torch.float32) if norms is None
+         else torch.from_numpy(np.asarray(norms, np.float32)[rows]))
+    cosine = (f @ torch.from_numpy(query.positive).to(f.dtype)).float() / n
+    return ((1.0 + cosine.nan_to_num_(0.0)) / 2).numpy()
 
 
 def _shared(array: np.ndarray) -> torch.Tensor:
