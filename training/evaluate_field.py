@@ -48,7 +48,7 @@ from find_core.data.synthetic_shapes import COLOURS, SIZES, THINGS
 from find_core.embedded import EMBEDDED_CHECKPOINT
 from find_core.field import (Abstention, FeatureFusion, FusionConfig, FusionStats, fit_threshold, load_abstention,
                              locate, query_from_pipeline, save_abstention)
-from find_core.field.abstain import MAX_ABSENT_SHARE
+from find_core.field.abstain import MAX_ABSENT_SHARE, names_place
 from training.output import emit_json, parse_seeds
 
 if TYPE_CHECKING:  # the pipeline pulls in torch; the CLI imports it when it runs
@@ -157,7 +157,7 @@ def summary(results: list[ObjectResult], radius: float, threshold: float | None,
     present = [r for r in results if r.present]
     absent = [r for r in results if not r.present]
     kinds = [r.kind(radius) for r in present]
-    placed = [decide_score(score(r), threshold) for r in results]
+    placed = [names_place(score(r), threshold) for r in results]
     found_within = sum(p and r.error < radius for p, r in zip(placed, results) if r.present)
     answered = sum(p for p, r in zip(placed, results) if not r.present)
     return {"objects": len(present), "radius": radius,
@@ -166,11 +166,6 @@ def summary(results: list[ObjectResult], radius: float, threshold: float | None,
             "absent_phrases": len(absent), "threshold": threshold,
             "found_within": found_within, "share_found_within": round(found_within / max(len(present), 1), 4),
             "absent_answered": answered, "share_absent_answered": round(answered / max(len(absent), 1), 4)}
-
-
-def decide_score(score: float | None, threshold: float | None) -> bool:
-    """Whether an answer with this top similarity names a place (the rule of :func:`find_core.field.decide`)."""
-    return bool(score is not None and (threshold is None or score >= threshold))
 
 
 def evaluate_field(pipeline: FindPipeline, seeds: list[int], frames: int = 24, voxel_size: float = 0.02,
@@ -186,7 +181,7 @@ def evaluate_field(pipeline: FindPipeline, seeds: list[int], frames: int = 24, v
                "error": round(r.error, 4) if np.isfinite(r.error) else None,
                "score": None if r.score is None else round(r.score, 4),
                "similarity": None if r.similarity is None else round(r.similarity, 4),
-               "found": decide_score(r.similarity, threshold)}
+               "found": names_place(r.similarity, threshold)}
         if not r.present:
             row["shares"] = r.shares
         rows.append(row)

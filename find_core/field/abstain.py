@@ -63,14 +63,19 @@ class Decision:
                 "reason": self.reason, "threshold": None if self.threshold is None else round(self.threshold, 4)}
 
 
+def names_place(score: float | None, threshold: float | None) -> bool:
+    """The rule: there is a best object (``score`` not None) and, given a threshold, it reaches it."""
+    return bool(score is not None and (threshold is None or score >= threshold))
+
+
 def decide(objects: Sequence[FieldObject], threshold: float | None) -> Decision:
-    """Found when there is a best object and (given a threshold) its similarity reaches it."""
+    """:func:`names_place` on the best object's similarity, with the reason."""
     if not objects:
         return Decision(False, None, NO_CLUSTER, threshold)
     if objects[0].similarity is None:
         raise ValueError("the objects carry no similarity to the query: find them with locate / locate_live")
     best = float(objects[0].similarity)
-    if threshold is not None and best < threshold:
+    if not names_place(best, threshold):
         return Decision(False, best, BELOW_THRESHOLD, threshold)
     return Decision(True, best, FOUND, threshold)
 
